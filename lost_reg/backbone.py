@@ -1,0 +1,77 @@
+"""Backbone adapter: a timm ViT in, LOST's patch features out.
+
+The features are taken with one forward hook on the chosen block's attention ``qkv`` projection
+(or on the block itself for output tokens), registered once, so one forward pass yields them.
+Prefix tokens ([CLS, registers…]) are split off by ``model.num_prefix_tokens``: LOST sees
+patch tokens only, the prefix stays available for diagnostics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+FEATURES = ("k", "q", "v", "tokens")
+FeatureKind = Literal["k", "q", "v", "tokens"]
+
+
+@dataclass
+class Features:
+    """One batch of features from one layer."""
+
+    patches: torch.Tensor
+    """[B, rows*cols, D] patch-token features (heads concatenated), row-major over the grid."""
+    prefix: torch.Tensor
+    """[B, P, D] the same features for the prefix tokens [CLS, registers…]."""
+    grid: tuple[int, int]
+    """(rows, cols) of the patch grid."""
+
+
+class Backbone(nn.Module):
+    """Wraps a timm VisionTransformer to return :class:`Features` of one layer."""
+
+    def __init__(self, model: nn.Module, features: FeatureKind = "k", layer: int = -1, name: str = "") -> None:
+        super().__init__()
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+        blocks = getattr(model, "blocks", None)
+        if blocks is None or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "qkv"):
+            raise ValueError(f"{type(model).__name__} is not a timm ViT with a fused qkv projection")
+        if not -len(blocks) <= layer < len(blocks):
+            raise ValueError(f"layer {layer} out of range for a {len(blocks)}-block model")
+        self.model = model.eval()
+        self.name = name or type(model).__name__
+        self.features = features
+        self.layer = layer % len(blocks)
+        self.num_heads = blocks[self.layer].attn.num_heads
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.num_registers = int(getattr(model, "num_reg_tokens", self.num_prefix_tokens - int(model.has_class_token)))
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        block = blocks[self.layer]
+        self._captured: torch.Tensor | None = None
+        target = block if features == "tokens" else block.attn.qkv
+        target.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._captured = output
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> Features:
+        """Features of normalised images [B, 3, H, W] with H and W multiples of the patch size."""
+        b, _, h, w = images.shape
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"input {h}x{w} is not a multiple of the patch size {self.patch_size}")
+        self.model.forward_intermediates(images, indices=[self.layer], stop_early=True, intermediates_only=True)
+        out, self._captured = self._captured, None
+        if self.features != "tokens":
+            n, d3 = out.shape[1], out.shape[2]
+            qkv = out.reshape(b, n, 3, d3 // 3)  # heads stay concatenated along the last axis, as in LOST
+            out = qkv[:, :, "qkv".index(self.features)]
+        p = self.num_prefix_tokens
+        return Features(patches=out[:, p:], prefix=out[:, :p], grid=(h // self.patch_size, w // self.patch_size))

@@ -1,0 +1,128 @@
+"""LOST (Siméoni et al., BMVC 2021): one object box per image from ViT patch features.
+
+Patches are nodes of a graph whose edges are positive feature correlations, A = F Fᵀ. Objects
+cover less of an image than background, so a patch with few positive edges (low degree) likely
+lies on an object: the lowest-degree patch is the *seed*. Among the ``k`` lowest-degree patches,
+those correlated with the seed vote for their own positive neighbours (M = sum of their rows of
+A); the object is the 4-connected component of ``M > 0`` holding the seed, and its box is the
+box of that component.
+
+Pure tensor code: features in, :class:`LostResult` out, no I/O. The heavy steps (Gram matrix,
+degree, ranking, expansion) run batched on the features' device; only connected-component
+labelling runs on the CPU (``scipy.ndimage.label``).
+
+Ties are broken deterministically: patches of equal degree are ranked by flattened index
+(row-major), lowest first, through a stable sort; the seed is the first patch of that ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+AFFINITIES = ("raw", "centered", "mean")
+"""``raw``: A = F Fᵀ, the paper's graph.
+``centered``: F minus its mean patch feature before the product. On DINOv2 every raw key
+similarity is positive, so every patch has full degree and raw LOST returns the whole image;
+centring removes the feature component shared by all patches (a data-driven "bias to the
+gram matrix", as the registers paper puts it) so that only above-average similarity counts.
+``mean``: A minus its mean entry, a scalar per-image bias on the Gram matrix.
+A fixed bias ``bias:VALUE`` (A − VALUE) is also accepted."""
+
+
+@dataclass
+class LostResult:
+    """LOST's answer for one image, on the patch grid."""
+
+    seed: tuple[int, int]
+    """(row, col) of the seed patch."""
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) in patch units, max exclusive."""
+    mask: np.ndarray
+    """bool [rows, cols]: the connected component of M > 0 holding the seed."""
+    degree: np.ndarray
+    """int [rows, cols]: positive edges of each patch (diagonal excluded); lower = more object-like."""
+    expansion: np.ndarray
+    """bool [rows, cols]: the patches that voted for M (seed included)."""
+
+    def box_pixels(self, patch_size: int, width: int, height: int) -> tuple[int, int, int, int]:
+        """Box in pixels of the (padded) network input, clipped to a ``width`` × ``height`` image."""
+        x0, y0, x1, y1 = (v * patch_size for v in self.box)
+        return x0, y0, min(x1, width), min(y1, height)
+
+
+def affinity_matrix(features: torch.Tensor, affinity: str = "raw") -> torch.Tensor:
+    """A [B, N, N] from patch features [B, N, D] (float32, whatever the input dtype)."""
+    f = features.float()
+    if affinity == "centered":
+        f = f - f.mean(dim=1, keepdim=True)
+    a = f @ f.transpose(1, 2)
+    if affinity == "mean":
+        return a - a.mean(dim=(1, 2), keepdim=True)
+    if affinity.startswith("bias:"):
+        return a - float(affinity.split(":", 1)[1])
+    if affinity not in ("raw", "centered"):
+        raise ValueError(f"unknown affinity {affinity!r}: use one of {', '.join(AFFINITIES)} or bias:VALUE")
+    return a
+
+
+def lost(
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    k_patches: int = 100,
+    affinity: str = "raw",
+    exclude: torch.Tensor | None = None,
+) -> list[LostResult]:
+    """Run LOST on a batch of patch features [B, rows*cols, D] that share one grid shape.
+
+    ``exclude`` (bool [B, N]) removes patches from the graph (no edges, never a seed); it lets
+    callers find further objects after the first. Every image must keep at least one patch.
+    """
+    rows, cols = grid
+    b, n, _ = features.shape
+    if n != rows * cols:
+        raise ValueError(f"features hold {n} patches but the grid is {rows}x{cols}")
+    a = affinity_matrix(features, affinity)
+    if exclude is not None:
+        keep = (~exclude).to(a.dtype)
+        a = a * keep[:, :, None] * keep[:, None, :]
+
+    positive = a > 0
+    degree = positive.sum(-1) - positive.diagonal(dim1=1, dim2=2).long()
+    rank_key = degree if exclude is None else degree.masked_fill(exclude, n + 1)
+    order = torch.sort(rank_key, dim=1, stable=True).indices
+    seed = order[:, 0]
+
+    candidates = order[:, : min(k_patches, n)]
+    seed_row = a[torch.arange(b, device=a.device), seed]
+    voters = torch.gather(seed_row, 1, candidates) > 0
+    votes = torch.gather(a, 1, candidates[:, :, None].expand(-1, -1, n))
+    m = (votes * voters[:, :, None]).sum(1)
+
+    expansion = torch.zeros_like(positive[:, 0]).scatter_(1, candidates, voters)
+    cpu = {k: v.cpu().numpy() for k, v in dict(fg=m > 0, degree=degree, seed=seed, expansion=expansion).items()}
+    return [
+        _component_box(
+            cpu["fg"][i].reshape(rows, cols),
+            divmod(int(cpu["seed"][i]), cols),
+            cpu["degree"][i].reshape(rows, cols),
+            cpu["expansion"][i].reshape(rows, cols),
+        )
+        for i in range(b)
+    ]
+
+
+def _component_box(fg: np.ndarray, seed: tuple[int, int], degree: np.ndarray, expansion: np.ndarray) -> LostResult:
+    """The 4-connected component of ``fg`` holding the seed, and its box (max exclusive)."""
+    labels, _ = ndimage.label(fg)
+    if labels[seed]:
+        mask = labels == labels[seed]
+    else:  # the seed got no vote (a zero feature vector): the object is the seed patch alone
+        mask = np.zeros_like(fg)
+        mask[seed] = True
+    ys, xs = np.nonzero(mask)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return LostResult(seed=seed, box=box, mask=mask, degree=degree, expansion=expansion)

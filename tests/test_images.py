@@ -1,0 +1,89 @@
+"""Decoding odd images and the padding/normalisation LOST expects."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lost_reg import DataError
+from lost_reg.images import decode_image, normalize, prepare
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    y, x = np.mgrid[0:40, 0:60]
+    return np.stack([x * 4, y * 6, np.full_like(x, 200)], -1).astype(np.uint8)
+
+
+def test_rgb_png_round_trip(rgb):
+    out = decode_image(encode(Image.fromarray(rgb), "PNG"))
+    np.testing.assert_array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
+def test_modes_become_rgb(rgb, mode):
+    im = Image.fromarray(rgb)
+    if mode == "I;16":
+        im = Image.fromarray((np.asarray(im.convert("L"), np.uint16) * 257))
+        data = encode(im, "PNG")
+    elif mode == "CMYK":
+        data = encode(im.convert("CMYK"), "JPEG", quality=95)
+    else:
+        data = encode(im.convert(mode), "PNG")
+    out = decode_image(data)
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+    if mode in ("L", "I;16"):
+        ref = np.asarray(Image.fromarray(rgb).convert("L"))
+        assert np.abs(out[..., 0].astype(int) - ref).max() <= 1
+    elif mode != "P":
+        assert np.abs(out.astype(int) - rgb).mean() < 8  # CMYK JPEG is lossy, not inverted or swapped
+
+
+def test_exif_orientation_is_applied(rgb):
+    im = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = decode_image(encode(im, "JPEG", quality=95, exif=exif.tobytes()))
+    assert out.shape == (60, 40, 3)
+    ref = cv2.rotate(rgb, cv2.ROTATE_90_CLOCKWISE)
+    assert np.abs(out.astype(int) - ref).mean() < 8
+
+
+def test_bad_data_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(DataError, match="not a readable image"):
+        decode_image(b"GIF89a this is garbage", name="x.gif")
+    with pytest.raises(DataError, match="cannot read"):
+        decode_image(tmp_path / "missing.jpg")
+    truncated = tmp_path / "t.jpg"
+    truncated.write_bytes(encode(Image.new("RGB", (64, 64)), "JPEG")[:100])
+    with pytest.raises(DataError):
+        decode_image(truncated)
+
+
+def test_prepare_pads_bottom_right_and_resizes_only_past_max_side(rgb):
+    p = prepare(rgb, 16)
+    assert p.pixels.shape == (3, 48, 64) and p.valid == (40, 60) and p.size == (60, 40) and p.scale == 1.0
+    assert p.pixels[:, 40:].eq(0).all() and p.pixels[:, :, 60:].eq(0).all()
+    small = prepare(rgb, 16, max_side=30)
+    assert small.valid == (20, 30) and small.pixels.shape == (3, 32, 32) and small.scale == 0.5
+    assert prepare(rgb, 16, max_side=100).valid == (40, 60)
+
+
+def test_normalize_sets_padding_to_zero(rgb):
+    p = prepare(rgb, 16)
+    x = normalize(p.pixels[None], [p.valid], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert x[0, :, 40:].eq(0).all() and x[0, :, :, 60:].eq(0).all()
+    torch.testing.assert_close(x[0, 2, 0, 0], torch.tensor((200 / 255 - 0.5) / 0.25))
