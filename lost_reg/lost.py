@@ -23,14 +23,26 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-AFFINITIES = ("raw", "centered", "mean")
-"""``raw``: A = F Fᵀ, the paper's graph.
-``centered``: F minus its mean patch feature before the product. On DINOv2 every raw key
-similarity is positive, so every patch has full degree and raw LOST returns the whole image;
-centring removes the feature component shared by all patches (a data-driven "bias to the
-gram matrix", as the registers paper puts it) so that only above-average similarity counts.
-``mean``: A minus its mean entry, a scalar per-image bias on the Gram matrix.
-A fixed bias ``bias:VALUE`` (A − VALUE) is also accepted."""
+AFFINITIES = ("raw", "centered", "cosine-mean")
+"""How the graph's edge weights A are built from patch features F (``bias:VALUE`` too).
+
+``raw``: A = F Fᵀ, the paper's graph; an edge is a positive correlation.
+``centered``: (F − mean patch)(F − mean patch)ᵀ: only above-average correlation counts.
+``cosine-mean``: cosine similarity minus its mean over the image, a per-image scalar bias on
+the (normalised) Gram matrix: two patches are linked when they are more alike than an average
+pair of the image. On DINOv2 every raw key similarity is positive, so raw LOST sees a complete
+graph and returns the whole image; the registers paper "manually adds a bias to the gram
+matrix" without giving it; this is the bias that measured best here (README, "Affinity").
+``bias:VALUE``: A = F Fᵀ − VALUE, a fixed manual bias.
+"""
+
+
+def resolve_affinity(affinity: str, backbone: str) -> str:
+    """``auto`` → ``raw`` for DINO (v1) ViTs, where LOST was designed and published with it,
+    and ``cosine-mean`` for every other backbone (DINOv2, CLIP, DeiT-III…)."""
+    if affinity != "auto":
+        return affinity
+    return "raw" if backbone.endswith(".dino") else "cosine-mean"
 
 
 @dataclass
@@ -59,13 +71,15 @@ def affinity_matrix(features: torch.Tensor, affinity: str = "raw") -> torch.Tens
     f = features.float()
     if affinity == "centered":
         f = f - f.mean(dim=1, keepdim=True)
+    elif affinity == "cosine-mean":
+        f = torch.nn.functional.normalize(f, dim=-1)
     a = f @ f.transpose(1, 2)
-    if affinity == "mean":
+    if affinity == "cosine-mean":
         return a - a.mean(dim=(1, 2), keepdim=True)
     if affinity.startswith("bias:"):
         return a - float(affinity.split(":", 1)[1])
     if affinity not in ("raw", "centered"):
-        raise ValueError(f"unknown affinity {affinity!r}: use one of {', '.join(AFFINITIES)} or bias:VALUE")
+        raise ValueError(f"unknown affinity {affinity!r}: use auto, {', '.join(AFFINITIES)} or bias:VALUE")
     return a
 
 

