@@ -20,6 +20,7 @@ from .errors import BackboneError
 
 DEFAULT_BACKBONE = "vit_small_patch14_reg4_dinov2.lvd142m"
 OFFLINE_BACKBONE = "dinov2_vits14_imgfocus"
+_HEAD_KEYS = ("head.", "fc_norm.", "head_drop.", "dino_head.")  # classifier parts LOST never uses
 
 
 def _imgfocus_weights() -> dict[str, torch.Tensor]:
@@ -35,28 +36,31 @@ OFFLINE_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], dict[str, torc
 
 
 def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """A timm ViT by name, with weights from ``weights`` ("random", a file) or its pretrained source."""
+    """A timm ViT by name, with weights from ``weights`` (a file, or "random": a seeded initialisation)
+    or, when ``weights`` is None, its pretrained source (timm's hub, or a package for offline names)."""
     kwargs = {"dynamic_img_size": True, "num_classes": 0, **kwargs}
+    arch, load = name, None
     if name in OFFLINE_MODELS:
         arch, arch_kwargs, load = OFFLINE_MODELS[name]
-        model = _create(arch, pretrained=False, **{**arch_kwargs, **kwargs})
-        if weights != "random":
-            _load_state_dict(model, load() if weights is None else _read_checkpoint(Path(weights), model), name)
+        kwargs = {**arch_kwargs, **kwargs}
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # "random" weights are the same in every process, so runs can resume
+            return _create(arch, pretrained=False, **kwargs)
+    if weights is not None or load is not None:
+        model = _create(arch, pretrained=False, **kwargs)
+        state = load() if weights is None else _read_checkpoint(Path(weights), model)
+        _load_state_dict(model, state, str(weights or name))
         return model
-    if weights is None:
-        try:
-            return _create(name, pretrained=True, **kwargs)
-        except BackboneError:
-            raise
-        except Exception as e:  # hub unreachable, missing file, HTTP error… all end here
-            raise BackboneError(
-                f"could not fetch pretrained weights for {name!r} ({type(e).__name__}: {_first_line(e)}); "
-                f"without network pass --weights FILE, or use --backbone {OFFLINE_BACKBONE}"
-            ) from e
-    model = _create(name, pretrained=False, **kwargs)
-    if weights != "random":
-        _load_state_dict(model, _read_checkpoint(Path(weights), model), str(weights))
-    return model
+    try:
+        return _create(name, pretrained=True, **kwargs)
+    except BackboneError:
+        raise
+    except Exception as e:  # hub unreachable, missing file, HTTP error… all end here
+        raise BackboneError(
+            f"could not fetch pretrained weights for {name!r} ({type(e).__name__}: {_first_line(e)}); "
+            f"without network pass --weights FILE, or use --backbone {OFFLINE_BACKBONE}"
+        ) from e
 
 
 def create_backbone(
@@ -127,9 +131,6 @@ def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
             f"weights from {source} do not fit {type(model).__name__}: "
             f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unknown keys {unexpected[:3]}"
         )
-
-
-_HEAD_KEYS = ("head.", "fc_norm.", "head_drop.", "dino_head.")
 
 
 def _first_line(e: BaseException) -> str:

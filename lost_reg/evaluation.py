@@ -1,0 +1,208 @@
+"""CorLoc, LOST's metric, and the per-image prediction file that makes runs resumable.
+
+CorLoc is the share of images whose predicted box has IoU ≥ 0.5 with at least one ground-truth
+box. Predictions are written as JSON lines, one per image, flushed as they come: a killed run
+keeps everything it finished, and ``--resume`` picks up from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from .datasets import Sample
+
+IOU_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class CorLoc:
+    """Correct localisation: ``found`` of ``total`` images (those with ground truth) were hit."""
+
+    corloc: float
+    found: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"CorLoc: {100 * self.corloc:.2f}% ({self.found}/{self.total})"
+
+
+def corloc(found: int, total: int) -> CorLoc:
+    """CorLoc from counts; 0 when no image had ground truth."""
+    return CorLoc(found / total if total else 0.0, found, total)
+
+
+def best_iou(box: Sequence[float], gt_boxes: np.ndarray | None) -> float | None:
+    """Highest IoU of ``box`` (x0, y0, x1, y1) with any ground-truth box; None without ground truth."""
+    if gt_boxes is None or len(gt_boxes) == 0:
+        return None
+    pred = torch.as_tensor([[float(v) for v in box]], dtype=torch.float64)
+    gt = torch.as_tensor(np.asarray(gt_boxes), dtype=torch.float64).reshape(-1, 4)
+    return float(box_iou(pred, gt).max())
+
+
+class CorLocEvaluator:
+    """Accumulates CorLoc image by image (reset / process / evaluate, as a detectron2 evaluator).
+
+    Images without ground-truth boxes (folder data, or a COCO image whose boxes are all crowd)
+    cannot be judged: their record has ``iou`` and ``found`` null and they are left out of
+    ``total``, so CorLoc is over the images that have ground truth.
+    """
+
+    def __init__(self, iou_threshold: float = IOU_THRESHOLD) -> None:
+        self.iou_threshold = iou_threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._found = 0
+        self._total = 0
+
+    def process(self, sample: Sample, box: Sequence[float], *, width: int | None = None,
+                height: int | None = None, seed: Sequence[int] | None = None) -> dict:
+        """Score one prediction; return its record (see :class:`PredictionWriter`).
+
+        ``width`` and ``height`` default to the sample's annotated size.
+        """
+        iou = best_iou(box, sample.gt_boxes)
+        found = None if iou is None else iou >= self.iou_threshold
+        if found is not None:
+            self._total += 1
+            self._found += found
+        size = sample.size or (None, None)
+        return {
+            "image_id": sample.image_id,
+            "width": _plain(width if width is not None else size[0]),
+            "height": _plain(height if height is not None else size[1]),
+            "box": [_plain(v) for v in box],
+            "seed": None if seed is None else [_plain(v) for v in seed],
+            "iou": iou,
+            "found": found,
+        }
+
+    def evaluate(self) -> CorLoc:
+        return corloc(self._found, self._total)
+
+
+def summarize(records: Iterable[dict]) -> CorLoc:
+    """CorLoc over prediction records (e.g. a whole resumed file); records with ``found`` null don't count."""
+    judged = [r["found"] for r in records if r.get("found") is not None]
+    return corloc(sum(bool(f) for f in judged), len(judged))
+
+
+def _plain(value: object) -> int | float | None:
+    """A JSON-ready number: integers (also numpy/torch ones) stay ints, everything else is a float."""
+    if value is None:
+        return None
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, int) else float(value)
+
+
+# ------------------------------------------------------------------------------- prediction file
+
+
+class PredictionWriter:
+    """Appends prediction records to a JSON-lines file, one flushed line per image.
+
+    A record is ``{"image_id", "width", "height", "box": [x0, y0, x1, y1], "seed": [row, col],
+    "iou", "found"}`` (``iou``/``found`` null without ground truth). With ``resume=False`` an
+    existing file is started afresh; with ``resume=True`` its records are kept, a half-written
+    or garbled line (from a killed run) is dropped, and new records are appended.
+    """
+
+    def __init__(self, path: str | Path, resume: bool) -> None:
+        self.path = Path(path)
+        self.resume = resume
+        self.dropped_lines = 0
+        self._done: set[str] | None = None
+        self._file: TextIO | None = None
+
+    def done_ids(self) -> set[str]:
+        """Image ids already in the file (empty unless resuming); repairs a damaged file first."""
+        if self._done is None:
+            self._done = self._recover() if self.resume else self._start_fresh()
+        return set(self._done)
+
+    def open(self) -> PredictionWriter:
+        if self._file is None:
+            self.done_ids()
+            self._file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def write(self, record: dict) -> None:
+        self.open()
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> PredictionWriter:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start_fresh(self) -> set[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        return set()
+
+    def _recover(self) -> set[str]:
+        """Ids of the file's valid records; rewrites it atomically if any line had to go."""
+        if not self.path.exists():
+            return self._start_fresh()
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines()
+        records = [r for r in map(_parse_record, lines) if r is not None]
+        self.dropped_lines = sum(1 for line in lines if line.strip()) - len(records)
+        if self.dropped_lines or (text and not text.endswith("\n")):
+            _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        return {r["image_id"] for r in records}
+
+
+def _parse_record(line: str) -> dict | None:
+    """The record on one line, or None for a blank, truncated or garbled line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("image_id"), str) else None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step (temp file in the same folder, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_predictions(path: str | Path) -> list[dict]:
+    """Records of a prediction file, one per image (the last wins if an image appears twice).
+
+    Blank, truncated or garbled lines are skipped, so a file from a killed run reads fine.
+    """
+    by_id: dict[str, dict] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            record = _parse_record(line)
+            if record is not None:
+                by_id[record["image_id"]] = record
+    return list(by_id.values())

