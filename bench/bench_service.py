@@ -1,0 +1,199 @@
+"""Throughput and latency of ``lost-reg serve``: batched (max_batch 16) vs unbatched (max_batch 1).
+
+Starts the real server (``lost-reg serve`` on 127.0.0.1, one process per batching mode), sends
+``--requests`` single-image POSTs at each concurrency level, prints req/s and p50/p95 latency and
+appends one JSON record (date, device, versions, figures) to ``bench/results.jsonl``.
+
+    python bench/bench_service.py                                   # tiny random ViT (as the tests)
+    python bench/bench_service.py --backbone dinov2_vits14_imgfocus --requests 16
+    python bench/bench_service.py --backbone vit_small_patch14_reg4_dinov2.lvd142m --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("results.jsonl")
+TINY = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",
+        "--model-arg", "embed_dim=48", "--model-arg", "num_heads=3", "--model-arg", "reg_tokens=4"]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="tiny", help="'tiny' (random 2-block ViT) or any lost-reg backbone")
+    p.add_argument("--weights", default=None, help="as lost-reg serve --weights")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="as lost-reg serve")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", default="320x240", help="image size WxH (JPEG; one shape, so batches fill)")
+    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
+    p.add_argument("--max-batch", default="16,1", help="comma-separated server --max-batch values")
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
+    return p.parse_args()
+
+
+def server_args(args: argparse.Namespace) -> list[str]:
+    if args.backbone == "tiny":
+        return TINY + ["--device", args.device]
+    out = ["--backbone", args.backbone, "--device", args.device]
+    if args.weights:
+        out += ["--weights", args.weights]
+    return out + [a for kv in args.model_arg for a in ("--model-arg", kv)]
+
+
+def images(size: str, n: int = 8) -> list[bytes]:
+    """``n`` distinct JPEGs of one size: a bright blob on a noisy gradient, moved around."""
+    w, h = map(int, size.lower().split("x"))
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:h, :w]
+    out = []
+    for i in range(n):
+        base = np.stack([x * 150 // w, y * 150 // h, np.full_like(x, 70)], -1).astype(np.int32)
+        cx, cy = w * (0.3 + 0.4 * rng.random()), h * (0.3 + 0.4 * rng.random())
+        base[((x - cx) / (w * 0.15)) ** 2 + ((y - cy) / (h * 0.2)) ** 2 < 1] = (230, 190, 50)
+        pixels = np.clip(base + rng.integers(0, 30, base.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(args: argparse.Namespace, max_batch: int):
+    """``lost-reg serve`` with this batching; yields (base URL, /v1/model)."""
+    port = free_port()
+    command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve",
+               *server_args(args), "--port", str(port), "--max-batch", str(max_batch),
+               "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 900  # a first run may download weights
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    sys.exit(f"server exited with {proc.returncode}:\n{log.read()}")
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    sys.exit("server not ready in 15 minutes")
+                time.sleep(0.3)
+            yield base, httpx.get(f"{base}/v1/model").json()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+async def measure(base: str, payloads: list[bytes], requests: int, concurrency: int) -> dict[str, float]:
+    """req/s and latency percentiles of ``requests`` single-image POSTs, ``concurrency`` at a time."""
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            start = time.perf_counter()
+            upload = ("images", (f"{i}.jpg", payloads[i % len(payloads)], "image/jpeg"))
+            r = await client.post("/v1/boxes", files=[upload])
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        await client.post("/v1/boxes", files=[("images", ("warm.jpg", payloads[0], "image/jpeg"))])
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ms = sorted(t * 1000 for t in latencies)
+    return {"req_s": round(requests / wall, 2), "p50_ms": round(statistics.median(ms), 1),
+            "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1)}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("lost-reg", "torch", "timm", "fastapi", "uvicorn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def main() -> None:
+    args = parse_args()
+    payloads = images(args.size)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows, model = [], {}
+    load_before = os.getloadavg()
+    for max_batch in (int(b) for b in args.max_batch.split(",")):
+        with server(args, max_batch) as (base, model):
+            for c in levels:
+                figures = asyncio.run(measure(base, payloads, args.requests, c))
+                rows.append({"max_batch": max_batch, "concurrency": c, **figures})
+                print(f"max_batch {max_batch:>2}  clients {c:>2}: {figures['req_s']:8.2f} req/s  "
+                      f"p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms", flush=True)
+    print(f"\n{model['backbone']} ({args.backbone}), {args.size} JPEG, {args.requests} requests per level, "
+          f"device {model['device']} {model['dtype']}")
+    print("| max_batch | clients | req/s | p50 ms | p95 ms |\n|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['max_batch']} | {r['concurrency']} | {r['req_s']} | {r['p50_ms']} | {r['p95_ms']} |")
+    if not args.no_record:
+        record = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": {"torch": model["device"], "dtype": model["dtype"], "gpu": gpu_name(model["device"]),
+                       "machine": platform.machine(),
+                       "processor": platform.processor(), "cpus": os.cpu_count(),
+                       "load_avg_before": [round(v, 2) for v in load_before],
+                       "load_avg_after": [round(v, 2) for v in os.getloadavg()]},
+            "versions": versions(),
+            "backbone": model["backbone"], "server_args": server_args(args), "image_size": args.size,
+            "requests_per_level": args.requests, "max_wait_ms": args.max_wait_ms, "rows": rows,
+        }
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

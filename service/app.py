@@ -1,0 +1,203 @@
+"""The HTTP API. ``create_app(settings, localizer)`` builds it; ``app`` (settings from ``LOST_REG_*``) is
+what ``uvicorn service.app:app`` serves. Building an app loads nothing: the model loads and warms up
+in the lifespan start-up (or comes ready-made as ``localizer``, as ``lost-reg serve`` and tests do).
+
+``POST /v1/boxes`` parses its multipart body itself, after authentication and under size limits,
+so an unauthenticated or oversized upload is refused before it is spooled.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.params import Depends as DependsParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Message
+
+from lost_reg import __version__
+from lost_reg.lost import resolve_affinity
+from lost_reg.pipeline import Localizer, LostConfig
+
+from .errors import ServiceError, install_error_handlers
+from .metrics import Metrics
+from .runtime import BoxRequest, Failed, Runtime
+from .schemas import BoxesResponse, BoxOptions, ErrorResponse, FileError, ModelInfo, boxes_request_schema
+from .settings import Settings
+from .worker import InferenceWorker, RunKey
+
+MAX_OPTION_FIELDS = 16
+MAX_OPTION_BYTES = 64 * 1024
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in [
+    (401, "missing or wrong bearer token"),
+    (413, "request, file or image too large, or too many files"),
+    (415, "a file is not an image"),
+    (422, "bad option, empty, corrupt or too small image"),
+    (503, "model not ready or queue full"),
+    (504, "no answer within the request timeout"),
+]}
+
+
+def create_app(settings: Settings | None = None, localizer: Localizer | None = None) -> FastAPI:
+    """The service: routes, limits, auth and metrics; the model loads when the app starts."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await runtime.start(localizer)
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(title="lost-reg", version=__version__, lifespan=lifespan,
+                  description="One object box per image: LOST on a register-aware ViT.")
+    app.state.runtime = runtime
+    install_error_handlers(app, metrics)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization"])
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        path = getattr(request.scope.get("route"), "path", "unmatched")  # the template keeps labels few
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    protected = [_bearer_auth(settings.api_key.get_secret_value())] if settings.api_key else []
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and warmed up", responses={503: ERRORS[503]})
+    async def readyz() -> dict[str, str]:
+        runtime.require_ready()
+        return {"status": "ready"}
+
+    @app.get("/v1/model", dependencies=protected, responses=ERRORS)
+    async def model() -> ModelInfo:
+        worker = runtime.require_ready()
+        loc = worker.localizer
+        bb = loc.backbone
+        return ModelInfo(
+            backbone=bb.name, patch_size=bb.patch_size, registers=bb.num_registers, features=bb.features,
+            layer=bb.layer, device=str(loc.device), dtype=loc.dtype,
+            defaults={"k_patches": loc.config.k_patches, "affinity": loc.config.affinity,
+                      "max_side": settings.max_side, "features": bb.features},
+            limits={"max_files": settings.max_files, "max_file_bytes": settings.max_file_bytes,
+                    "max_pixels": settings.max_pixels, "timeout_s": settings.timeout_s},
+        )
+
+    @app.get("/metrics", dependencies=protected, response_class=Response, summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/boxes", dependencies=protected, response_model=BoxesResponse, response_model_exclude_none=True,
+              openapi_extra=boxes_request_schema(), responses=ERRORS, summary="One object box per uploaded image")
+    async def boxes(request: Request) -> BoxesResponse:
+        worker = runtime.require_ready()
+        form = await _read_form(request, settings)
+        try:
+            results = await runtime.localize(_uploads(form), _box_request(form, settings, worker))
+        finally:
+            await form.close()
+        failed = [r.error for r in results if isinstance(r, Failed)]
+        if len(failed) == len(results):
+            raise ServiceError(failed[0].status, failed[0].code, "; ".join(e.message for e in failed))
+        for error in failed:
+            metrics.errors.labels(error.code).inc()
+        return BoxesResponse(backbone=worker.localizer.backbone.name, results=[
+            FileError(filename=r.filename, error=r.error.body) if isinstance(r, Failed) else r for r in results
+        ])
+
+    return app
+
+
+def _bearer_auth(secret: str) -> DependsParam:
+    """401 unless ``Authorization: Bearer <secret>`` (constant-time comparison)."""
+    expected = secret.encode()
+    scheme = HTTPBearer(auto_error=False, description="the server's LOST_REG_API_KEY")
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise ServiceError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               headers={"WWW-Authenticate": "Bearer"})
+
+    return Depends(check)
+
+
+async def _read_form(request: Request, settings: Settings) -> FormData:
+    """The multipart body, refused with 413 once it passes ``max_request_bytes`` (declared or streamed)."""
+    limit = settings.max_request_bytes
+    too_large = ServiceError(413, "request_too_large",
+                             f"request body over {limit / 2**20:g} MB ({settings.max_files} files of "
+                             f"{settings.max_file_mb:g} MB at most)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise too_large
+        return message
+
+    try:
+        return await Request(request.scope, receive).form(
+            max_files=settings.max_files, max_fields=MAX_OPTION_FIELDS, max_part_size=MAX_OPTION_BYTES)
+    except HTTPException as e:  # Starlette's multipart limits and syntax errors
+        if str(e.detail).startswith("Too many files"):
+            raise ServiceError(413, "too_many_files", f"at most {settings.max_files} files per request") from e
+        raise ServiceError(400, "bad_multipart", f"cannot parse the multipart body: {e.detail}") from e
+
+
+def _uploads(form: FormData) -> list[UploadFile]:
+    values = form.getlist("images")
+    if not values:
+        raise ServiceError(422, "no_images", "send one or more files in the multipart form field 'images'")
+    if not all(isinstance(v, UploadFile) for v in values):
+        raise ServiceError(422, "invalid_request", "the form field 'images' must hold files, not text")
+    return values  # type: ignore[return-value]
+
+
+def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) -> BoxRequest:
+    """The request's options, checked, with the server's defaults for those it leaves out."""
+    try:
+        options = BoxOptions.model_validate({k: v for k, v in form.multi_items() if k != "images"})
+    except ValidationError as e:
+        raise ServiceError(422, "invalid_option", "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    max_side = options.max_side or settings.max_side
+    if max_side > settings.max_side:
+        raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")
+    defaults = worker.default_key
+    try:
+        config = LostConfig(k_patches=options.k_patches or defaults.k_patches,
+                            affinity=options.affinity or defaults.affinity)
+    except ValueError as e:
+        raise ServiceError(422, "invalid_option", str(e)) from None
+    # "auto" resolved as the Localizer does, so such requests batch with the default ones
+    affinity = resolve_affinity(config.affinity, worker.localizer.backbone.name)
+    return BoxRequest(RunKey(options.features or defaults.features, config.k_patches, affinity), max_side,
+                      options.return_mask)
+
+
+app = create_app()

@@ -1,0 +1,61 @@
+"""Every error leaves the service as ``{"error": {"code", "message"}}`` with a fitting status."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .metrics import Metrics
+from .schemas import ErrorBody, ErrorResponse
+
+log = logging.getLogger("service")
+
+
+class ServiceError(Exception):
+    """An error a client can act on: HTTP status, stable code, one-line message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    @property
+    def body(self) -> ErrorBody:
+        return ErrorBody(code=self.code, message=self.message)
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=error.body).model_dump(), status_code=error.status, headers=error.headers)
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Map ServiceError, Starlette's HTTP errors, validation errors and crashes to the JSON shape."""
+
+    def respond(error: ServiceError) -> JSONResponse:
+        metrics.errors.labels(error.code).inc()
+        return error_response(error)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return respond(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return respond(ServiceError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(ServiceError(422, "invalid_request", str(exc)))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return respond(ServiceError(500, "internal_error", "internal server error; see the server log"))

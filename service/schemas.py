@@ -1,0 +1,84 @@
+"""Request options and response bodies of the HTTP API (also its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lost_reg.backbone import FeatureKind
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable reason, e.g. file_too_large")
+    message: str = Field(description="what went wrong and what to do, for humans")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class BoxOptions(BaseModel):
+    """Optional form fields of ``POST /v1/boxes``; unset ones take the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k_patches: int | None = Field(None, ge=1, description="LOST's expansion over the k lowest-degree patches")
+    features: FeatureKind | None = Field(None, description="which features build LOST's graph")
+    affinity: str | None = Field(None, description="raw, centered, mean or bias:VALUE")
+    max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this "
+                                                         "(at most the server's max_side)")
+    return_mask: bool = Field(False, description="add LOST's patch-grid mask as COCO RLE")
+
+
+def boxes_request_schema() -> dict[str, Any]:
+    """OpenAPI body of ``POST /v1/boxes``: the endpoint parses multipart itself (limits first)."""
+    options = BoxOptions.model_json_schema()
+    properties = {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": "one or more image files (JPEG, PNG, WebP, TIFF, BMP, GIF)"},
+        **options["properties"],
+    }
+    schema = {"type": "object", "required": ["images"], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+class Mask(BaseModel):
+    """COCO run-length encoding (pycocotools.mask) of a bool [rows, cols] mask."""
+
+    size: tuple[int, int]
+    counts: str
+
+
+class BoxResult(BaseModel):
+    filename: str
+    width: int
+    height: int
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
+    seed: tuple[int, int] = Field(description="row, col of LOST's seed patch")
+    ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")
+    mask: Mask | None = Field(None, description="with return_mask: the object's patches on the grid")
+    grid: tuple[int, int] | None = Field(None, description="with return_mask: rows, cols of the patch grid")
+    cell_px: float | None = Field(None, description="with return_mask: original pixels per grid cell side")
+
+
+class FileError(BaseModel):
+    filename: str
+    error: ErrorBody
+
+
+class BoxesResponse(BaseModel):
+    backbone: str
+    results: list[BoxResult | FileError] = Field(description="one item per uploaded file, in upload order")
+
+
+class ModelInfo(BaseModel):
+    backbone: str
+    patch_size: int
+    registers: int
+    features: str
+    layer: int
+    device: str
+    dtype: str
+    defaults: dict[str, Any] = Field(description="LOST options used when a request sets none")
+    limits: dict[str, Any] = Field(description="request limits")

@@ -1,0 +1,77 @@
+"""Service configuration: environment variables ``LOST_REG_*`` (or ``lost-reg serve`` flags).
+
+The backbone and LOST options mirror the CLI's (``--backbone``, ``--weights``, ``--model-arg``…;
+``LOST_REG_MODEL_ARGS`` is a JSON object). Unlike the CLI, ``max_side`` has a finite default:
+LOST's graph is quadratic in the number of patches, so a server must bound the network input.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from lost_reg.backbone import FeatureKind
+from lost_reg.models import DEFAULT_BACKBONE
+from lost_reg.pipeline import LostConfig
+
+MB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service needs: which model, LOST's defaults, batching and request limits."""
+
+    model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True)
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = Field(None, description="weights file instead of the pretrained download; 'random' for none")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model keywords")
+    features: FeatureKind = "k"
+    layer: int = -1
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    k_patches: int = Field(LostConfig.k_patches, ge=1)
+    affinity: str = LostConfig.affinity
+    max_side: int = Field(1024, ge=1, description="longer side of the network input; requests may only lower it")
+
+    max_batch: int = Field(16, ge=1, description="images per backbone call")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the first queued image waits for others")
+    max_queue: int = Field(256, ge=1, description="images waiting for inference before requests get 503")
+    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
+
+    max_file_mb: float = Field(20.0, gt=0)
+    max_pixels: int = Field(40_000_000, ge=1, description="width × height of one image, read from its header")
+    max_files: int = Field(16, ge=1)
+    timeout_s: float = Field(30.0, gt=0, description="decoding and inference of one request")
+
+    api_key: SecretStr | None = Field(None, description="bearer token required on /v1 and /metrics when set")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS (off when empty)"
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_lost(self) -> Settings:
+        self.lost_config()  # raises ValueError (so a ValidationError) on a bad affinity
+        return self
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest acceptable body: every file at its limit plus 1 MB of multipart framing and options."""
+        return self.max_files * self.max_file_bytes + MB
+
+    def lost_config(self) -> LostConfig:
+        return LostConfig(k_patches=self.k_patches, affinity=self.affinity, max_side=self.max_side)

@@ -1,0 +1,160 @@
+"""The inference thread: the one consumer of a queue of prepared images, micro-batching them.
+
+Requests queue images that a thread pool already decoded and padded. The thread takes the first,
+waits up to ``max_wait_s`` for more (``max_batch`` in all), groups them by LOST options and padded
+shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
+:meth:`~lost_reg.pipeline.Localizer.localize_prepared` call per group and resolves each image's
+future. Only this thread touches the model, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from lost_reg.backbone import FEATURES, Backbone, FeatureKind
+from lost_reg.images import Prepared
+from lost_reg.pipeline import Detection, Localizer, LostConfig, group_by_shape
+
+from .metrics import Metrics
+
+log = logging.getLogger("service")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What images of one backbone call share besides their padded shape."""
+
+    features: FeatureKind
+    k_patches: int
+    affinity: str
+
+
+@dataclass
+class Job:
+    """One queued image; ``future`` resolves to its Detection (or the batch's exception)."""
+
+    prepared: Prepared
+    key: RunKey
+    future: Future[Detection] = field(default_factory=Future)
+    finished: float = 0.0
+    """``time.perf_counter()`` when the result was ready."""
+
+
+class InferenceWorker:
+    """A thread running a Localizer on micro-batches, with every feature kind on the one model."""
+
+    def __init__(self, localizer: Localizer, max_batch: int, max_wait_s: float, metrics: Metrics) -> None:
+        self.localizer = localizer
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.metrics = metrics
+        base = localizer.backbone
+        # One hook per feature kind on the shared model: any kind runs without a second copy of the weights.
+        self._backbones: dict[str, Backbone] = {
+            kind: base if kind == base.features
+            else Backbone(base.model, features=kind, layer=base.layer, name=base.name)
+            for kind in FEATURES
+        }
+        self._localizer = functools.lru_cache(maxsize=32)(self._make_localizer)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="lost-reg-inference", daemon=True)
+        self._closed = False
+        metrics.queue_depth.set_function(self._queue.qsize)
+
+    @property
+    def default_key(self) -> RunKey:
+        config = self.localizer.config
+        return RunKey(self.localizer.backbone.features, config.k_patches, config.affinity)
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, prepared: Prepared, key: RunKey) -> Job:
+        """Queue one image; cancelling its future before the batch runs drops it."""
+        if self._closed:
+            raise RuntimeError("the inference worker is shut down")
+        job = Job(prepared, key)
+        self._queue.put(job)
+        return job
+
+    def close(self, timeout: float) -> None:
+        """Finish the images queued so far, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _make_localizer(self, key: RunKey) -> Localizer:
+        if key == self.default_key:
+            return self.localizer
+        config = LostConfig(k_patches=key.k_patches, affinity=key.affinity)
+        return Localizer(self._backbones[key.features], config, device=str(self.localizer.device),
+                         dtype=self.localizer.dtype)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            batch = [job]
+            deadline = time.monotonic() + self.max_wait_s
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        by_key: dict[RunKey, list[Job]] = defaultdict(list)
+        for job in jobs:
+            if job.future.set_running_or_notify_cancel():  # False: its request timed out meanwhile
+                by_key[job.key].append(job)
+        for key, same in by_key.items():
+            for indices in group_by_shape([j.prepared for j in same]).values():
+                self._run_group(key, [same[i] for i in indices])
+
+    def _run_group(self, key: RunKey, group: list[Job]) -> None:
+        start = time.perf_counter()
+        try:
+            detections = self._localizer(key).localize_prepared([j.prepared for j in group])
+        except Exception as e:  # the thread must outlive a failing batch (out of memory, driver error…)
+            log.exception("inference failed on a batch of %d", len(group))
+            for job in group:
+                job.future.set_exception(e)
+            return
+        finally:
+            self._release_captures()
+        end = time.perf_counter()
+        self.metrics.batch_size.observe(len(group))
+        self.metrics.inference.observe(end - start)
+        self.metrics.images.inc(len(group))
+        for job, detection in zip(group, detections):
+            job.finished = end
+            job.future.set_result(detection)
+
+    def _release_captures(self) -> None:
+        """Every kind's hook fired on the shared forward pass; drop what this batch did not use so it
+        does not pin (device) memory until the next batch."""
+        for backbone in self._backbones.values():
+            backbone._captured = None

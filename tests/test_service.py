@@ -1,0 +1,378 @@
+"""The HTTP service in-process (FastAPI TestClient, lifespan running) on a tiny random ViT."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from lost_reg.backbone import Backbone
+from lost_reg.images import decode_image
+from lost_reg.pipeline import Localizer, LostConfig
+from service.app import create_app
+from service.metrics import Metrics
+from service.settings import Settings
+from service.worker import InferenceWorker, RunKey
+
+from .conftest import tiny_backbone
+
+
+def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """RGB uint8: a noisy gradient with a bright ellipse off-centre, like an object on a background."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:height, :width]
+    image = np.stack([x * 120 // max(width, 1), y * 120 // max(height, 1), np.full_like(x, 60)], -1)
+    inside = ((x - width * 0.6) / (width * 0.2)) ** 2 + ((y - height * 0.4) / (height * 0.25)) ** 2 < 1
+    image[inside] = (230, 200, 40)
+    return np.clip(image + rng.integers(0, 25, image.shape), 0, 255).astype(np.uint8)
+
+
+def encode(image: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    im = Image.fromarray(image)
+    (im.convert(mode) if mode else im).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width`` x ``height``: only a header check stops it."""
+    data = bytearray(encode(np.zeros((1, 1, 3), np.uint8)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", (name, content, "application/octet-stream")) for name, content in items]
+
+
+def tiny_localizer() -> Localizer:
+    return Localizer(tiny_backbone(), device="cpu")
+
+
+@pytest.fixture
+def make_client(monkeypatch):
+    """``make(localizer=None, **settings)``: a started TestClient; the environment cannot leak in."""
+    for name in list(os.environ):
+        if name.startswith("LOST_REG_"):
+            monkeypatch.delenv(name)
+    clients: list[TestClient] = []
+
+    def make(localizer: Localizer | None = None, **settings) -> TestClient:
+        client = TestClient(create_app(Settings(**settings), localizer or tiny_localizer()))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+def error_of(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["message"]
+    return body["error"]["code"]
+
+
+def test_health_ready_model_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    info = client.get("/v1/model").json()
+    assert info["backbone"] == "vit_small_patch14_dinov2"
+    assert (info["patch_size"], info["registers"], info["device"], info["dtype"]) == (14, 4, "cpu", "float32")
+    assert info["limits"]["max_files"] == 16 and info["defaults"]["max_side"] == 1024
+    assert client.get("/docs").status_code == 200
+    body = client.get("/openapi.json").json()["paths"]["/v1/boxes"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    assert {"images", "k_patches", "features", "affinity", "max_side", "return_mask"} <= set(schema["properties"])
+
+
+def test_not_ready_before_startup():
+    client = TestClient(create_app(Settings(), tiny_localizer()))  # no `with`: the lifespan has not run
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/readyz")
+    assert response.status_code == 503 and error_of(response) == "not_ready"
+    response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))))
+    assert response.status_code == 503 and response.headers["retry-after"]
+
+
+def test_boxes_match_the_localizer_in_upload_order(make_client):
+    localizer = tiny_localizer()
+    client = make_client(localizer)
+    uploads = [
+        ("rgb.png", encode(photo(120, 90, 1))),
+        ("photo.jpg", encode(photo(200, 150, 2), "JPEG")),
+        ("grey.png", encode(photo(70, 100, 3), mode="L")),
+        ("alpha.png", encode(photo(90, 90, 4), mode="RGBA")),
+    ]
+    response = client.post("/v1/boxes", files=files(*uploads))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["backbone"] == "vit_small_patch14_dinov2"
+    assert [r["filename"] for r in body["results"]] == [name for name, _ in uploads]
+    for (name, data), result in zip(uploads, body["results"]):
+        expected = localizer.localize([decode_image(data, name)])[0]
+        assert (result["width"], result["height"]) == (expected.width, expected.height)
+        assert tuple(result["box"]) == expected.box and tuple(result["seed"]) == expected.seed
+        assert result["ms"] > 0 and "mask" not in result
+
+
+def test_real_photo(client, quokka):
+    path, _ = quokka
+    response = client.post("/v1/boxes", files=files(("quokka.jpg", path.read_bytes())))
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    with Image.open(path) as im:
+        assert (result["width"], result["height"]) == im.size
+    x0, y0, x1, y1 = result["box"]
+    assert 0 <= x0 < x1 <= result["width"] and 0 <= y0 < y1 <= result["height"]
+
+
+def test_return_mask_decodes_to_the_detection_mask(make_client):
+    localizer = tiny_localizer()
+    client = make_client(localizer)
+    data = encode(photo(150, 100, 5))
+    response = client.post("/v1/boxes", files=files(("a.png", data)), data={"return_mask": "true"})
+    (result,) = response.json()["results"]
+    expected = localizer.localize([decode_image(data)])[0].lost.mask
+    rle = {"size": result["mask"]["size"], "counts": result["mask"]["counts"].encode()}
+    np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), expected)
+    assert tuple(result["grid"]) == expected.shape == (8, 11) and result["cell_px"] == 14
+
+
+def test_per_request_options_use_their_own_features_and_lost_settings(make_client):
+    localizer = tiny_localizer()
+    client = make_client(localizer)
+    data = encode(photo(300, 200, 6))
+    options = {"features": "q", "k_patches": "5", "affinity": "raw", "max_side": "112"}
+    response = client.post("/v1/boxes", files=files(("a.png", data)), data={**options, "return_mask": "1"})
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    bb = localizer.backbone
+    q = Localizer(Backbone(bb.model, features="q", layer=bb.layer), LostConfig(5, "raw", max_side=112), device="cpu")
+    expected = q.localize([decode_image(data)])[0]
+    assert tuple(result["box"]) == expected.box and tuple(result["seed"]) == expected.seed
+    assert (result["width"], result["height"]) == (300, 200)
+    assert tuple(result["grid"]) == (6, 8) and result["cell_px"] == pytest.approx(14 * 300 / 112)
+
+
+@pytest.mark.parametrize("options", [
+    {"k_patches": "0"}, {"k_patches": "many"}, {"features": "cls"}, {"affinity": "nope"},
+    {"max_side": "5000"}, {"return_mask": "perhaps"}, {"k_patch": "5"},
+])
+def test_bad_options_are_422(client, options):
+    response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))), data=options)
+    assert response.status_code == 422 and error_of(response) == "invalid_option"
+    assert next(iter(options)) in response.json()["error"]["message"]
+
+
+def test_missing_or_textual_images_are_422(client):
+    response = client.post("/v1/boxes", data={"k_patches": "5"})
+    assert response.status_code == 422 and error_of(response) == "no_images"
+    response = client.post("/v1/boxes", data={"images": "/etc/passwd"})
+    assert response.status_code == 422 and error_of(response) == "invalid_request"
+
+
+@pytest.mark.parametrize(("content", "status", "code"), [
+    (b"just some text, no pixels", 415, "not_an_image"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "not_an_image"),
+    (encode(photo(64, 64))[:200], 422, "corrupt_image"),
+    (b"", 422, "empty_file"),
+    (encode(photo(10, 60)), 422, "image_too_small"),
+    (png_bomb(100_000, 100_000), 413, "too_many_pixels"),
+])
+def test_bad_file_gets_its_status_and_the_server_goes_on(client, content, status, code):
+    response = client.post("/v1/boxes", files=files(("bad.png", content)))
+    assert response.status_code == status and error_of(response) == code
+    assert "bad.png" in response.json()["error"]["message"]
+    assert client.post("/v1/boxes", files=files(("ok.png", encode(photo(64, 64))))).status_code == 200
+
+
+def test_too_small_after_max_side(client):
+    response = client.post("/v1/boxes", files=files(("wide.png", encode(photo(600, 20)))), data={"max_side": "300"})
+    assert response.status_code == 422 and "resized to 300x10" in response.json()["error"]["message"]
+
+
+def test_mixed_request_reports_each_file(client):
+    good = encode(photo(80, 80))
+    response = client.post("/v1/boxes", files=files(("a.png", good), ("b.txt", b"hello"), ("c.png", b""),
+                                                    ("d.png", good)))
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["a.png", "b.txt", "c.png", "d.png"]
+    assert results[0]["box"] == results[3]["box"]
+    assert results[1]["error"]["code"] == "not_an_image" and results[2]["error"]["code"] == "empty_file"
+    metrics = client.get("/metrics").text
+    assert 'lost_reg_errors_total{code="not_an_image"} 1.0' in metrics
+    assert 'lost_reg_errors_total{code="empty_file"} 1.0' in metrics
+
+
+def test_all_bad_files_fail_the_request(client):
+    response = client.post("/v1/boxes", files=files(("x.txt", b"text"), ("y.png", b"")))
+    assert response.status_code == 415 and error_of(response) == "not_an_image"
+    assert "x.txt" in response.json()["error"]["message"] and "y.png" in response.json()["error"]["message"]
+
+
+def test_size_limits(make_client):
+    client = make_client(max_file_mb=0.05, max_files=2, max_pixels=100 * 100)
+    noise = encode(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8))  # ~120 kB
+    response = client.post("/v1/boxes", files=files(("big.png", noise)))
+    assert response.status_code == 413 and error_of(response) == "file_too_large"
+    response = client.post("/v1/boxes", files=files(("big.png", encode(photo(120, 100)))))
+    assert response.status_code == 413 and error_of(response) == "too_many_pixels"
+    response = client.post("/v1/boxes", files=files(*[(f"{i}.png", encode(photo(50, 50))) for i in range(3)]))
+    assert response.status_code == 413 and error_of(response) == "too_many_files"
+    huge = b"x" * (2 * 2**20)  # over 2 files x 0.05 MB + 1 MB of framing
+    response = client.post("/v1/boxes", files=files(("huge.png", huge)))
+    assert response.status_code == 413 and error_of(response) == "request_too_large"  # by Content-Length
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"huge.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + huge + f"\r\n--{boundary}--\r\n".encode()
+    response = client.post("/v1/boxes", content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413 and error_of(response) == "request_too_large"  # streamed, no length
+    assert client.post("/v1/boxes", files=files(("ok.png", encode(photo(60, 60))))).status_code == 200
+
+
+def test_bearer_token(make_client):
+    client = make_client(api_key="s3cret")
+    upload = files(("a.png", encode(photo(64, 64))))
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        response = client.post("/v1/boxes", files=upload, headers=headers)
+        assert response.status_code == 401 and error_of(response) == "unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert client.get("/metrics", headers=headers).status_code == 401
+        assert client.get("/v1/model", headers=headers).status_code == 401
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.post("/v1/boxes", files=upload, headers=good).status_code == 200
+    assert client.get("/metrics", headers=good).status_code == 200
+
+
+def test_timeout_is_504_and_the_server_recovers(make_client):
+    localizer = tiny_localizer()
+    slow = threading.Event()
+    run = localizer.localize_prepared
+
+    def slow_localize(batch):
+        if slow.is_set():
+            time.sleep(1.0)
+        return run(batch)
+
+    localizer.localize_prepared = slow_localize
+    client = make_client(localizer, timeout_s=0.3)
+    upload = files(("a.png", encode(photo(64, 64))))
+    slow.set()
+    response = client.post("/v1/boxes", files=upload)
+    assert response.status_code == 504 and error_of(response) == "timeout"
+    slow.clear()
+    time.sleep(1.0)
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    assert client.post("/v1/boxes", files=upload).status_code == 200
+
+
+def test_inference_failure_is_500_and_the_server_recovers(make_client):
+    localizer = tiny_localizer()
+    run = localizer.localize_prepared
+    client = make_client(localizer)
+    localizer.localize_prepared = lambda batch: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))))
+    assert response.status_code == 500 and error_of(response) == "inference_failed"
+    assert "memory" not in response.json()["error"]["message"]  # details stay in the server log
+    localizer.localize_prepared = run
+    assert client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64))))).status_code == 200
+
+
+def test_full_queue_is_503(make_client):
+    client = make_client(max_queue=1)
+    response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64))), ("b.png", encode(photo(64, 64)))))
+    assert response.status_code == 503 and error_of(response) == "busy" and response.headers["retry-after"]
+
+
+def test_metrics(client):
+    assert client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64))))).status_code == 200
+    client.post("/v1/boxes", files=files(("a.txt", b"text")))
+    client.get("/nowhere")
+    text = client.get("/metrics").text
+    assert 'lost_reg_http_requests_total{method="POST",path="/v1/boxes",status="200"} 1.0' in text
+    assert 'lost_reg_http_requests_total{method="POST",path="/v1/boxes",status="415"} 1.0' in text
+    assert 'lost_reg_http_requests_total{method="GET",path="unmatched",status="404"} 1.0' in text
+    assert 'lost_reg_http_request_seconds_bucket{le="+Inf",path="/v1/boxes"} 2.0' in text
+    assert 'lost_reg_errors_total{code="not_an_image"} 1.0' in text
+    assert 'lost_reg_errors_total{code="not_found"} 1.0' in text
+    assert "lost_reg_batch_size_count 2.0" in text  # warm-up + one image
+    assert "lost_reg_images_total 2.0" in text and "lost_reg_queue_depth 0.0" in text
+    assert "lost_reg_inference_seconds_count 2.0" in text
+
+
+def test_cors_only_when_configured(make_client):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    closed = make_client().options("/v1/boxes", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    opened = make_client(cors_origins="https://app.example").options("/v1/boxes", headers=preflight)
+    assert opened.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_worker_batches_by_options_and_shape():
+    localizer = tiny_localizer()
+    metrics = Metrics()
+    worker = InferenceWorker(localizer, max_batch=16, max_wait_s=0.3, metrics=metrics)
+    worker.start()
+    try:
+        images = [photo(112, 84, i) for i in range(3)] + [photo(56, 70, i) for i in range(3)]
+        prepared = [localizer.prepare(im) for im in images]
+        raw = RunKey("k", 100, "raw")
+        jobs = [worker.submit(p, worker.default_key) for p in prepared] + [worker.submit(prepared[0], raw)]
+        detections = [job.future.result(timeout=10) for job in jobs]
+    finally:
+        worker.close(timeout=10)
+    for got, want in zip(detections, localizer.localize(images)):
+        assert got.box == want.box and got.seed == want.seed
+    batch = metrics.registry.get_sample_value
+    assert batch("lost_reg_batch_size_count") == 3 and batch("lost_reg_batch_size_sum") == 7  # 3 + 3 + 1
+    assert not worker.alive
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("LOST_REG_MODEL_ARGS", '{"depth": 2, "embed_dim": 48}')
+    monkeypatch.setenv("LOST_REG_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("LOST_REG_MAX_FILE_MB", "2.5")
+    s = Settings()
+    assert s.model_args == {"depth": 2, "embed_dim": 48}
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.max_file_bytes == int(2.5 * 2**20)
+    monkeypatch.setenv("LOST_REG_AFFINITY", "wobbly")
+    with pytest.raises(ValueError, match="affinity"):
+        Settings()
+
+
+def test_serve_flags_override_the_environment(monkeypatch):
+    from lost_reg.cli import build_parser
+    from lost_reg.cli.serve_cmd import settings
+
+    monkeypatch.setenv("LOST_REG_BACKBONE", "vit_small_patch14_dinov2")
+    monkeypatch.setenv("LOST_REG_MAX_BATCH", "3")
+    monkeypatch.setenv("LOST_REG_MODEL_ARGS", '{"depth": 3}')
+    monkeypatch.setenv("MY_KEY", "s3cret")
+    args = build_parser().parse_args(["serve", "--max-files", "4", "--model-arg", "depth=2", "--api-key-env", "MY_KEY"])
+    s = settings(args)
+    assert (s.backbone, s.max_batch, s.max_files, s.model_args) == ("vit_small_patch14_dinov2", 3, 4, {"depth": 2})
+    assert s.api_key.get_secret_value() == "s3cret" and s.max_side == 1024
+    args = build_parser().parse_args(["serve", "--api-key-env", "NO_SUCH_VARIABLE_HERE"])
+    with pytest.raises(ValueError, match="NO_SUCH_VARIABLE_HERE"):
+        settings(args)

@@ -1,0 +1,125 @@
+"""The service as a real uvicorn process on 127.0.0.1: start-up, a concurrent burst, shut-down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import ROOT, TINY
+from .test_service import encode, photo
+
+TINY_ENV = {
+    "LOST_REG_BACKBONE": "vit_small_patch14_dinov2",
+    "LOST_REG_WEIGHTS": "random",
+    "LOST_REG_MODEL_ARGS": json.dumps({**TINY, "reg_tokens": 4}),
+    "LOST_REG_DEVICE": "cpu",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(command: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[str]:
+    """Start ``command``, wait until /readyz answers 200, yield the base URL, then SIGTERM it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env={**clean, **env}, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready within 60 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()  # uvicorn re-raises the signal it handled
+
+
+async def burst(base: str, images: list[bytes], requests: int, concurrency: int) -> list[tuple[int, httpx.Response]]:
+    """``requests`` POSTs of 1–3 images each, at most ``concurrency`` in flight."""
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        async def one(i: int) -> tuple[int, httpx.Response]:
+            uploads = [("images", (f"{i}-{j}.png", images[(i + j) % len(images)], "image/png"))
+                       for j in range(1 + i % 3)]
+            async with gate:
+                return i, await client.post("/v1/boxes", files=uploads)
+
+        return await asyncio.gather(*(one(i) for i in range(requests)))
+
+
+def test_uvicorn_serves_a_concurrent_burst(tmp_path):
+    port = free_port()
+    env = {**TINY_ENV, "LOST_REG_MAX_BATCH": "8", "LOST_REG_MAX_WAIT_MS": "5"}
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
+               "--no-access-log"]
+    sizes = [(112, 84), (140, 140), (98, 126), (200, 150)]
+    images = [encode(photo(w, h, i)) for i, (w, h) in enumerate(sizes)]
+    log = tmp_path / "server.log"
+    with running(command, port, log, env) as base:
+        answers = asyncio.run(burst(base, images, requests=200, concurrency=16))
+        total = 0
+        for i, response in answers:
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert [r["filename"] for r in results] == [f"{i}-{j}.png" for j in range(1 + i % 3)]
+            for j, r in enumerate(results):
+                w, h = sizes[(i + j) % len(sizes)]
+                assert (r["width"], r["height"]) == (w, h)  # every answer went to its own request
+                x0, y0, x1, y1 = r["box"]
+                assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+            total += len(results)
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        metrics = httpx.get(f"{base}/metrics").text
+    assert 'lost_reg_http_requests_total{method="POST",path="/v1/boxes",status="200"} 200.0' in metrics
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line[:1] != "#"}
+    assert values["lost_reg_images_total"] == total + 1  # + the warm-up image
+    assert values["lost_reg_batch_size_count"] < values["lost_reg_batch_size_sum"]  # some calls were batched
+    assert values["lost_reg_queue_depth"] == 0
+    assert "Application shutdown complete" in log.read_text()
+
+
+def test_lost_reg_serve_with_api_key(tmp_path):
+    port = free_port()
+    model_args = [arg for k, v in TINY.items() for arg in ("--model-arg", f"{k}={v}")]
+    command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve",
+               "--backbone", "vit_small_patch14_dinov2", "--weights", "random", *model_args, "--device", "cpu",
+               "--port", str(port), "--api-key-env", "TEST_KEY", "--log-level", "warning"]
+    with running(command, port, tmp_path / "serve.log", {"HF_HUB_OFFLINE": "1", "TEST_KEY": "k3y"}) as base:
+        upload = [("images", ("a.png", encode(photo(100, 80)), "image/png"))]
+        assert httpx.post(f"{base}/v1/boxes", files=upload).status_code == 401
+        response = httpx.post(f"{base}/v1/boxes", files=upload, headers={"Authorization": "Bearer k3y"})
+        assert response.status_code == 200 and response.json()["results"][0]["width"] == 100
+        info = httpx.get(f"{base}/v1/model", headers={"Authorization": "Bearer k3y"}).json()
+        assert info["registers"] == 0 and info["patch_size"] == 14
