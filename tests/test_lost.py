@@ -108,3 +108,16 @@ def test_box_pixels_clips_to_the_image():
 def test_grid_mismatch_is_an_error():
     with pytest.raises(ValueError, match="grid"):
         lost(torch.randn(1, 10, 4), (3, 3))
+
+
+@pytest.mark.parametrize("affinity", ["centered", "cosine-mean"])
+def test_kept_patches_form_the_graph_of_the_kept_features_alone(affinity):
+    # the references (mean patch, mean similarity) come from the kept patches only
+    torch.manual_seed(1)
+    f = torch.randn(1, 20, 8) + 2.0
+    keep = torch.ones(1, 20, dtype=torch.bool)
+    keep[0, 3:9] = False
+    a = affinity_matrix(f, affinity, keep=keep)[0]
+    alone = affinity_matrix(f[:, keep[0]], affinity)[0]
+    torch.testing.assert_close(a[keep[0]][:, keep[0]], alone)
+    assert not a[~keep[0]].any() and not a[:, ~keep[0]].any()
