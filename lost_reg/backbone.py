@@ -75,3 +75,32 @@ class Backbone(nn.Module):
             out = qkv[:, :, "qkv".index(self.features)]
         p = self.num_prefix_tokens
         return Features(patches=out[:, p:], prefix=out[:, :p], grid=(h // self.patch_size, w // self.patch_size))
+
+
+@torch.inference_mode()
+def prefix_attention(backbone: Backbone, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Attention of every prefix token [CLS, registers…] to the patches in block ``layer``.
+
+    Returns [B, P, heads, rows, cols]: softmax(q·kᵀ/√d) over all tokens, as the model computes
+    it, restricted to the patch columns (the registers paper's Figure 9 shows these maps). One
+    forward pass up to ``layer`` through a temporary hook on that block's qkv projection.
+    """
+    b, _, h, w = images.shape
+    blocks = backbone.model.blocks
+    index = layer % len(blocks)
+    attn = blocks[index].attn
+    captured: list[torch.Tensor] = []
+    handle = attn.qkv.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        backbone.model.forward_intermediates(images, indices=[index], stop_early=True, intermediates_only=True)
+    finally:
+        handle.remove()
+        backbone._captured = None  # the backbone's own hook may have fired too
+    qkv = captured[0]
+    n = qkv.shape[1]
+    q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    p = backbone.num_prefix_tokens
+    weights = ((q[:, :, :p].float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1)
+    rows, cols = h // backbone.patch_size, w // backbone.patch_size
+    return weights[..., p:].permute(0, 2, 1, 3).reshape(b, p, attn.num_heads, rows, cols)

@@ -10,16 +10,21 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from .backbone import Backbone
+from .backbone import Backbone, Features
 from .images import Prepared, normalize, prepare
-from .lost import AFFINITIES, LostResult, lost
+from .lost import AFFINITIES, COMPONENTS, LostResult, lost, resolve_affinity
+from .scores import DEFAULT_SCORE, lost_objects
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_CHUNK = 4
+"""Images per backbone call on the CPU. A ViT forward there is compute-bound: larger calls gain
+nothing and lose cache (bench/bench_pipeline.py, ViT-S/14 on 378x504: ~14 % slower per image at 16
+than at 4 on 2 cores); the features are the same either way."""
 
 
 @dataclass
@@ -27,16 +32,23 @@ class LostConfig:
     """LOST's options (see :mod:`lost_reg.lost`)."""
 
     k_patches: int = 100
-    affinity: str = "centered"
+    affinity: str = "auto"
+    """``auto`` (raw for DINO v1, cosine-mean otherwise), one of :data:`AFFINITIES`, or bias:VALUE."""
     max_side: int | None = None
+    components: str = "scipy"
+    """How LOST finds the seed's component: ``scipy`` (CPU) or ``torch`` (on the device); same boxes."""
 
     def __post_init__(self) -> None:
         if self.k_patches < 1:
             raise ValueError("k_patches must be at least 1")
         if self.max_side is not None and self.max_side < 1:
             raise ValueError("max_side must be positive")
-        if self.affinity not in AFFINITIES and not _is_bias(self.affinity):
-            raise ValueError(f"affinity must be one of {', '.join(AFFINITIES)} or bias:VALUE, got {self.affinity!r}")
+        if self.components not in COMPONENTS:
+            raise ValueError(f"components must be one of {', '.join(COMPONENTS)}, got {self.components!r}")
+        if self.affinity not in ("auto", *AFFINITIES) and not _is_bias(self.affinity):
+            raise ValueError(
+                f"affinity must be auto, one of {', '.join(AFFINITIES)} or bias:VALUE, got {self.affinity!r}"
+            )
 
 
 def _is_bias(affinity: str) -> bool:
@@ -58,6 +70,14 @@ class Detection:
     width: int
     height: int
     lost: LostResult = field(repr=False)
+
+
+@dataclass
+class ScoredDetection:
+    """A detection with its confidence (see :mod:`lost_reg.scores`; higher = more object-like)."""
+
+    detection: Detection
+    score: float
 
 
 @dataclass
@@ -90,7 +110,8 @@ class Localizer:
         if dtype != "float32" and self.device.type != "cuda":
             raise ValueError(f"{dtype} runs on CUDA only; use float32 on {self.device.type}")
         self.backbone = backbone.to(self.device)
-        self.config = config or LostConfig()
+        config = config or LostConfig()
+        self.config = replace(config, affinity=resolve_affinity(config.affinity, backbone.name))
         self.dtype = dtype
         self.timings = Timings()
 
@@ -113,19 +134,49 @@ class Localizer:
 
     def localize_prepared(self, batch: Sequence[Prepared]) -> list[Detection]:
         """Boxes for prepared images that share one padded shape."""
-        start = time.perf_counter()
-        pixels = torch.stack([p.pixels for p in batch]).to(self.device, non_blocking=True)
-        x = normalize(pixels, [p.valid for p in batch], self.backbone.mean, self.backbone.std)
-        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
-            features = self.backbone(x)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        features = self._forward(batch)
         mid = time.perf_counter()
-        results = lost(features.patches, features.grid, self.config.k_patches, self.config.affinity)
-        self.timings.forward += mid - start
+        c = self.config
+        results = lost(features.patches, features.grid, c.k_patches, c.affinity, components=c.components)
         self.timings.lost += time.perf_counter() - mid
         self.timings.images += len(batch)
         return [self._detection(p, r) for p, r in zip(batch, results)]
+
+    def localize_prepared_multi(
+        self, batch: Sequence[Prepared], max_objects: int = 1, min_score: float | None = None,
+        score: str = DEFAULT_SCORE,
+    ) -> list[list[ScoredDetection]]:
+        """Up to ``max_objects`` scored boxes per prepared image (one padded shape), best first.
+
+        See :func:`lost_reg.scores.lost_objects`: the first box is LOST's, later ones come from the
+        patches earlier masks left; an image whose box scores below ``min_score`` gets no box.
+        """
+        features = self._forward(batch)
+        mid = time.perf_counter()
+        c = self.config
+        found = lost_objects(features.patches, features.grid, c.k_patches, c.affinity, max_objects=max_objects,
+                             min_score=min_score, kind=score, components=c.components)
+        self.timings.lost += time.perf_counter() - mid
+        self.timings.images += len(batch)
+        return [[ScoredDetection(self._detection(p, r), s) for r, s in objects] for p, objects in zip(batch, found)]
+
+    def _forward(self, batch: Sequence[Prepared]) -> Features:
+        """Backbone features of prepared images that share one padded shape (timed)."""
+        start = time.perf_counter()
+        # each (pinned, from the engine) image straight to the device: no pageable staging copy
+        pixels = torch.stack([p.pixels.to(self.device, non_blocking=True) for p in batch])
+        x = normalize(pixels, [p.valid for p in batch], self.backbone.mean, self.backbone.std)
+        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
+            if self.device.type == "cpu" and len(batch) > CPU_CHUNK:
+                parts = [self.backbone(chunk) for chunk in x.split(CPU_CHUNK)]
+                features = Features(patches=torch.cat([f.patches for f in parts]),
+                                    prefix=torch.cat([f.prefix for f in parts]), grid=parts[0].grid)
+            else:
+                features = self.backbone(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings.forward += time.perf_counter() - start
+        return features
 
     def _detection(self, p: Prepared, r: LostResult) -> Detection:
         vh, vw = p.valid

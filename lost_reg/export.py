@@ -1,0 +1,212 @@
+"""Discovered boxes out to the formats annotation tools read: COCO, JSON lines, YOLO, Pascal VOC, Label Studio.
+
+Every writer takes the same :class:`ImageRecord` list (one per image, boxes in original pixels)
+and writes atomically, file by file (a temporary file then ``os.replace``), so a crash never
+leaves half a label file. All boxes carry the category ``object`` (LOST finds objects, not
+classes). Paths inside the outputs are :attr:`ImageRecord.file_name`: the image's path relative
+to the folder it was found in, with ``/`` separators — what the tools match images on.
+
+Formats and how to load them:
+
+``coco`` (one JSON file)
+    ``images`` (id, file_name, width, height), ``annotations`` (bbox [x, y, w, h] in pixels,
+    ``score``, area, iscrowd 0, category_id 1) and ``categories`` [object]. Loads with
+    ``pycocotools.coco.COCO(path)``. CVAT: create a task from the same images, then *Actions →
+    Upload annotations → COCO 1.0* with this file. Label Studio: convert with
+    ``label-studio-converter import coco`` or use the ``labelstudio`` format below.
+``jsonl`` (one JSON file, one line per image)
+    ``{"image_id", "file_name", "width", "height", "objects": [{"box": [x0, y0, x1, y1],
+    "score", "seed": [row, col]}]}``; boxes max-exclusive in pixels, seed on the patch grid.
+``yolo`` (a folder, CVAT's *YOLO 1.1* layout)
+    ``obj_train_data/<file_name minus extension>.txt`` per image with ``0 cx cy w h`` lines
+    normalised to [0, 1] (an empty file for an image without box), ``obj.names`` and
+    ``classes.txt`` (``object``), ``obj.data`` and ``train.txt``. CVAT: zip the folder's content
+    (``cd OUT && zip -r ../labels.zip .``) and upload it as *YOLO 1.1*. Ultralytics tools read the
+    txt files directly; YOLO has no score column.
+``voc`` (a folder)
+    ``Annotations/<file_name minus extension>.xml`` per image (Pascal VOC: 1-based inclusive
+    pixel corners, so ``xmin = x0 + 1``, ``xmax = x1``) and ``ImageSets/Main/default.txt``.
+    CVAT: zip the folder's content and upload it as *Pascal VOC 1.1*. VOC has no score field.
+``labelstudio`` (one JSON file)
+    Label Studio's task import format: ``[{"data": {"image": URL}, "predictions": [{"model_version",
+    "score", "result": [{"type": "rectanglelabels", "from_name": "label", "to_name": "image",
+    "original_width", "original_height", "value": {"x", "y", "width", "height", "rotation": 0,
+    "rectanglelabels": ["object"]}, "score"}]}]}]`` with x, y, width, height in percent of the
+    image. ``from_name``/``to_name`` match the *Object Detection with Bounding Boxes* template
+    (``<RectangleLabels name="label" toName="image">`` with a label ``object``). URL is
+    ``url_prefix + file_name``; the default prefix ``/data/local-files/?d=`` serves local files
+    when Label Studio runs with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the image folder, with a *Local files*
+    storage on that folder; then *Import* the JSON. Use another prefix (e.g. a bucket URL) for
+    images served elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from xml.sax.saxutils import escape
+
+FORMATS = ("coco", "jsonl", "yolo", "voc", "labelstudio")
+FOLDER_FORMATS = ("yolo", "voc")
+CATEGORY = "object"
+LABEL_STUDIO_PREFIX = "/data/local-files/?d="
+
+
+@dataclass
+class DiscoveredObject:
+    """One box found in an image."""
+
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) in original-image pixels, max exclusive."""
+    score: float
+    """Confidence (see :mod:`lost_reg.scores`); higher = more object-like."""
+    seed: tuple[int, int] | None = None
+    """(row, col) of LOST's seed patch on the network's patch grid."""
+
+
+@dataclass
+class ImageRecord:
+    """Everything found in one image: the unit of the JSON-lines work file and of every export."""
+
+    image_id: str
+    file_name: str
+    """Path relative to the input folder, ``/``-separated (what annotation tools match on)."""
+    width: int
+    height: int
+    objects: list[DiscoveredObject] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ImageRecord:
+        objects = [
+            DiscoveredObject(box=tuple(o["box"]), score=float(o["score"]),
+                             seed=tuple(o["seed"]) if o.get("seed") is not None else None)
+            for o in d.get("objects", [])
+        ]
+        return cls(image_id=d["image_id"], file_name=d["file_name"], width=int(d["width"]),
+                   height=int(d["height"]), objects=objects)
+
+
+def export(records: Sequence[ImageRecord], out: Path, fmt: str, *, url_prefix: str = LABEL_STUDIO_PREFIX,
+           model_version: str = "lost-reg") -> None:
+    """Write ``records`` to ``out`` (a file, or a folder for ``yolo`` and ``voc``) in format ``fmt``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    records = sorted(records, key=lambda r: r.file_name)
+    if fmt == "coco":
+        _write_text(out, json.dumps(to_coco(records)))
+    elif fmt == "jsonl":
+        _write_text(out, "".join(json.dumps(r.to_json()) + "\n" for r in records))
+    elif fmt == "labelstudio":
+        _write_text(out, json.dumps(to_labelstudio(records, url_prefix, model_version), indent=1))
+    elif fmt == "yolo":
+        write_yolo(records, out)
+    else:
+        write_voc(records, out)
+
+
+def to_coco(records: Sequence[ImageRecord]) -> dict:
+    """A COCO detection dict; image ids count from 1 in ``records`` order."""
+    images, annotations = [], []
+    for image_id, r in enumerate(records, start=1):
+        images.append({"id": image_id, "file_name": r.file_name, "width": r.width, "height": r.height})
+        for o in r.objects:
+            x0, y0, x1, y1 = o.box
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                "iscrowd": 0, "score": round(o.score, 6)})
+    return {"info": {"description": "boxes discovered by lost-reg (LOST, unsupervised)"},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": CATEGORY, "supercategory": CATEGORY}]}
+
+
+def to_labelstudio(records: Sequence[ImageRecord], url_prefix: str = LABEL_STUDIO_PREFIX,
+                   model_version: str = "lost-reg") -> list[dict]:
+    """Label Studio tasks with one prediction each (percent coordinates)."""
+    tasks = []
+    for r in records:
+        result = []
+        for k, o in enumerate(r.objects):
+            x0, y0, x1, y1 = o.box
+            result.append({
+                "id": f"r{k}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                "original_width": r.width, "original_height": r.height, "image_rotation": 0,
+                "value": {"x": 100 * x0 / r.width, "y": 100 * y0 / r.height, "width": 100 * (x1 - x0) / r.width,
+                          "height": 100 * (y1 - y0) / r.height, "rotation": 0, "rectanglelabels": [CATEGORY]},
+                "score": round(o.score, 6),
+            })
+        prediction = {"model_version": model_version, "result": result}
+        if r.objects:
+            prediction["score"] = round(max(o.score for o in r.objects), 6)
+        tasks.append({"data": {"image": url_prefix + r.file_name}, "predictions": [prediction]})
+    return tasks
+
+
+def yolo_lines(record: ImageRecord) -> list[str]:
+    """``0 cx cy w h`` per box, normalised to the image size."""
+    lines = []
+    for o in record.objects:
+        x0, y0, x1, y1 = o.box
+        cx, cy = (x0 + x1) / 2 / record.width, (y0 + y1) / 2 / record.height
+        w, h = (x1 - x0) / record.width, (y1 - y0) / record.height
+        lines.append(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    return lines
+
+
+def write_yolo(records: Sequence[ImageRecord], out: Path) -> None:
+    """CVAT's YOLO 1.1 layout in ``out`` (see the module docstring)."""
+    for r in records:
+        labels = "".join(f"{line}\n" for line in yolo_lines(r))
+        _write_text(out / "obj_train_data" / _with_suffix(r.file_name, ".txt"), labels)
+    _write_text(out / "obj.names", f"{CATEGORY}\n")
+    _write_text(out / "classes.txt", f"{CATEGORY}\n")
+    _write_text(out / "obj.data", "classes = 1\nnames = obj.names\ntrain = train.txt\n")
+    _write_text(out / "train.txt", "".join(f"obj_train_data/{r.file_name}\n" for r in records))
+
+
+def voc_xml(record: ImageRecord) -> str:
+    """One Pascal VOC annotation (1-based inclusive corners)."""
+    path = PurePosixPath(record.file_name)
+    objects = "".join(
+        f"  <object>\n    <name>{CATEGORY}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+        f"    <difficult>0</difficult>\n    <bndbox>\n"
+        f"      <xmin>{o.box[0] + 1}</xmin>\n      <ymin>{o.box[1] + 1}</ymin>\n"
+        f"      <xmax>{o.box[2]}</xmax>\n      <ymax>{o.box[3]}</ymax>\n    </bndbox>\n  </object>\n"
+        for o in record.objects
+    )
+    return (
+        f"<annotation>\n  <folder>{escape(str(path.parent) if str(path.parent) != '.' else '')}</folder>\n"
+        f"  <filename>{escape(path.name)}</filename>\n  <source>\n    <database>lost-reg</database>\n  </source>\n"
+        f"  <size>\n    <width>{record.width}</width>\n    <height>{record.height}</height>\n    <depth>3</depth>\n"
+        f"  </size>\n  <segmented>0</segmented>\n{objects}</annotation>\n"
+    )
+
+
+def write_voc(records: Sequence[ImageRecord], out: Path) -> None:
+    """``Annotations/*.xml`` and ``ImageSets/Main/default.txt`` in ``out``."""
+    for r in records:
+        _write_text(out / "Annotations" / _with_suffix(r.file_name, ".xml"), voc_xml(r))
+    names = "".join(f"{_with_suffix(r.file_name, '')}\n" for r in records)
+    _write_text(out / "ImageSets" / "Main" / "default.txt", names)
+
+
+def _with_suffix(file_name: str, suffix: str) -> str:
+    return str(PurePosixPath(file_name).with_suffix(suffix))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

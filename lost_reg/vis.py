@@ -1,0 +1,179 @@
+"""Pictures that show why LOST chose a box, and what the CLS and register tokens attend to.
+
+One PNG per image, a row of panels at the network's input resolution (cropped to the image):
+
+``boxes``      the image, each object's mask tinted and its box drawn (first object green),
+               the seed patch filled red, scores written on the boxes, ground truth in yellow;
+``1/degree``   LOST's inverse-degree map (bright = few positive edges = object-like), with the
+               k lowest-degree patches that voted for the mask marked by white dots;
+``CLS``, ``reg1``… the last block's attention of the CLS token and of each register token to the
+               patches, averaged over heads (the registers paper's Figure 9).
+
+Drawn with OpenCV and NumPy only. :class:`Visualizer` re-reads the image and runs one extra
+forward pass for the attention, so it is a per-image callback for ``discover`` and ``eval``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import torch
+
+from .backbone import prefix_attention
+from .images import decode_image, normalize
+from .lost import LostResult
+from .pipeline import Detection, Localizer, ScoredDetection
+
+COLOURS = [(40, 200, 60), (255, 140, 0), (230, 40, 230), (0, 190, 255), (255, 230, 0), (140, 90, 255)]
+"""RGB colour of the 1st, 2nd… object (cycled)."""
+SEED = (230, 20, 20)
+GT = (255, 230, 0)
+
+
+def heat(values: np.ndarray, size: tuple[int, int], clip: float = 1.0) -> np.ndarray:
+    """RGB uint8 [h, w, 3] heat map (TURBO) of a [rows, cols] map, patches kept square.
+
+    Scaled between the ``clip`` and 100 − ``clip`` percentiles, so a few extreme patches do not
+    leave the rest of the map dark.
+    """
+    lo, hi = np.percentile(values, [clip, 100 - clip])
+    v = np.clip((values.astype(np.float64) - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(values.shape)
+    coloured = cv2.applyColorMap((v * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    return cv2.cvtColor(cv2.resize(coloured, size, interpolation=cv2.INTER_NEAREST), cv2.COLOR_BGR2RGB)
+
+
+def blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha`` · overlay + (1 − alpha) · image, uint8."""
+    return cv2.addWeighted(overlay, alpha, image, 1 - alpha, 0)
+
+
+def boxes_panel(image: np.ndarray, results: Sequence[LostResult], scores: Sequence[float | None], patch_size: int,
+                gt_boxes: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (network input, padded to the grid) with masks, boxes, seeds and ground-truth boxes."""
+    out = image.copy()
+    ps = patch_size
+    for j, r in enumerate(results):
+        colour = COLOURS[j % len(COLOURS)]
+        mask = cv2.resize(r.mask.astype(np.uint8), (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        out[mask] = (0.6 * out[mask] + 0.4 * np.array(colour)).astype(np.uint8)
+    for box in gt_boxes if gt_boxes is not None else []:
+        x0, y0, x1, y1 = (int(round(v)) for v in box[:4])
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), GT, 1, cv2.LINE_AA)
+    for j, (r, s) in enumerate(zip(results, scores)):
+        colour = COLOURS[j % len(COLOURS)]
+        x0, y0, x1, y1 = (v * ps for v in r.box)
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
+        sr, sc = r.seed
+        cv2.rectangle(out, (sc * ps, sr * ps), ((sc + 1) * ps - 1, (sr + 1) * ps - 1), SEED, -1)
+        if s is not None:
+            for ink, width in (((0, 0, 0), 3), (colour, 1)):  # outlined, readable on any background
+                cv2.putText(out, f"{s:.2f}", (x0 + 3, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, ink, width, cv2.LINE_AA)
+    return out
+
+
+def degree_panel(image: np.ndarray, result: LostResult, patch_size: int) -> np.ndarray:
+    """Inverse-degree heat map over ``image``, voters of the expansion marked."""
+    h, w = image.shape[:2]
+    out = blend(image, heat(1.0 / np.maximum(result.degree, 1), (w, h)), 0.65)
+    for r, c in zip(*np.nonzero(result.expansion)):
+        centre = (int((c + 0.5) * patch_size), int((r + 0.5) * patch_size))
+        cv2.circle(out, centre, max(1, patch_size // 6), (255, 255, 255), -1, cv2.LINE_AA)
+    return out
+
+
+def attention_panels(image: np.ndarray, attention: np.ndarray) -> list[np.ndarray]:
+    """One heat map over ``image`` per prefix token of ``attention`` [P, rows, cols]."""
+    h, w = image.shape[:2]
+    return [blend(image, heat(a, (w, h)), 0.7) for a in attention]
+
+
+def titled(panel: np.ndarray, title: str, band: int = 20) -> np.ndarray:
+    """``panel`` under a white band holding ``title``."""
+    top = np.full((band, panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(top, title, (4, band - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([top, panel])
+
+
+def montage(tiles: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:
+    """Tiles of one size in a grid of ``columns``, separated by white ``gap`` pixels."""
+    h, w = tiles[0].shape[:2]
+    rows, cols = -(-len(tiles) // columns), min(columns, len(tiles))
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = t
+    return out
+
+
+def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[LostResult], scores: Sequence[float | None],
+           patch_size: int, attention: np.ndarray | None = None, num_registers: int = 0,
+           gt_boxes: np.ndarray | None = None, height: int = 320, columns: int = 4) -> np.ndarray:
+    """The whole picture (RGB uint8) for one image.
+
+    ``image`` is the padded network input [Hp, Wp, 3] and ``valid`` its (height, width) without
+    padding; ``attention`` is [P, rows, cols] for [CLS, registers…] whose last ``num_registers``
+    are registers (None: no attention panels);
+    ``gt_boxes`` [K, 4] are in network-input pixels. Panels are scaled to ``height`` pixels.
+    """
+    vh, vw = valid
+    panels = [("boxes", boxes_panel(image, results, scores, patch_size, gt_boxes))]
+    if results:
+        panels.append(("1/degree", degree_panel(image, results[0], patch_size)))
+    if attention is not None:
+        names = ["CLS"] * (len(attention) - num_registers) + [f"reg{i}" for i in range(1, num_registers + 1)]
+        panels += list(zip(names, attention_panels(image, attention)))
+    size = (max(1, round(vw * height / vh)), height)
+    tiles = [titled(cv2.resize(p[:vh, :vw], size, interpolation=cv2.INTER_AREA), t) for t, p in panels]
+    return montage(tiles, columns)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+
+
+class Visualizer:
+    """Writes ``OUT_DIR/<image_id>.png`` for an image and its detections (a per-image callback).
+
+    For ``eval``: ``vis = Visualizer(localizer, out / "vis")`` and ``vis(sample, [det])`` in
+    the process callback; ground-truth boxes of the sample are drawn in yellow.
+    """
+
+    def __init__(self, localizer: Localizer, out_dir: Path, attention: bool = True, height: int = 320) -> None:
+        self.localizer, self.out_dir, self.attention, self.height = localizer, Path(out_dir), attention, height
+
+    def path_for(self, image_id: str) -> Path:
+        """Where the picture of ``image_id`` goes: subfolders kept, nothing above ``out_dir``."""
+        parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("..", "/", ".")]
+        return self.out_dir.joinpath(*parts[:-1], f"{parts[-1] if parts else 'image'}.png")
+
+    def __call__(self, sample, detections: Sequence[Detection | ScoredDetection]) -> Path:
+        """Draw ``detections`` of ``sample`` (a :class:`~lost_reg.datasets.Sample`); return the PNG path."""
+        dets = [d.detection if isinstance(d, ScoredDetection) else d for d in detections]
+        scores = [d.score if isinstance(d, ScoredDetection) else None for d in detections]
+        prepared = self.localizer.prepare(decode_image(sample.path, name=sample.image_id))
+        attention = self.prefix_attention(prepared.pixels, prepared.valid) if self.attention else None
+        gt = getattr(sample, "gt_boxes", None)
+        gt = None if gt is None or len(gt) == 0 else np.asarray(gt, np.float64)[:, :4] * prepared.scale
+        image = prepared.pixels.permute(1, 2, 0).numpy()
+        picture = figure(image, prepared.valid, [d.lost for d in dets], scores, self.localizer.patch_size,
+                         attention, self.localizer.backbone.num_registers, gt, self.height)
+        path = self.path_for(sample.image_id)
+        write_png(path, picture)
+        return path
+
+    def prefix_attention(self, pixels: torch.Tensor, valid: tuple[int, int]) -> np.ndarray:
+        """[P, rows, cols] last-block attention of [CLS, registers…], averaged over heads."""
+        bb = self.localizer.backbone
+        x = normalize(pixels[None].to(self.localizer.device), [valid], bb.mean, bb.std)
+        return prefix_attention(bb, x)[0].mean(1).cpu().numpy()

@@ -1,0 +1,104 @@
+"""Every export format round-trips: COCO through pycocotools, YOLO and VOC re-parsed, Label Studio's shape."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from lost_reg.evaluation import load_predictions
+from lost_reg.export import DiscoveredObject, ImageRecord, export
+
+RECORDS = [
+    ImageRecord("b.jpg", "b.jpg", 640, 480, [DiscoveredObject((10, 20, 110, 220), 0.25, (1, 0)),
+                                             DiscoveredObject((300, 0, 640, 480), 0.125, (2, 30))]),
+    ImageRecord("sub/a.png", "sub/a.png", 333, 500, [DiscoveredObject((0, 0, 333, 250), 0.5, (3, 3))]),
+    ImageRecord("c.jpeg", "c.jpeg", 100, 50, []),  # nothing stood out
+]
+
+
+def boxes_by_file(records):
+    return {r.file_name: [o.box for o in r.objects] for r in records}
+
+
+def test_coco_loads_in_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "labels.json"
+    export(RECORDS, out, "coco")
+    coco = COCO(str(out))
+    assert coco.getCatIds() == [1] and coco.loadCats(1)[0]["name"] == "object"
+    got = {}
+    for img in coco.loadImgs(coco.getImgIds()):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+        got[img["file_name"]] = [(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
+                                 for a in anns]
+        rec = next(r for r in RECORDS if r.file_name == img["file_name"])
+        assert (img["width"], img["height"]) == (rec.width, rec.height)
+        assert [a["score"] for a in anns] == [o.score for o in rec.objects]
+    assert got == boxes_by_file(RECORDS)
+    assert len({a["id"] for a in coco.dataset["annotations"]}) == 3
+    # detections in the same file also load as results against themselves
+    assert len(coco.loadRes(coco.dataset["annotations"]).getAnnIds()) == 3
+
+
+def test_jsonl_round_trips(tmp_path):
+    out = tmp_path / "labels.jsonl"
+    export(RECORDS, out, "jsonl")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["file_name"] == "b.jpg"
+    back = [ImageRecord.from_json(r) for r in load_predictions(out)]
+    assert sorted(back, key=lambda r: r.file_name) == sorted(RECORDS, key=lambda r: r.file_name)
+
+
+def test_yolo_files_parse_back_to_the_boxes(tmp_path):
+    out = tmp_path / "yolo"
+    export(RECORDS, out, "yolo")
+    assert (out / "obj.names").read_text() == "object\n" == (out / "classes.txt").read_text()
+    assert "names = obj.names" in (out / "obj.data").read_text()
+    assert sorted((out / "train.txt").read_text().split()) == sorted(f"obj_train_data/{r.file_name}" for r in RECORDS)
+    for r in RECORDS:
+        txt = out / "obj_train_data" / (r.file_name.rsplit(".", 1)[0] + ".txt")
+        boxes = []
+        for line in txt.read_text().splitlines():
+            cls, cx, cy, w, h = line.split()
+            assert cls == "0"
+            cx, cy, w, h = float(cx) * r.width, float(cy) * r.height, float(w) * r.width, float(h) * r.height
+            boxes.append(tuple(round(v) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)))
+        assert boxes == [o.box for o in r.objects]
+
+
+def test_voc_xml_parses_back_to_the_boxes(tmp_path):
+    out = tmp_path / "voc"
+    export(RECORDS, out, "voc")
+    assert sorted((out / "ImageSets/Main/default.txt").read_text().split()) == ["b", "c", "sub/a"]
+    for r in RECORDS:
+        root = ET.parse(out / "Annotations" / (r.file_name.rsplit(".", 1)[0] + ".xml")).getroot()
+        assert root.findtext("filename") == r.file_name.split("/")[-1]
+        assert (int(root.findtext("size/width")), int(root.findtext("size/height"))) == (r.width, r.height)
+        boxes = [(int(o.findtext("bndbox/xmin")) - 1, int(o.findtext("bndbox/ymin")) - 1,
+                  int(o.findtext("bndbox/xmax")), int(o.findtext("bndbox/ymax"))) for o in root.iter("object")]
+        assert boxes == [o.box for o in r.objects]
+        assert all(o.findtext("name") == "object" for o in root.iter("object"))
+
+
+def test_labelstudio_tasks_have_percent_rectangles(tmp_path):
+    out = tmp_path / "tasks.json"
+    export(RECORDS, out, "labelstudio", url_prefix="s3://bucket/photos/", model_version="lost-reg test")
+    tasks = json.loads(out.read_text())
+    assert [t["data"]["image"] for t in tasks] == ["s3://bucket/photos/b.jpg", "s3://bucket/photos/c.jpeg",
+                                                  "s3://bucket/photos/sub/a.png"]
+    b = tasks[0]["predictions"][0]
+    assert b["model_version"] == "lost-reg test" and b["score"] == 0.25
+    first = b["result"][0]
+    assert first["type"] == "rectanglelabels" and first["from_name"] == "label" and first["to_name"] == "image"
+    assert (first["original_width"], first["original_height"]) == (640, 480) and first["score"] == 0.25
+    v = first["value"]
+    assert v["rectanglelabels"] == ["object"] and v["rotation"] == 0
+    assert (v["x"], v["y"], v["width"], v["height"]) == pytest.approx((10 / 6.4, 20 / 4.8, 100 / 6.4, 200 / 4.8))
+    assert len({r["id"] for r in b["result"]}) == 2
+    assert tasks[1]["predictions"][0]["result"] == []
+
+
+def test_unknown_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown format"):
+        export(RECORDS, tmp_path / "x", "pascal")
