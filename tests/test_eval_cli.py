@@ -1,0 +1,134 @@
+"""`lost-reg eval` end to end on a generated VOC-style dataset of real photos, with a tiny ViT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from lost_reg.cli import main
+
+from .conftest import ROOT
+
+TINY_ARGS = ["--backbone", "vit_small_patch14_reg4_dinov2", "--weights", "random", "--model-arg", "depth=2",
+             "--model-arg", "embed_dim=48", "--model-arg", "num_heads=3", "--device", "cpu"]
+
+XML = """<annotation><filename>{name}.jpg</filename><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
+<object><name>thing</name><truncated>0</truncated><difficult>0</difficult>
+<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>"""
+
+
+def make_voc(root: Path, n: int, corrupt: int = 0, broken_xml: int = 0) -> Path:
+    """VOC2007 layout with ``n`` real photos (crops of scikit-image's), plus bad files on request."""
+    from skimage import data
+
+    photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+    voc = root / "VOC2007"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i in range(n + corrupt + broken_xml):
+        name = f"{i:06d}"
+        ids.append(name)
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        crop = photo[(i * 7) % 40 : h - (i * 5) % 30, (i * 3) % 50 :]
+        crop = cv2.resize(crop, (crop.shape[1] // 4, crop.shape[0] // 4))
+        ch, cw = crop.shape[:2]
+        cv2.imwrite(str(voc / "JPEGImages" / f"{name}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        xml = XML.format(name=name, w=cw, h=ch, x0=cw // 4, y0=ch // 4, x1=3 * cw // 4, y1=3 * ch // 4)
+        if i >= n + corrupt:
+            xml = xml[: len(xml) // 2]  # broken XML
+        elif i >= n:
+            (voc / "JPEGImages" / f"{name}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        (voc / "Annotations" / f"{name}.xml").write_text(xml)
+    (voc / "ImageSets/Main/trainval.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_eval_writes_predictions_summary_and_reports_bad_files(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", n=6, corrupt=1, broken_xml=1)
+    out = tmp_path / "run"
+    assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(out), "--batch-size", "4",
+                 "--workers", "1", "--quiet", "--save-vis", str(out / "vis"), *TINY_ARGS]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("CorLoc: ") and printed[-1].endswith("/6)")
+    preds = read_jsonl(out / "predictions.jsonl")
+    assert sorted(p["image_id"] for p in preds) == [f"{i:06d}" for i in range(6)]
+    for p in preds:
+        x0, y0, x1, y1 = p["box"]
+        assert 0 <= x0 < x1 <= p["width"] and 0 <= y0 < y1 <= p["height"]
+        assert set(p) >= {"image_id", "width", "height", "box", "seed", "iou", "found"}
+    assert sorted(p.name for p in (out / "vis").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"] == 6 and summary["images_failed"] == 1
+    assert summary["errors"][0]["image_id"] == "000006"
+    assert [s["image_id"] for s in summary["annotations_skipped"]] == ["000007"]
+    assert summary["backbone"]["registers"] == 4 and summary["backbone"]["prefix_tokens"] == 5
+    assert summary["corloc"] == pytest.approx(sum(p["found"] for p in preds) / 6)
+
+
+def test_resume_after_a_killed_run_gives_identical_predictions(tmp_path):
+    root = make_voc(tmp_path / "voc", n=40)
+    args = ["eval", "--dataset", "voc07", "--root", str(root), "--batch-size", "1", "--workers", "0", "--quiet",
+            *TINY_ARGS]
+    full = tmp_path / "full"
+    assert main([*args, "--out", str(full)]) == 0
+
+    part = tmp_path / "part"
+    cmd = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main(sys.argv[1:]))",
+           *args, "--out", str(part)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    preds = part / "predictions.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if preds.exists() and preds.read_text().count("\n") >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before = len(read_jsonl(preds)) if preds.read_text().endswith("\n") else None
+    assert main([*args, "--out", str(part), "--resume"]) == 0
+
+    by_id = {p["image_id"]: p for p in read_jsonl(full / "predictions.jsonl")}
+    resumed = read_jsonl(preds)
+    assert len(resumed) == 40 and {p["image_id"]: p for p in resumed} == by_id
+    assert done_before is None or done_before < 40
+    assert json.loads((part / "summary.json").read_text())["corloc"] == json.loads(
+        (full / "summary.json").read_text())["corloc"]
+
+
+def test_resume_drops_a_half_written_line(tmp_path):
+    root = make_voc(tmp_path / "voc", n=5)
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "voc07", "--root", str(root), "--out", str(out), "--workers", "0", "--quiet",
+            *TINY_ARGS]
+    assert main(args) == 0
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:17])
+    assert main([*args, "--resume"]) == 0
+    assert sorted(read_jsonl(out / "predictions.jsonl"), key=lambda p: p["image_id"]) == sorted(
+        (json.loads(x) for x in lines), key=lambda p: p["image_id"])
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    assert main(["eval", "--dataset", "voc07", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                 *TINY_ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    root = make_voc(tmp_path / "voc", n=1)
+    assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / "o"),
+                 "--affinity", "cosine", *TINY_ARGS]) == 2
+    assert "affinity" in capsys.readouterr().err
