@@ -107,8 +107,8 @@ class Localizer:
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
-        if dtype != "float32" and self.device.type != "cuda":
-            raise ValueError(f"{dtype} runs on CUDA only; use float32 on {self.device.type}")
+        if dtype == "float16" and self.device.type != "cuda":
+            raise ValueError(f"float16 runs on CUDA only; use float32 or bfloat16 on {self.device.type}")
         self.backbone = backbone.to(self.device)
         config = config or LostConfig()
         self.config = replace(config, affinity=resolve_affinity(config.affinity, backbone.name))

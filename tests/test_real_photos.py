@@ -36,3 +36,13 @@ def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(o
     assert iou(found.box, gt) >= 0.5, found.box
     assert whole.box == (0, 0, w, h)
     assert found.width == w and found.height == h
+
+
+def test_bfloat16_on_the_cpu_finds_the_same_quokka(offline_backbone, quokka):
+    path, gt = quokka
+    image = decode_image(path)
+    (fp32,) = Localizer(offline_backbone, LostConfig(), device="cpu").localize([image])
+    (bf16,) = Localizer(offline_backbone, LostConfig(), device="cpu", dtype="bfloat16").localize([image])
+    assert iou(bf16.box, gt) >= 0.5 and iou(bf16.box, fp32.box) >= 0.9, (bf16.box, fp32.box)
+    with pytest.raises(ValueError, match="float16 runs on CUDA only"):
+        Localizer(offline_backbone, LostConfig(), device="cpu", dtype="float16")

@@ -30,7 +30,7 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--features", choices=FEATURES, default="k", help="which features build LOST's graph")
     g.add_argument("--layer", type=int, default=-1, help="transformer block to take features from")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="backbone precision (half types: CUDA only)")
+    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
 
 
 def add_lost_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,10 +63,6 @@ def build_localizer(args: argparse.Namespace) -> Localizer:
                                **model_kwargs(args.model_arg))
     config = LostConfig(k_patches=args.k_patches, affinity=args.affinity, max_side=args.max_side)
     return Localizer(backbone, config, device=args.device, dtype=args.dtype)
-
-
-def default_workers() -> int:
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
 def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
