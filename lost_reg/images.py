@@ -56,7 +56,9 @@ def _decode_with_pillow(data: np.ndarray, label: str) -> np.ndarray:
             if im.mode in ("I;16", "I;16B", "I"):
                 im = Image.fromarray((np.asarray(im, np.float32) / 257.0).clip(0, 255).astype(np.uint8))
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        raise DataError(f"{label}: not a readable image (unknown or unsupported format)") from e
+    except (OSError, ValueError) as e:
         raise DataError(f"{label}: not a readable image ({e})") from e
 
 
