@@ -44,6 +44,16 @@ def add_lost_arguments(p: argparse.ArgumentParser) -> None:
                    help="downscale images whose longer side exceeds this (default: no resize, as in LOST)")
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The batch-run options of eval and discover; returns the group for the command's own."""
+    r = p.add_argument_group("run")
+    r.add_argument("--batch-size", type=int, default=16, help="images per backbone call (one padded shape per call)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="image-decoding worker processes (default: 0 on the CPU, min(8, cores-1) on CUDA)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return r
+
+
 def model_kwargs(pairs: list[str]) -> dict[str, Any]:
     """``["depth=2", "embed_dim=64"]`` → ``{"depth": 2, "embed_dim": 64}``."""
     out: dict[str, Any] = {}

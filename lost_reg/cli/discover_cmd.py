@@ -28,7 +28,13 @@ from ..export import FORMATS, LABEL_STUDIO_PREFIX, DiscoveredObject, ImageRecord
 from ..images import Prepared
 from ..pipeline import ScoredDetection
 from ..scores import DEFAULT_SCORE, SCORES
-from .common import add_backbone_arguments, add_lost_arguments, build_localizer, write_json
+from .common import (
+    add_backbone_arguments,
+    add_lost_arguments,
+    add_run_arguments,
+    build_localizer,
+    write_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,14 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="labelstudio: prefix of each task's image URL (the image path relative to its folder follows)")
     add_backbone_arguments(p)
     add_lost_arguments(p)
-    r = p.add_argument_group("run")
-    r.add_argument("--batch-size", type=int, default=16, help="images per backbone call (one padded shape per call)")
-    r.add_argument("--workers", type=int, default=None,
-                   help="image-decoding worker processes (default: 0 on the CPU, min(8, cores-1) on CUDA)")
+    r = add_run_arguments(p)
     r.add_argument("--resume", action="store_true", help="keep OUT.partial.jsonl and skip the images in it")
     r.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
                    help="process only shard I of N (1-based; stable hash of each image's path)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -14,7 +14,14 @@ from ..datasets import DATASETS, build_dataset
 from ..evaluation import CorLocEvaluator, PredictionWriter, load_predictions, summarize
 from ..pipeline import Detection
 from ..vis import Visualizer
-from .common import add_backbone_arguments, add_lost_arguments, build_localizer, run_info, write_json
+from .common import (
+    add_backbone_arguments,
+    add_lost_arguments,
+    add_run_arguments,
+    build_localizer,
+    run_info,
+    write_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,15 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     add_backbone_arguments(p)
     add_lost_arguments(p)
-    r = p.add_argument_group("run")
-    r.add_argument("--batch-size", type=int, default=16, help="images per backbone call (one padded shape per call)")
-    r.add_argument("--workers", type=int, default=None,
-                   help="image-decoding worker processes (default: 0 on the CPU, min(8, cores-1) on CUDA)")
+    r = add_run_arguments(p)
     r.add_argument("--out", type=Path, required=True, help="output folder: predictions.jsonl, summary.json")
     r.add_argument("--resume", action="store_true", help="keep OUT/predictions.jsonl and skip the images in it")
     r.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
                    help="write a PNG per image: box, GT, seed, mask, inverse degree, CLS and register attention")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
