@@ -62,7 +62,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"resuming: {len(done)} images already in {predictions}, {len(todo)} to go")
 
     evaluator = CorLocEvaluator()
-    evaluator.reset()
     vis = Visualizer(localizer, args.save_vis) if args.save_vis else None
 
     def process(sample, det: Detection) -> None:
