@@ -25,7 +25,7 @@ from torchvision.ops import box_iou
 
 from lost_reg import create_backbone
 from lost_reg.images import decode_image, normalize, prepare
-from lost_reg.lost import affinity_matrix, lost
+from lost_reg.methods.lost import affinity_matrix, lost
 
 HERE = Path(__file__).resolve().parent
 WHOLE = 0.9  # a box covering ≥ 90 % of the image counts as "whole image"

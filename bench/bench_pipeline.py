@@ -1,13 +1,14 @@
-"""Benchmark LOST's inference pipeline against its own upper bound and against a naive loop.
+"""Benchmark the inference pipeline (backbone + discovery method) against its upper bound and a naive loop.
 
 Three modes, each in a fresh subprocess (so peak memory is per mode and nothing is shared):
 
 ``bare``      the upper bound: a batched backbone forward on images already decoded, padded,
               normalised and on the device; nothing else (on the CPU split into calls of
-              ``pipeline.CPU_CHUNK`` images, as ``Localizer`` does, since that is faster there). Also times LOST alone on the
-              resulting features, with both connected-component back ends (scipy, torch).
+              ``pipeline.CPU_CHUNK`` images, as ``Localizer`` does, since that is faster there). Also times the
+              method (``--method``, LOST by default) alone on the resulting features, with both
+              connected-component back ends (scipy, torch).
 ``pipeline``  what ``lost-reg eval`` runs: ``engine.inference_on_dataset`` (decoding in DataLoader
-              workers, shape buckets, pinned memory on CUDA) + LOST + a sink writing JSON lines.
+              workers, shape buckets, pinned memory on CUDA) + the method + a sink writing JSON lines.
 ``naive``     one image at a time in one process: decode, ``Localizer.localize([image])``, write.
 
 Warm-up (one batch per padded shape, run before the clock starts) is excluded; on CUDA every
@@ -44,8 +45,8 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 MODES = ("bare", "pipeline", "naive")
 SAMPLER = None  # the child's MemorySampler
 TARGETS = {
-    "cpu": {"lost_share_of_forward_max": 0.05, "pipeline_over_naive_min": 1.3},
-    "cuda": {"pipeline_images_per_s_min": 300.0, "pipeline_over_bare_min": 0.85, "lost_share_of_wall_max": 0.05},
+    "cpu": {"discovery_share_of_forward_max": 0.05, "pipeline_over_naive_min": 1.3},
+    "cuda": {"pipeline_images_per_s_min": 300.0, "pipeline_over_bare_min": 0.85, "discovery_share_of_wall_max": 0.05},
 }
 
 
@@ -53,12 +54,12 @@ TARGETS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from lost_reg.cli.common import add_backbone_arguments, add_lost_arguments
+    from lost_reg.cli.common import add_backbone_arguments, add_method_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_backbone_arguments(p)
-    add_lost_arguments(p)
+    add_method_arguments(p)
     p.set_defaults(backbone="vit_small_patch14_reg4_dinov2", device="auto")
     b = p.add_argument_group("benchmark")
     b.add_argument("--n", type=int, default=96, help="number of images")
@@ -71,9 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every mode")
     b.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone's forward (every mode; compile time is warm-up)")
-    b.add_argument("--components", choices=("scipy", "torch"), default="scipy",
-                   help="connected components of LOST in pipeline/naive (LostConfig.components)")
-    b.add_argument("--lost-batches", type=int, default=4, help="bare mode: batches LOST alone is timed on")
+    b.add_argument("--discovery-batches", type=int, default=4, help="bare mode: batches the method alone is timed on")
     b.add_argument("--results", type=Path, default=HERE / "results.jsonl", help="JSON-lines record of runs")
     b.add_argument("--no-record", action="store_true", help="do not append to --results")
     b.add_argument("--note", default="", help="free text stored with the record")
@@ -90,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not modes or any(m not in MODES for m in modes):
         p.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
     args.mode_list = modes
+    args.components = args.components or "scipy"  # every method's default
     return args
 
 
@@ -129,7 +129,6 @@ def _setup(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     localizer = build_localizer(args)
-    localizer.config = dataclasses.replace(localizer.config, components=args.components)
     if args.compile:
         model = localizer.backbone.model
         model.forward_intermediates = torch.compile(model.forward_intermediates, dynamic=False)
@@ -219,7 +218,6 @@ def run_bare(args: argparse.Namespace, paths: list[Path]) -> dict:
     import torch
 
     from lost_reg.images import normalize
-    from lost_reg.lost import lost
     from lost_reg.pipeline import CPU_CHUNK, DTYPES, group_by_shape
 
     localizer = _setup(args)
@@ -254,30 +252,30 @@ def run_bare(args: argparse.Namespace, paths: list[Path]) -> dict:
     seconds = time.perf_counter() - start
     n = sum(len(x) for x in batches)
 
-    lost_s = {"scipy": 0.0, "torch": 0.0}
-    lost_images = 0
+    alone_s = {"scipy": 0.0, "torch": 0.0}
+    alone_images = 0
     identical = True
-    for x in batches[: args.lost_batches]:
+    for x in batches[: args.discovery_batches]:
         with torch.autocast(**amp):
             features = backbone(x)
         _sync(device)
         results = {}
-        for backend in lost_s:
-            run = functools.partial(lost, features.patches, features.grid, localizer.config.k_patches,
-                                    localizer.config.affinity, components=backend)
+        for backend in alone_s:
+            method = dataclasses.replace(localizer.method, components=backend)
+            run = functools.partial(method, features.patches, features.grid)
             run()  # warm-up
             _sync(device)
             t = time.perf_counter()
             results[backend] = run()
             _sync(device)
-            lost_s[backend] += time.perf_counter() - t
+            alone_s[backend] += time.perf_counter() - t
         identical &= all(a.box == b.box and (a.mask == b.mask).all() for a, b in zip(*results.values()))
-        lost_images += len(x)
+        alone_images += len(x)
     return {
         "images": n, "seconds": seconds, "images_per_s": n / seconds, "forward_ms": 1000 * seconds / n,
         "batches": len(batches), "cpu_chunk": chunk,
-        "lost_alone_ms": {k: 1000 * v / max(lost_images, 1) for k, v in lost_s.items()},
-        "lost_alone_images": lost_images, "components_identical": bool(identical),
+        "discovery_alone_ms": {k: 1000 * v / max(alone_images, 1) for k, v in alone_s.items()},
+        "discovery_alone_images": alone_images, "components_identical": bool(identical),
         **SAMPLER.result(device),
     }
 
@@ -304,7 +302,7 @@ def run_pipeline(args: argparse.Namespace, paths: list[Path], out: Path) -> dict
     _warm_up(localizer, warm, args.batch_size)
     del warm
     dataset = ImageFolder([str(p) for p in paths])
-    order = shape_order(dataset, range(len(dataset)), localizer.patch_size, localizer.config.max_side)
+    order = shape_order(dataset, range(len(dataset)), localizer.patch_size, localizer.max_side)
     f, write = _sink(out)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -318,8 +316,8 @@ def run_pipeline(args: argparse.Namespace, paths: list[Path], out: Path) -> dict
     return {
         "images": n, "failed": stats.failed, "seconds": wall, "images_per_s": n / wall,
         "ms": {"decode_wait": 1000 * stats.wait / n, "forward": 1000 * stats.forward / n,
-               "lost": 1000 * stats.lost / n, "write": 1000 * stats.write / n,
-               "other": 1000 * (wall - stats.wait - stats.forward - stats.lost - stats.write) / n,
+               "discovery": 1000 * stats.discovery / n, "write": 1000 * stats.write / n,
+               "other": 1000 * (wall - stats.wait - stats.forward - stats.discovery - stats.write) / n,
                "total": 1000 * wall / n},
         **SAMPLER.result(device),
     }
@@ -337,7 +335,7 @@ def run_naive(args: argparse.Namespace, paths: list[Path], out: Path) -> dict:
         localizer.localize([decode_image(p)])
     _sync(device)
     f, write = _sink(out)
-    decode = forward = lost_t = other = w_t = 0.0
+    decode = forward = disc = other = w_t = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -346,22 +344,22 @@ def run_naive(args: argparse.Namespace, paths: list[Path], out: Path) -> dict:
             t0 = time.perf_counter()
             image = decode_image(p, name=p.name)
             t1 = time.perf_counter()
-            f0, l0 = localizer.timings.forward, localizer.timings.lost
+            f0, l0 = localizer.timings.forward, localizer.timings.discovery
             (det,) = localizer.localize([image])
             t2 = time.perf_counter()
             write(p.name, det)
             t3 = time.perf_counter()
             decode += t1 - t0
             forward += localizer.timings.forward - f0
-            lost_t += localizer.timings.lost - l0
-            other += (t2 - t1) - (localizer.timings.forward - f0) - (localizer.timings.lost - l0)
+            disc += localizer.timings.discovery - l0
+            other += (t2 - t1) - (localizer.timings.forward - f0) - (localizer.timings.discovery - l0)
             w_t += t3 - t2
     _sync(device)
     wall = time.perf_counter() - start
     n = len(paths)
     return {
         "images": n, "seconds": wall, "images_per_s": n / wall,
-        "ms": {"decode_wait": 1000 * decode / n, "forward": 1000 * forward / n, "lost": 1000 * lost_t / n,
+        "ms": {"decode_wait": 1000 * decode / n, "forward": 1000 * forward / n, "discovery": 1000 * disc / n,
                "write": 1000 * w_t / n, "other": 1000 * other / n, "total": 1000 * wall / n},
         **SAMPLER.result(device),
     }
@@ -429,7 +427,7 @@ def fmt(v, spec=".1f") -> str:
 
 def report(args, results: dict, device: str, agree: dict | None) -> tuple[str, dict]:
     bare, pipe, naive = results.get("bare"), results.get("pipeline"), results.get("naive")
-    lines = [f"{'mode':<9} {'img/s':>8} {'decode/wait':>11} {'forward':>9} {'LOST':>7} {'write':>7} "
+    lines = [f"{'mode':<9} {'img/s':>8} {'decode/wait':>11} {'forward':>9} {'method':>7} {'write':>7} "
              f"{'other':>7} {'total':>9}  {'RSS MB':>7} {'workers MB':>10} {'GPU MB':>7}",
              "" + "-" * 104]
     for name in MODES:
@@ -439,7 +437,7 @@ def report(args, results: dict, device: str, agree: dict | None) -> tuple[str, d
         ms = r.get("ms", {"forward": r.get("forward_ms"), "total": r.get("forward_ms")})
         lines.append(
             f"{name:<9} {r['images_per_s']:>8.2f} {fmt(ms.get('decode_wait'), '.2f'):>11} {fmt(ms.get('forward')):>9} "
-            f"{fmt(ms.get('lost'), '.2f'):>7} {fmt(ms.get('write'), '.3f'):>7} {fmt(ms.get('other'), '.2f'):>7} "
+            f"{fmt(ms.get('discovery'), '.2f'):>7} {fmt(ms.get('write'), '.3f'):>7} {fmt(ms.get('other'), '.2f'):>7} "
             f"{fmt(ms.get('total')):>9}  {r['peak_rss_mb']:>7.0f} {r['peak_pss_workers_total_mb']:>10.0f} "
             f"{fmt(r.get('peak_gpu_mb'), '.0f'):>7}")
     lines.append("(ms per image; RSS MB = peak resident memory of the mode's main process; workers MB = peak sum of the "
@@ -450,14 +448,14 @@ def report(args, results: dict, device: str, agree: dict | None) -> tuple[str, d
     if pipe and naive:
         ratios["pipeline_over_naive"] = pipe["images_per_s"] / naive["images_per_s"]
     if pipe:
-        ratios["pipeline_lost_share_of_forward"] = pipe["ms"]["lost"] / pipe["ms"]["forward"]
-        ratios["pipeline_lost_share_of_wall"] = pipe["ms"]["lost"] / pipe["ms"]["total"]
+        ratios["pipeline_discovery_share_of_forward"] = pipe["ms"]["discovery"] / pipe["ms"]["forward"]
+        ratios["pipeline_discovery_share_of_wall"] = pipe["ms"]["discovery"] / pipe["ms"]["total"]
     if naive:
-        ratios["naive_lost_share_of_forward"] = naive["ms"]["lost"] / naive["ms"]["forward"]
+        ratios["naive_discovery_share_of_forward"] = naive["ms"]["discovery"] / naive["ms"]["forward"]
     if bare:
-        la = bare["lost_alone_ms"]
-        ratios["bare_lost_alone_share_of_forward"] = la[args.components] / bare["forward_ms"]
-        lines.append(f"LOST alone on the bare features ({bare['lost_alone_images']} images): "
+        la = bare["discovery_alone_ms"]
+        ratios["bare_discovery_alone_share_of_forward"] = la[args.components] / bare["forward_ms"]
+        lines.append(f"{args.method} alone on the bare features ({bare['discovery_alone_images']} images): "
                      f"scipy components {la['scipy']:.2f} ms/img, torch flood fill {la['torch']:.2f} ms/img "
                      f"(identical boxes and masks: {bare['components_identical']})")
     for k, v in ratios.items():
@@ -468,21 +466,21 @@ def report(args, results: dict, device: str, agree: dict | None) -> tuple[str, d
     kind = "cuda" if device.startswith("cuda") else "cpu"
     checks = {}
     t = TARGETS["cpu"]
-    if "pipeline_lost_share_of_forward" in ratios:
-        checks["cpu: LOST <= 5% of forward (pipeline)"] = ratios["pipeline_lost_share_of_forward"] <= t[
-            "lost_share_of_forward_max"]
+    if "pipeline_discovery_share_of_forward" in ratios:
+        checks["cpu: method <= 5% of forward (pipeline)"] = ratios["pipeline_discovery_share_of_forward"] <= t[
+            "discovery_share_of_forward_max"]
     if "pipeline_over_naive" in ratios:
         checks["cpu: pipeline >= 1.3x naive"] = ratios["pipeline_over_naive"] >= t["pipeline_over_naive_min"]
     if kind == "cuda":
         t = TARGETS["cuda"]
         if pipe:
             checks["gpu: pipeline >= 300 img/s"] = pipe["images_per_s"] >= t["pipeline_images_per_s_min"]
-            checks["gpu: LOST <= 5% of wall"] = ratios["pipeline_lost_share_of_wall"] <= t["lost_share_of_wall_max"]
+            checks["gpu: method <= 5% of wall"] = ratios["pipeline_discovery_share_of_wall"] <= t["discovery_share_of_wall_max"]
         if "pipeline_over_bare" in ratios:
             checks["gpu: pipeline >= 85% of bare forward"] = ratios["pipeline_over_bare"] >= t["pipeline_over_bare_min"]
     lines.append("targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items()))
     if kind != "cuda":
-        lines.append("GPU targets (>= 300 img/s, >= 85% of bare, LOST <= 5%): not measured (no CUDA device in this run)")
+        lines.append("GPU targets (>= 300 img/s, >= 85% of bare, method <= 5%): not measured (no CUDA device in this run)")
     return "\n".join(lines), {"ratios": ratios, "targets": {k: bool(v) for k, v in checks.items()}}
 
 
@@ -494,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lost_reg.engine import auto_workers
+    from lost_reg.methods import all_option_specs
     from lost_reg.pipeline import resolve_device
 
     device = str(resolve_device(args.device))
@@ -541,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             "fused_attn": _fused_attn(),
             "config": {"backbone": args.backbone, "weights": args.weights, "model_args": args.model_arg,
                        "dtype": args.dtype, "batch_size": args.batch_size, "workers": args.workers, "n": len(paths),
-                       "image_dir": str(paths[0].parent), "k_patches": args.k_patches, "affinity": args.affinity,
+                       "image_dir": str(paths[0].parent), "method": args.method,
+                       **{k: getattr(args, k) for k in all_option_specs() if getattr(args, k) is not None},
                        "max_side": args.max_side, "compile": args.compile, "components": args.components},
             "modes": results, "boxes_identical_pipeline_vs_naive": agree, **summary, "note": args.note,
         }

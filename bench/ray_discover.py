@@ -49,13 +49,13 @@ class LostActor:
     """GPU stage: one Localizer per actor (the model loads once), LOST on each batch of pixels."""
 
     def __init__(self, backbone: str, weights: str | None, features: str, layer: int, model_args: dict,
-                 k_patches: int, affinity: str, max_side: int | None, device: str, dtype: str) -> None:
+                 method: str, options: dict, max_side: int | None, device: str, dtype: str) -> None:
         from lost_reg import create_backbone
-        from lost_reg.pipeline import Localizer, LostConfig
+        from lost_reg.methods import build_method
+        from lost_reg.pipeline import Localizer
 
         bb = create_backbone(backbone, weights, features=features, layer=layer, **model_args)
-        self.localizer = Localizer(bb, LostConfig(k_patches=k_patches, affinity=affinity, max_side=max_side),
-                                   device=device, dtype=dtype)
+        self.localizer = Localizer(bb, build_method(method, **options), max_side=max_side, device=device, dtype=dtype)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -87,7 +87,7 @@ class LostActor:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from lost_reg.cli.common import add_backbone_arguments, add_lost_arguments
+    from lost_reg.cli.common import add_backbone_arguments, add_method_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, nargs="+", help="folders/files/URIs Ray can read (local, s3://, gs://…)")
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="images per actor call (split by padded shape)")
     p.add_argument("--decode-batch", type=int, default=32, help="images per CPU decoding task call")
     add_backbone_arguments(p)
-    add_lost_arguments(p)
+    add_method_arguments(p)
     return p.parse_args(argv)
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from lost_reg import create_backbone
-    from lost_reg.cli.common import model_kwargs
+    from lost_reg.cli.common import method_from_args, model_kwargs
     from lost_reg.models import OFFLINE_MODELS
 
     model_args = model_kwargs(args.model_arg)
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = ds.map_batches(
         LostActor,
         fn_constructor_kwargs={"backbone": args.backbone, "weights": weights, "features": args.features,
-                               "layer": args.layer, "model_args": model_args, "k_patches": args.k_patches,
-                               "affinity": args.affinity, "max_side": args.max_side, "device": args.device,
+                               "layer": args.layer, "model_args": model_args, "method": args.method,
+                               "options": method_from_args(args).options(), "max_side": args.max_side, "device": args.device,
                                "dtype": args.dtype},
         batch_size=args.batch_size, batch_format="numpy", num_gpus=args.gpus_per_actor,
         concurrency=args.actors,

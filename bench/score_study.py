@@ -1,14 +1,16 @@
-"""Which score ranks LOST's correct boxes first, and how GT recall grows with --max-objects.
+"""Which score ranks a method's correct boxes first, and how GT recall grows with --max-objects.
 
-Runs the backbone once per photo, then :func:`lost_reg.scores.lost_objects` with up to
+Runs the backbone once per photo, then :func:`lost_reg.scores.find_objects` with up to
 ``--max-objects`` boxes, scores every box with every score of :data:`lost_reg.scores.SCORES`
 and counts a box correct when it matches a not yet matched GT box at IoU ≥ 0.5. Prints each
-score's AUC (correct vs wrong boxes) for the first box and for all boxes, and the recall of GT
+score's AUC (correct vs wrong boxes) for the first box and for all boxes (scores a method does not
+support, e.g. LOST's degree scores for TokenCut, are left out), and the recall of GT
 boxes for N = 1…max. Photos: bench/real_photos.json, bench/score_photos.json (textures where no
 box is right among them) and, with ``--voc-root``, a VOC-style set such as data/sample_voc;
 ``--crops 3`` adds three random crops of each photo.
 
     python bench/score_study.py --voc-root data/sample_voc
+    python bench/score_study.py --voc-root data/sample_voc --method tokencut --features v --tau 0.4
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from affinity_study import photos
 from torchvision.ops import box_iou
 
 from lost_reg import create_backbone
+from lost_reg.cli.common import add_method_arguments, method_from_args
 from lost_reg.images import decode_image, normalize, prepare
-from lost_reg.scores import SCORES, lost_objects
+from lost_reg.scores import SCORES, find_objects, score
 
 
 def crops(name: str, image: np.ndarray, gt: np.ndarray, n: int, rng: np.random.Generator):
@@ -57,19 +60,31 @@ def auc(pos: list[float], neg: list[float]) -> float:
     return float(((p > n) + 0.5 * (p == n)).mean())
 
 
+def scores(result, active: np.ndarray, features: torch.Tensor, method) -> dict[str, float]:
+    """Every score of :data:`SCORES` that applies to ``result`` (the degree scores need LOST)."""
+    out = {}
+    for kind in SCORES:
+        try:
+            out[kind] = score(result, active, kind, features, method)
+        except ValueError:
+            continue
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="dinov2_vits14_imgfocus")
     ap.add_argument("--weights", default=None)
-    ap.add_argument("--affinity", default="cosine-mean")
-    ap.add_argument("--k-patches", type=int, default=100)
+    ap.add_argument("--features", default="k")
+    ap.add_argument("--layer", type=int, default=-1)
     ap.add_argument("--max-objects", type=int, default=5)
-    ap.add_argument("--max-side", type=int, default=None)
+    add_method_arguments(ap)
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--crops", type=int, default=0, help="random crops added per photo")
     args = ap.parse_args()
 
-    bb = create_backbone(args.backbone, args.weights)
+    bb = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer)
+    method = method_from_args(args).resolved(bb.name)
     rng = np.random.default_rng(0)
     rows = []  # (round, correct, {score: value}, GT boxes in the image)
     hits = np.zeros(args.max_objects, int)  # GT boxes first matched at round j
@@ -79,7 +94,7 @@ def main() -> None:
     for name, image, gt in images:
         p = prepare(image, bb.patch_size, args.max_side)
         feats = bb(normalize(p.pixels[None], [p.valid], bb.mean, bb.std))
-        (found,) = lost_objects(feats.patches, feats.grid, args.k_patches, args.affinity, max_objects=args.max_objects)
+        (found,) = find_objects(method, feats.patches, feats.grid, max_objects=args.max_objects)
         active, matched = np.ones(feats.grid, bool), set()
         for j, (r, _) in enumerate(found):
             box = torch.tensor([[v / p.scale for v in r.box_pixels(bb.patch_size, p.valid[1], p.valid[0])]])
@@ -88,16 +103,17 @@ def main() -> None:
             if free:
                 matched.add(max(free)[1])
                 hits[j] += 1
-            rows.append((j, bool(free), {k: f(r, active, feats.patches[0]) for k, f in SCORES.items()}, len(gt)))
+            rows.append((j, bool(free), scores(r, active, feats.patches[0], method), len(gt)))
             active &= ~r.mask
         total += len(gt)
         print(f"{name}: {len(gt)} GT, " + " ".join("+" if r[1] else "-" for r in rows[-len(found):]), flush=True)
 
-    print(f"\n{args.backbone}, {args.affinity}, k={args.k_patches}: {len(images)} images, {total} GT boxes")
+    print(f"\n{args.backbone}, {args.features} of layer {args.layer}, {method.describe()}: "
+          f"{len(images)} images, {total} GT boxes")
     for label, sel in (("first box", [r for r in rows if r[0] == 0]), (f"all boxes, N={args.max_objects}", rows)):
         pos, neg = [r for r in sel if r[1]], [r for r in sel if not r[1]]
         print(f"\n{label}: {len(pos)} correct, {len(neg)} wrong\n| score | AUC |\n|---|---|")
-        for k in SCORES:
+        for k in rows[0][2]:
             print(f"| {k} | {auc([r[2][k] for r in pos], [r[2][k] for r in neg]):.2f} |")
     first = [r for r in rows if r[0] == 0]
     for t in (0.55, 0.6, 0.7):

@@ -1,13 +1,25 @@
-"""lost_reg: unsupervised object discovery with LOST on register-aware Vision Transformers."""
+"""lost_reg: unsupervised object discovery (LOST, TokenCut) on register-aware Vision Transformers."""
 
 from .backbone import Backbone, Features
 from .errors import BackboneError, DataError, LostRegError
-from .lost import LostResult, lost
+from .methods import (
+    METHODS,
+    Discovery,
+    Lost,
+    LostResult,
+    Method,
+    TokenCut,
+    TokenCutResult,
+    build_method,
+    lost,
+    tokencut,
+)
 from .models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
-from .pipeline import Detection, Localizer, LostConfig
+from .pipeline import Detection, Localizer
 
 __version__ = "0.1.0"
 __all__ = [
-    "Backbone", "BackboneError", "DataError", "DEFAULT_BACKBONE", "Detection", "Features", "Localizer",
-    "LostConfig", "LostRegError", "LostResult", "OFFLINE_BACKBONE", "create_backbone", "lost",
+    "Backbone", "BackboneError", "DataError", "DEFAULT_BACKBONE", "Detection", "Discovery", "Features", "Localizer",
+    "Lost", "LostRegError", "LostResult", "METHODS", "Method", "OFFLINE_BACKBONE", "TokenCut", "TokenCutResult",
+    "build_method", "create_backbone", "lost", "tokencut",
 ]

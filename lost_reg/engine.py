@@ -130,7 +130,7 @@ class RunStats:
     wall: float = 0.0
     wait: float = 0.0
     forward: float = 0.0
-    lost: float = 0.0
+    discovery: float = 0.0
     write: float = 0.0
 
 
@@ -156,7 +156,7 @@ def inference_on_dataset(
     stats = RunStats()
     if not indices:
         return stats
-    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.config.max_side)
+    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side)
     loader = DataLoader(
         decoded,
         batch_size=None,
@@ -171,10 +171,10 @@ def inference_on_dataset(
     t0 = time.perf_counter()
 
     def run(batch: list[Item]) -> None:
-        f0, l0 = localizer.timings.forward, localizer.timings.lost
+        f0, l0 = localizer.timings.forward, localizer.timings.discovery
         detections = localize([it.prepared for it in batch])
         stats.forward += localizer.timings.forward - f0
-        stats.lost += localizer.timings.lost - l0
+        stats.discovery += localizer.timings.discovery - l0
         w0 = time.perf_counter()
         for it, det in zip(batch, detections):
             process(it.sample, det)

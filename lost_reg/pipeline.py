@@ -1,4 +1,4 @@
-"""Images in, boxes in original-image pixels out: backbone + LOST, batched on one device.
+"""Images in, boxes in original-image pixels out: backbone + a discovery method, batched on one device.
 
 The CLI and the service both drive a :class:`Localizer`; images of one padded shape go
 through the backbone together, so callers group by :attr:`Prepared.pixels` shape (see
@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .backbone import Backbone, Features
 from .images import Prepared, normalize, prepare
-from .lost import AFFINITIES, COMPONENTS, LostResult, lost, resolve_affinity
-from .scores import DEFAULT_SCORE, lost_objects
+from .methods import DEFAULT_METHOD, Discovery, Method, build_method
+from .scores import DEFAULT_SCORE, find_objects
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_CHUNK = 4
@@ -28,48 +28,16 @@ than at 4 on 2 cores); the features are the same either way."""
 
 
 @dataclass
-class LostConfig:
-    """LOST's options (see :mod:`lost_reg.lost`)."""
-
-    k_patches: int = 100
-    affinity: str = "auto"
-    """``auto`` (raw for DINO v1, cosine-mean otherwise), one of :data:`AFFINITIES`, or bias:VALUE."""
-    max_side: int | None = None
-    components: str = "scipy"
-    """How LOST finds the seed's component: ``scipy`` (CPU) or ``torch`` (on the device); same boxes."""
-
-    def __post_init__(self) -> None:
-        if self.k_patches < 1:
-            raise ValueError("k_patches must be at least 1")
-        if self.max_side is not None and self.max_side < 1:
-            raise ValueError("max_side must be positive")
-        if self.components not in COMPONENTS:
-            raise ValueError(f"components must be one of {', '.join(COMPONENTS)}, got {self.components!r}")
-        if self.affinity not in ("auto", *AFFINITIES) and not _is_bias(self.affinity):
-            raise ValueError(
-                f"affinity must be auto, one of {', '.join(AFFINITIES)} or bias:VALUE, got {self.affinity!r}"
-            )
-
-
-def _is_bias(affinity: str) -> bool:
-    name, _, value = affinity.partition(":")
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return name == "bias"
-
-
-@dataclass
 class Detection:
-    """One image's object box in original pixels, with LOST's evidence on the patch grid."""
+    """One image's object box in original pixels, with the method's evidence on the patch grid."""
 
     box: tuple[int, int, int, int]
     """(x0, y0, x1, y1) in original-image pixels, max exclusive, clipped to the image."""
     seed: tuple[int, int]
     width: int
     height: int
-    lost: LostResult = field(repr=False)
+    result: Discovery = field(repr=False)
+    """The method's answer on the patch grid (mask, heat map, its own evidence)."""
 
 
 @dataclass
@@ -85,7 +53,7 @@ class Timings:
     """Seconds spent per stage, summed over calls."""
 
     forward: float = 0.0
-    lost: float = 0.0
+    discovery: float = 0.0
     images: int = 0
 
 
@@ -99,19 +67,20 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class Localizer:
-    """A backbone on a device plus LOST's configuration."""
+    """A backbone on a device, a discovery method, and how images are prepared for them."""
 
-    def __init__(
-        self, backbone: Backbone, config: LostConfig | None = None, device: str = "auto", dtype: str = "float32"
-    ) -> None:
+    def __init__(self, backbone: Backbone, method: Method | None = None, *, max_side: int | None = None,
+                 device: str = "auto", dtype: str = "float32") -> None:
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if dtype == "float16" and self.device.type != "cuda":
             raise ValueError(f"float16 runs on CUDA only; use float32 or bfloat16 on {self.device.type}")
+        if max_side is not None and max_side < 1:
+            raise ValueError("max_side must be positive")
         self.backbone = backbone.to(self.device)
-        config = config or LostConfig()
-        self.config = replace(config, affinity=resolve_affinity(config.affinity, backbone.name))
+        self.method = (method or build_method(DEFAULT_METHOD)).resolved(backbone.name)
+        self.max_side = max_side
         self.dtype = dtype
         self.timings = Timings()
 
@@ -121,7 +90,7 @@ class Localizer:
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """Pad (and resize past ``max_side``) one RGB uint8 image for this backbone."""
-        return prepare(image, self.patch_size, self.config.max_side)
+        return prepare(image, self.patch_size, self.max_side)
 
     def localize(self, images: Sequence[np.ndarray]) -> list[Detection]:
         """Boxes for RGB uint8 images of any sizes, in input order."""
@@ -136,9 +105,8 @@ class Localizer:
         """Boxes for prepared images that share one padded shape."""
         features = self._forward(batch)
         mid = time.perf_counter()
-        c = self.config
-        results = lost(features.patches, features.grid, c.k_patches, c.affinity, components=c.components)
-        self.timings.lost += time.perf_counter() - mid
+        results = self.method(features.patches, features.grid)
+        self.timings.discovery += time.perf_counter() - mid
         self.timings.images += len(batch)
         return [self._detection(p, r) for p, r in zip(batch, results)]
 
@@ -148,15 +116,14 @@ class Localizer:
     ) -> list[list[ScoredDetection]]:
         """Up to ``max_objects`` scored boxes per prepared image (one padded shape), best first.
 
-        See :func:`lost_reg.scores.lost_objects`: the first box is LOST's, later ones come from the
-        patches earlier masks left; an image whose box scores below ``min_score`` gets no box.
+        See :func:`lost_reg.scores.find_objects`: the first box is the method's, later ones come
+        from the patches earlier masks left; an image whose box scores below ``min_score`` gets no box.
         """
         features = self._forward(batch)
         mid = time.perf_counter()
-        c = self.config
-        found = lost_objects(features.patches, features.grid, c.k_patches, c.affinity, max_objects=max_objects,
-                             min_score=min_score, kind=score, components=c.components)
-        self.timings.lost += time.perf_counter() - mid
+        found = find_objects(self.method, features.patches, features.grid, max_objects=max_objects,
+                             min_score=min_score, kind=score)
+        self.timings.discovery += time.perf_counter() - mid
         self.timings.images += len(batch)
         return [[ScoredDetection(self._detection(p, r), s) for r, s in objects] for p, objects in zip(batch, found)]
 
@@ -178,13 +145,13 @@ class Localizer:
         self.timings.forward += time.perf_counter() - start
         return features
 
-    def _detection(self, p: Prepared, r: LostResult) -> Detection:
+    def _detection(self, p: Prepared, r: Discovery) -> Detection:
         vh, vw = p.valid
         x0, y0, x1, y1 = r.box_pixels(self.patch_size, vw, vh)
         w, h = p.size
         s = p.scale
         box = (int(round(x0 / s)), int(round(y0 / s)), min(w, int(round(x1 / s))), min(h, int(round(y1 / s))))
-        return Detection(box=box, seed=r.seed, width=w, height=h, lost=r)
+        return Detection(box=box, seed=r.seed, width=w, height=h, result=r)
 
 
 def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[int]]:

@@ -1,11 +1,12 @@
-"""Pictures that show why LOST chose a box, and what the CLS and register tokens attend to.
+"""Pictures that show why a method chose a box, and what the CLS and register tokens attend to.
 
 One PNG per image, a row of panels at the network's input resolution (cropped to the image):
 
 ``boxes``      the image, each object's mask tinted and its box drawn (first object green),
                the seed patch filled red, scores written on the boxes, ground truth in yellow;
-``1/degree``   LOST's inverse-degree map (bright = few positive edges = object-like), with the
-               k lowest-degree patches that voted for the mask marked by white dots;
+heat map       the method's per-patch evidence: LOST's inverse degree (``1/degree``, bright =
+               few positive edges = object-like) with the k lowest-degree patches that voted
+               for the mask marked by white dots; TokenCut's ``eigenvector``, foreground side bright;
 ``CLS``, ``reg1``… the last block's attention of the CLS token and of each register token to the
                patches, averaged over heads (the registers paper's Figure 9).
 
@@ -25,7 +26,7 @@ import torch
 
 from .backbone import prefix_attention
 from .images import decode_image, normalize
-from .lost import LostResult
+from .methods import Discovery
 from .pipeline import Detection, Localizer, ScoredDetection
 
 COLOURS = [(40, 200, 60), (255, 140, 0), (230, 40, 230), (0, 190, 255), (255, 230, 0), (140, 90, 255)]
@@ -51,7 +52,7 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndarray:
     return cv2.addWeighted(overlay, alpha, image, 1 - alpha, 0)
 
 
-def boxes_panel(image: np.ndarray, results: Sequence[LostResult], scores: Sequence[float | None], patch_size: int,
+def boxes_panel(image: np.ndarray, results: Sequence[Discovery], scores: Sequence[float | None], patch_size: int,
                 gt_boxes: np.ndarray | None = None) -> np.ndarray:
     """``image`` (network input, padded to the grid) with masks, boxes, seeds and ground-truth boxes."""
     out = image.copy()
@@ -75,11 +76,12 @@ def boxes_panel(image: np.ndarray, results: Sequence[LostResult], scores: Sequen
     return out
 
 
-def degree_panel(image: np.ndarray, result: LostResult, patch_size: int) -> np.ndarray:
-    """Inverse-degree heat map over ``image``, voters of the expansion marked."""
+def heat_panel(image: np.ndarray, result: Discovery, patch_size: int) -> np.ndarray:
+    """The method's heat map over ``image``, its marked patches (LOST's voters) as white dots."""
     h, w = image.shape[:2]
-    out = blend(image, heat(1.0 / np.maximum(result.degree, 1), (w, h)), 0.65)
-    for r, c in zip(*np.nonzero(result.expansion)):
+    out = blend(image, heat(result.heat, (w, h)), 0.65)
+    marks = result.marks if result.marks is not None else np.zeros(result.mask.shape, bool)
+    for r, c in zip(*np.nonzero(marks)):
         centre = (int((c + 0.5) * patch_size), int((r + 0.5) * patch_size))
         cv2.circle(out, centre, max(1, patch_size // 6), (255, 255, 255), -1, cv2.LINE_AA)
     return out
@@ -109,7 +111,7 @@ def montage(tiles: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.n
     return out
 
 
-def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[LostResult], scores: Sequence[float | None],
+def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[Discovery], scores: Sequence[float | None],
            patch_size: int, attention: np.ndarray | None = None, num_registers: int = 0,
            gt_boxes: np.ndarray | None = None, height: int = 320, columns: int = 4) -> np.ndarray:
     """The whole picture (RGB uint8) for one image.
@@ -122,7 +124,7 @@ def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[LostResu
     vh, vw = valid
     panels = [("boxes", boxes_panel(image, results, scores, patch_size, gt_boxes))]
     if results:
-        panels.append(("1/degree", degree_panel(image, results[0], patch_size)))
+        panels.append((results[0].HEAT, heat_panel(image, results[0], patch_size)))
     if attention is not None:
         names = ["CLS"] * (len(attention) - num_registers) + [f"reg{i}" for i in range(1, num_registers + 1)]
         panels += list(zip(names, attention_panels(image, attention)))
@@ -166,7 +168,7 @@ class Visualizer:
         gt = getattr(sample, "gt_boxes", None)
         gt = None if gt is None or len(gt) == 0 else np.asarray(gt, np.float64)[:, :4] * prepared.scale
         image = prepared.pixels.permute(1, 2, 0).numpy()
-        picture = figure(image, prepared.valid, [d.lost for d in dets], scores, self.localizer.patch_size,
+        picture = figure(image, prepared.valid, [d.result for d in dets], scores, self.localizer.patch_size,
                          attention, self.localizer.backbone.num_registers, gt, self.height)
         path = self.path_for(sample.image_id)
         write_png(path, picture)

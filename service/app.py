@@ -25,13 +25,20 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from lost_reg import __version__
-from lost_reg.lost import resolve_affinity
-from lost_reg.pipeline import Localizer, LostConfig
+from lost_reg.methods import all_option_specs, build_method
+from lost_reg.pipeline import Localizer
 
 from .errors import ServiceError, install_error_handlers
 from .metrics import Metrics
 from .runtime import BoxRequest, Failed, Runtime
-from .schemas import BoxesResponse, BoxOptions, ErrorResponse, FileError, ModelInfo, boxes_request_schema
+from .schemas import (
+    BoxesResponse,
+    BoxOptions,
+    ErrorResponse,
+    FileError,
+    ModelInfo,
+    boxes_request_schema,
+)
 from .settings import Settings
 from .worker import InferenceWorker, RunKey
 
@@ -62,7 +69,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             runtime.stop()
 
     app = FastAPI(title="lost-reg", version=__version__, lifespan=lifespan,
-                  description="One object box per image: LOST on a register-aware ViT.")
+                  description="One object box per image: LOST or TokenCut on a register-aware ViT.")
     app.state.runtime = runtime
     install_error_handlers(app, metrics)
     if settings.cors_origins:
@@ -96,9 +103,9 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         bb = loc.backbone
         return ModelInfo(
             backbone=bb.name, patch_size=bb.patch_size, registers=bb.num_registers, features=bb.features,
-            layer=bb.layer, device=str(loc.device), dtype=loc.dtype,
-            defaults={"k_patches": loc.config.k_patches, "affinity": loc.config.affinity,
-                      "max_side": settings.max_side, "features": bb.features},
+            layer=bb.layer, device=str(loc.device), dtype=loc.dtype, method=loc.method.describe(),
+            defaults={"method": loc.method.name, **loc.method.options(), "max_side": settings.max_side,
+                      "features": bb.features},
             limits={"max_files": settings.max_files, "max_file_bytes": settings.max_file_bytes,
                     "max_pixels": settings.max_pixels, "timeout_s": settings.timeout_s},
         )
@@ -189,15 +196,16 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     if max_side > settings.max_side:
         raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")
     defaults = worker.default_key
+    name = options.method or defaults.method.name
+    base = defaults.method.options() if name == defaults.method.name else {}
+    given = {k: getattr(options, k) for k in all_option_specs() if getattr(options, k) is not None}
     try:
-        config = LostConfig(k_patches=options.k_patches or defaults.k_patches,
-                            affinity=options.affinity or defaults.affinity)
+        method = build_method(name, **{**base, **given})
     except ValueError as e:
         raise ServiceError(422, "invalid_option", str(e)) from None
     # "auto" resolved as the Localizer does, so such requests batch with the default ones
-    affinity = resolve_affinity(config.affinity, worker.localizer.backbone.name)
-    return BoxRequest(RunKey(options.features or defaults.features, config.k_patches, affinity), max_side,
-                      options.return_mask)
+    method = method.resolved(worker.localizer.backbone.name)
+    return BoxRequest(RunKey(options.features or defaults.features, method), max_side, options.return_mask)
 
 
 app = create_app()

@@ -25,6 +25,6 @@ class Metrics:
         self.images = Counter("lost_reg_images", "images localised", registry=r)
         self.batch_size = Histogram("lost_reg_batch_size", "images per backbone call",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.inference = Histogram("lost_reg_inference_seconds", "backbone + LOST time per batch",
+        self.inference = Histogram("lost_reg_inference_seconds", "backbone + discovery time per batch",
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("lost_reg_queue_depth", "images waiting for inference", registry=r)

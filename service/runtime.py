@@ -34,7 +34,8 @@ def build_localizer(settings: Settings) -> Localizer:
     """The configured backbone on its device (downloads pretrained weights if needed)."""
     backbone = create_backbone(settings.backbone, settings.weights, features=settings.features,
                                layer=settings.layer, **settings.model_args)
-    return Localizer(backbone, settings.lost_config(), device=settings.device, dtype=settings.dtype)
+    return Localizer(backbone, settings.method_config(), max_side=settings.max_side, device=settings.device,
+                     dtype=settings.dtype)
 
 
 @dataclass
@@ -129,8 +130,8 @@ class Runtime:
 def _result(name: str, det: Detection, prepared: Prepared, ms: float, return_mask: bool, patch_size: int) -> BoxResult:
     mask: dict[str, Any] = {}
     if return_mask:
-        rle = mask_utils.encode(np.asfortranarray(det.lost.mask.astype(np.uint8)))
+        rle = mask_utils.encode(np.asfortranarray(det.result.mask.astype(np.uint8)))
         mask = {"mask": Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii")),
-                "grid": det.lost.mask.shape, "cell_px": patch_size / prepared.scale}
+                "grid": det.result.mask.shape, "cell_px": patch_size / prepared.scale}
     return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, seed=det.seed,
                      ms=round(ms, 2), **mask)

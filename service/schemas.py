@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lost_reg.backbone import FeatureKind
+from lost_reg.methods import METHODS, all_option_specs
 
 
 class ErrorBody(BaseModel):
@@ -18,17 +19,27 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class BoxOptions(BaseModel):
+class _BoxOptions(BaseModel):
     """Optional form fields of ``POST /v1/boxes``; unset ones take the server's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    k_patches: int | None = Field(None, ge=1, description="LOST's expansion over the k lowest-degree patches")
-    features: FeatureKind | None = Field(None, description="which features build LOST's graph")
-    affinity: str | None = Field(None, description="raw, centered, mean or bias:VALUE")
+    method: Literal[tuple(METHODS)] | None = Field(  # type: ignore[valid-type]
+        None, description="discovery method; its options below default to the server's when it is the "
+                          "server's method, else to the method's own defaults")
+    features: FeatureKind | None = Field(None, description="which features build the method's graph")
     max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this "
                                                          "(at most the server's max_side)")
-    return_mask: bool = Field(False, description="add LOST's patch-grid mask as COCO RLE")
+    return_mask: bool = Field(False, description="add the object's patch-grid mask as COCO RLE")
+
+
+BoxOptions = create_model(
+    "BoxOptions", __base__=_BoxOptions, __doc__=_BoxOptions.__doc__,
+    **{name: (spec.type | None, Field(None, description=f"{spec.help} [{', '.join(owners)}]", json_schema_extra=(
+        {"enum": list(spec.choices)} if spec.choices else None)))
+       for name, (spec, owners) in all_option_specs().items()},
+)
+"""The request options: :class:`_BoxOptions` plus one optional field per method option."""
 
 
 def boxes_request_schema() -> dict[str, Any]:
@@ -55,7 +66,7 @@ class BoxResult(BaseModel):
     width: int
     height: int
     box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
-    seed: tuple[int, int] = Field(description="row, col of LOST's seed patch")
+    seed: tuple[int, int] = Field(description="row, col of the seed patch the object grew from")
     ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")
     mask: Mask | None = Field(None, description="with return_mask: the object's patches on the grid")
     grid: tuple[int, int] | None = Field(None, description="with return_mask: rows, cols of the patch grid")
@@ -80,5 +91,7 @@ class ModelInfo(BaseModel):
     layer: int
     device: str
     dtype: str
-    defaults: dict[str, Any] = Field(description="LOST options used when a request sets none")
+    method: str = Field(description="the default method with its options, e.g. tokencut(tau=0.2, eps=1e-05, …)")
+    defaults: dict[str, Any] = Field(description="method, method options, features and max_side used when a "
+                                                 "request sets none")
     limits: dict[str, Any] = Field(description="request limits")

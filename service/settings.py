@@ -1,8 +1,10 @@
 """Service configuration: environment variables ``LOST_REG_*`` (or ``lost-reg serve`` flags).
 
-The backbone and LOST options mirror the CLI's (``--backbone``, ``--weights``, ``--model-arg``…;
-``LOST_REG_MODEL_ARGS`` is a JSON object). Unlike the CLI, ``max_side`` has a finite default:
-LOST's graph is quadratic in the number of patches, so a server must bound the network input.
+The backbone and method options mirror the CLI's (``--backbone``, ``--weights``, ``--model-arg``,
+``--method``, ``--tau``…; ``LOST_REG_MODEL_ARGS`` is a JSON object); every option of every method
+(:data:`lost_reg.methods.METHODS`) is a field, unset = the method's default. Unlike the CLI,
+``max_side`` has a finite default: the graphs are quadratic in the number of patches, so a
+server must bound the network input.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lost_reg.backbone import FeatureKind
+from lost_reg.methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    Method,
+    all_option_specs,
+    build_method,
+)
 from lost_reg.models import DEFAULT_BACKBONE
-from lost_reg.pipeline import LostConfig
 
 MB = 1024 * 1024
 
 
-class Settings(BaseSettings):
-    """Everything the service needs: which model, LOST's defaults, batching and request limits."""
+class _Settings(BaseSettings):
+    """Everything the service needs: which model and method, batching and request limits."""
 
     model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True)
 
@@ -33,8 +41,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
-    k_patches: int = Field(LostConfig.k_patches, ge=1)
-    affinity: str = LostConfig.affinity
+    method: Literal[tuple(METHODS)] = DEFAULT_METHOD  # type: ignore[valid-type]
     max_side: int = Field(1024, ge=1, description="longer side of the network input; requests may only lower it")
 
     max_batch: int = Field(16, ge=1, description="images per backbone call")
@@ -60,8 +67,8 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_lost(self) -> Settings:
-        self.lost_config()  # raises ValueError (so a ValidationError) on a bad affinity
+    def _check_method(self) -> _Settings:
+        self.method_config()  # raises ValueError (so a ValidationError) on a bad option
         return self
 
     @property
@@ -73,5 +80,15 @@ class Settings(BaseSettings):
         """Largest acceptable body: every file at its limit plus 1 MB of multipart framing and options."""
         return self.max_files * self.max_file_bytes + MB
 
-    def lost_config(self) -> LostConfig:
-        return LostConfig(k_patches=self.k_patches, affinity=self.affinity, max_side=self.max_side)
+    def method_config(self) -> Method:
+        """The configured method, from the method options that are set."""
+        given = {name: getattr(self, name) for name in all_option_specs() if getattr(self, name) is not None}
+        return build_method(self.method, **given)
+
+
+Settings = create_model(
+    "Settings", __base__=_Settings, __doc__=_Settings.__doc__,
+    **{name: (spec.type | None, Field(None, description=f"{spec.help} [{', '.join(owners)}]"))
+       for name, (spec, owners) in all_option_specs().items()},
+)
+"""The service settings: :class:`_Settings` plus one field per method option (``LOST_REG_TAU``…)."""

@@ -1,8 +1,8 @@
 """The inference thread: the one consumer of a queue of prepared images, micro-batching them.
 
 Requests queue images that a thread pool already decoded and padded. The thread takes the first,
-waits up to ``max_wait_s`` for more (``max_batch`` in all), groups them by LOST options and padded
-shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
+waits up to ``max_wait_s`` for more (``max_batch`` in all), groups them by features, method and
+padded shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
 :meth:`~lost_reg.pipeline.Localizer.localize_prepared` call per group and resolves each image's
 future. Only this thread touches the model, so it needs no lock.
 """
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from lost_reg.backbone import FEATURES, Backbone, FeatureKind
 from lost_reg.images import Prepared
-from lost_reg.pipeline import Detection, Localizer, LostConfig, group_by_shape
+from lost_reg.methods import Method
+from lost_reg.pipeline import Detection, Localizer, group_by_shape
 
 from .metrics import Metrics
 
@@ -32,8 +33,8 @@ class RunKey:
     """What images of one backbone call share besides their padded shape."""
 
     features: FeatureKind
-    k_patches: int
-    affinity: str
+    method: Method
+    """Resolved for the backbone (no ``auto`` left), so equal settings batch together."""
 
 
 @dataclass
@@ -70,8 +71,7 @@ class InferenceWorker:
 
     @property
     def default_key(self) -> RunKey:
-        config = self.localizer.config
-        return RunKey(self.localizer.backbone.features, config.k_patches, config.affinity)
+        return RunKey(self.localizer.backbone.features, self.localizer.method)
 
     @property
     def depth(self) -> int:
@@ -103,8 +103,7 @@ class InferenceWorker:
     def _make_localizer(self, key: RunKey) -> Localizer:
         if key == self.default_key:
             return self.localizer
-        config = LostConfig(k_patches=key.k_patches, affinity=key.affinity)
-        return Localizer(self._backbones[key.features], config, device=str(self.localizer.device),
+        return Localizer(self._backbones[key.features], key.method, device=str(self.localizer.device),
                          dtype=self.localizer.dtype)
 
     def _run(self) -> None:

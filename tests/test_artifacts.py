@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from lost_reg.artifacts import analyse, collect, histogram_png, neighbour_cosine, otsu_threshold, outlier_cutoff
+from lost_reg.artifacts import (
+    analyse,
+    collect,
+    histogram_png,
+    neighbour_cosine,
+    otsu_threshold,
+    outlier_cutoff,
+)
 
 from .conftest import tiny_backbone
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lost_reg.lost import lost, seed_components
+from lost_reg.methods.components import seed_components
+from lost_reg.methods.lost import lost
 
 
 def scipy_component(fg: np.ndarray, seed: tuple[int, int]) -> np.ndarray:

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from lost_reg import DataError
-from lost_reg.datasets import DATASETS, COCO20kDataset, ImageFolder, VOCDataset, build_dataset
+from lost_reg.datasets import (
+    DATASETS,
+    COCO20kDataset,
+    ImageFolder,
+    VOCDataset,
+    build_dataset,
+)
 
 from .conftest import ROOT
 

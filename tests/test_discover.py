@@ -138,3 +138,15 @@ def test_real_weights_find_the_quokka_with_a_high_score_and_nothing_better_after
     union = (x1 - x0) * (y1 - y0) + (gx1 - gx0) * (gy1 - gy0) - inter
     assert inter / union >= 0.5
     assert first > 0.7 and all(o["score"] < first for o in objects[1:])
+
+
+def test_discover_with_tokencut_names_the_method_in_the_model_version(photos, tmp_path):
+    out = tmp_path / "tasks.json"
+    assert main(["discover", str(photos), "--out", str(out), "--format", "labelstudio", "--method", "tokencut",
+                 "--tau", "0.3", "--max-objects", "2", *TINY_ARGS]) == 0
+    tasks = json.loads(out.read_text())
+    assert len(tasks) == 4
+    for task in tasks:
+        (prediction,) = task["predictions"]
+        assert "tokencut(tau=0.3" in prediction["model_version"]
+        assert 1 <= len(prediction["result"]) <= 2

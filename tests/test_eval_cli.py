@@ -132,3 +132,18 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / "o"),
                  "--affinity", "cosine", *TINY_ARGS]) == 2
     assert "affinity" in capsys.readouterr().err
+
+
+def test_eval_with_tokencut_records_the_method_and_rejects_foreign_options(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", n=3)
+    out = tmp_path / "tc"
+    assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(out), "--quiet",
+                 "--method", "tokencut", "--tau", "0.3", *TINY_ARGS]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == {"name": "tokencut", "tau": 0.3, "eps": 1e-5, "solver": "lanczos",
+                                 "components": "scipy"}
+    assert summary["total"] == 3 and "discovery_s" in summary["timings"]
+    capsys.readouterr()
+    assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / "bad"), "--quiet",
+                 "--method", "lost", "--tau", "0.3", *TINY_ARGS]) == 2
+    assert "tau does not apply to method lost" in capsys.readouterr().err

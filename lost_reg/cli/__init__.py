@@ -13,7 +13,7 @@ import sys
 from ..errors import LostRegError
 
 COMMANDS = {
-    "eval": "CorLoc of LOST on VOC07, VOC12 or COCO20k, with every prediction written out",
+    "eval": "CorLoc of LOST or TokenCut on VOC07, VOC12 or COCO20k, with every prediction written out",
     "discover": "boxes for unlabeled images, as COCO, JSON lines, YOLO, VOC or Label Studio pre-annotations",
     "artifacts": "the registers paper's high-norm token analysis (norm histograms, outliers, CLS and register norms)",
     "serve": "HTTP service: POST images to /v1/boxes, get one object box per image (micro-batched)",
@@ -22,7 +22,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lost-reg", description="Unsupervised object discovery with LOST on register-aware ViTs."
+        prog="lost-reg", description="Unsupervised object discovery (LOST, TokenCut) on register-aware ViTs."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

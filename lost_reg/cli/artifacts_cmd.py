@@ -16,7 +16,14 @@ import cv2
 import numpy as np
 import torch
 
-from ..artifacts import MAX_SHARE, MIN_GAP, MIN_SEPARATION, analyse, collect, histogram_png
+from ..artifacts import (
+    MAX_SHARE,
+    MIN_GAP,
+    MIN_SEPARATION,
+    analyse,
+    collect,
+    histogram_png,
+)
 from ..errors import LostRegError
 from ..images import decode_image, normalize, prepare
 from ..models import create_backbone

@@ -1,4 +1,4 @@
-"""Options shared by every command that runs a backbone: which model, which features, LOST's knobs."""
+"""Options shared by every command that runs a backbone: which model, which features, which method."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import timm
 import torch
 
 from ..backbone import FEATURES
+from ..methods import DEFAULT_METHOD, METHODS, Method, all_option_specs, build_method
 from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
-from ..pipeline import DTYPES, Localizer, LostConfig
+from ..pipeline import DTYPES, Localizer
 
 
 def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,21 +28,28 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
                         "pretrained download; 'random' for an untrained model")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model keyword, e.g. depth=2 (repeatable)")
-    g.add_argument("--features", choices=FEATURES, default="k", help="which features build LOST's graph")
+    g.add_argument("--features", choices=FEATURES, default="k", help="which features build the method's graph")
     g.add_argument("--layer", type=int, default=-1, help="transformer block to take features from")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
 
 
-def add_lost_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("LOST")
-    g.add_argument("--k-patches", type=int, default=LostConfig.k_patches,
-                   help="expansion over the k lowest-degree patches")
-    g.add_argument("--affinity", default=LostConfig.affinity,
-                   help="graph edges: auto (raw for DINO v1, cosine-mean otherwise), raw (paper), centered, "
-                        "cosine-mean, or bias:VALUE (see README, Affinity)")
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """``--method`` and every option of every method (each applies to the methods it names)."""
+    g = p.add_argument_group("discovery method")
+    g.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                   help="how the object is found from the patch features (README, Methods)")
+    for name, (spec, owners) in all_option_specs().items():
+        g.add_argument("--" + name.replace("_", "-"), type=spec.type, choices=spec.choices, default=None,
+                       help=f"{spec.help} [{', '.join(owners)}; default {spec.default}]")
     g.add_argument("--max-side", type=int, default=None,
                    help="downscale images whose longer side exceeds this (default: no resize, as in LOST)")
+
+
+def method_from_args(args: argparse.Namespace) -> Method:
+    """The method named by ``--method`` with the method options given on the command line."""
+    given = {name: getattr(args, name) for name in all_option_specs() if getattr(args, name, None) is not None}
+    return build_method(args.method, **given)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -71,8 +79,7 @@ def model_kwargs(pairs: list[str]) -> dict[str, Any]:
 def build_localizer(args: argparse.Namespace) -> Localizer:
     backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer,
                                **model_kwargs(args.model_arg))
-    config = LostConfig(k_patches=args.k_patches, affinity=args.affinity, max_side=args.max_side)
-    return Localizer(backbone, config, device=args.device, dtype=args.dtype)
+    return Localizer(backbone, method_from_args(args), max_side=args.max_side, device=args.device, dtype=args.dtype)
 
 
 def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
@@ -81,6 +88,7 @@ def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
     bb = localizer.backbone
     return {
         "config": config,
+        "method": {"name": localizer.method.name, **localizer.method.options()},
         "backbone": {"name": bb.name, "patch_size": bb.patch_size, "registers": bb.num_registers,
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
                      "device": str(localizer.device), "dtype": localizer.dtype},

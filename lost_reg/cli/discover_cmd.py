@@ -30,7 +30,7 @@ from ..pipeline import ScoredDetection
 from ..scores import DEFAULT_SCORE, SCORES
 from .common import (
     add_backbone_arguments,
-    add_lost_arguments,
+    add_method_arguments,
     add_run_arguments,
     build_localizer,
     write_json,
@@ -45,17 +45,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output file (coco, jsonl, labelstudio) or folder (yolo, voc)")
     o.add_argument("--format", choices=FORMATS, default="coco", help="output format (see README: discover)")
     o.add_argument("--max-objects", type=int, default=1,
-                   help="boxes per image: after each box its patches leave the graph and LOST looks again")
+                   help="boxes per image: after each box its patches leave the graph and the method looks again")
     o.add_argument("--min-score", type=float, default=None,
                    help="drop boxes scoring below this (and stop looking); images where nothing stands out get none")
     o.add_argument("--score", choices=list(SCORES), default=DEFAULT_SCORE,
                    help="how a box is scored (see README: scores)")
     o.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
-                   help="write a PNG per image: boxes, seed, mask, inverse degree, CLS and register attention")
+                   help="write a PNG per image: boxes, seed, mask, the method's heat map, CLS and register attention")
     o.add_argument("--image-url-prefix", default=LABEL_STUDIO_PREFIX,
                    help="labelstudio: prefix of each task's image URL (the image path relative to its folder follows)")
     add_backbone_arguments(p)
-    add_lost_arguments(p)
+    add_method_arguments(p)
     r = add_run_arguments(p)
     r.add_argument("--resume", action="store_true", help="keep OUT.partial.jsonl and skip the images in it")
     r.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
@@ -138,7 +138,8 @@ def main(args: argparse.Namespace) -> int:
 
     wanted = {dataset[i].image_id for i in selected}
     records = [ImageRecord.from_json(r) for r in load_predictions(partial) if r["image_id"] in wanted]
-    export(records, args.out, args.format, url_prefix=args.image_url_prefix, model_version=f"lost-reg {args.backbone}")
+    export(records, args.out, args.format, url_prefix=args.image_url_prefix,
+           model_version=f"lost-reg {args.backbone} {localizer.method.describe()}")
     errors = errors_file(args.out)
     if stats.errors:
         write_json(errors, {"images_failed": stats.failed, "errors": stats.errors})

@@ -1,4 +1,4 @@
-"""``lost-reg eval``: LOST's CorLoc on VOC07 / VOC12 trainval or COCO20k.
+"""``lost-reg eval``: CorLoc of a discovery method on VOC07 / VOC12 trainval or COCO20k.
 
 Predictions go to ``OUT/predictions.jsonl`` as they are made, so an interrupted run loses
 nothing; ``--resume`` skips what is there and recomputes the summary over the whole file.
@@ -16,7 +16,7 @@ from ..pipeline import Detection
 from ..vis import Visualizer
 from .common import (
     add_backbone_arguments,
-    add_lost_arguments,
+    add_method_arguments,
     add_run_arguments,
     build_localizer,
     run_info,
@@ -36,12 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="VOC: drop truncated/difficult boxes and images left without a box")
     g.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     add_backbone_arguments(p)
-    add_lost_arguments(p)
+    add_method_arguments(p)
     r = add_run_arguments(p)
     r.add_argument("--out", type=Path, required=True, help="output folder: predictions.jsonl, summary.json")
     r.add_argument("--resume", action="store_true", help="keep OUT/predictions.jsonl and skip the images in it")
     r.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
-                   help="write a PNG per image: box, GT, seed, mask, inverse degree, CLS and register attention")
+                   help="write a PNG per image: box, GT, seed, mask, the method's heat map, CLS and register attention")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         "images_processed": stats.processed, "images_failed": stats.failed, "errors": stats.errors,
         "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
         "timings": {"wall_s": wall, "images_per_s": stats.processed / wall if wall else 0.0,
-                    "decode_wait_s": stats.wait, "forward_s": stats.forward, "lost_s": stats.lost,
+                    "decode_wait_s": stats.wait, "forward_s": stats.forward, "discovery_s": stats.discovery,
                     "write_s": stats.write},
         **run_info(args, localizer),
     }

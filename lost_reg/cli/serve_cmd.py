@@ -13,20 +13,21 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from .common import add_backbone_arguments, add_lost_arguments, model_kwargs
+from ..methods import all_option_specs
+from .common import add_backbone_arguments, add_method_arguments, model_kwargs
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 API_KEY_ENV = "LOST_REG_API_KEY"
 LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
-SHARED = ("backbone", "weights", "features", "layer", "device", "dtype", "k_patches", "affinity", "max_side")
+SHARED = ("backbone", "weights", "features", "layer", "device", "dtype", "method", "max_side", *all_option_specs())
 """Dests of the single-valued options from :mod:`.common` (``--model-arg`` given none is ``[]``)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backbone_arguments(p)
-    add_lost_arguments(p)
+    add_method_arguments(p)
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000, help="TCP port")
@@ -50,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> Settings:
     """The service settings: the flags given, then the environment, then the defaults."""
-    from service.settings import Settings  # not at import: every lost-reg command loads this module
+    from service.settings import (
+        Settings,  # not at import: every lost-reg command loads this module
+    )
 
     given = {k: v for k, v in vars(args).items() if v is not None}
     pairs = given.pop("model_arg", [])

@@ -8,9 +8,8 @@ A); the object is the 4-connected component of ``M > 0`` holding the seed, and i
 box of that component.
 
 Pure tensor code: features in, :class:`LostResult` out, no I/O. The heavy steps (Gram matrix,
-degree, ranking, expansion) run batched on the features' device; the seed's connected component
-is found by ``scipy.ndimage.label`` on the CPU, or by a batched flood fill on the device
-(``components="torch"``; same masks, see :func:`seed_components`).
+degree, ranking, expansion) run batched on the features' device; the seed's component is found
+as :mod:`.components` says.
 
 Ties are broken deterministically: patches of equal degree are ranked by flattened index
 (row-major), lowest first, through a stable sort; the seed is the first patch of that ranking.
@@ -18,15 +17,14 @@ Ties are broken deterministically: patches of equal degree are ranked by flatten
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-COMPONENTS = ("scipy", "torch")
-"""How the seed's 4-connected component of ``M > 0`` is found: ``ndimage.label`` per image on
-the CPU, or :func:`seed_components` batched on the features' device (bench/bench_pipeline.py)."""
+from .base import Discovery, Method, option
+from .components import COMPONENTS, check_components, mask_box, seed_masks
 
 AFFINITIES = ("raw", "centered", "cosine-mean")
 """How the graph's edge weights A are built from patch features F (``bias:VALUE`` too).
@@ -37,9 +35,11 @@ AFFINITIES = ("raw", "centered", "cosine-mean")
 the (normalised) Gram matrix: two patches are linked when they are more alike than an average
 pair of the image. On DINOv2 every raw key similarity is positive, so raw LOST sees a complete
 graph and returns the whole image; the registers paper "manually adds a bias to the gram
-matrix" without giving it; this is the bias that measured best here (README, "Affinity").
+matrix" without giving it (README, "Affinity").
 ``bias:VALUE``: A = F Fᵀ − VALUE, a fixed manual bias.
 """
+MAX_BIAS = 1e6
+"""Largest |VALUE| of ``bias:VALUE``: far beyond any feature product, so only typos are refused."""
 
 
 def resolve_affinity(affinity: str, backbone: str) -> str:
@@ -50,25 +50,39 @@ def resolve_affinity(affinity: str, backbone: str) -> str:
     return "raw" if backbone.endswith(".dino") else "cosine-mean"
 
 
+def check_affinity(affinity: str) -> None:
+    """ValueError unless ``affinity`` is ``auto``, one of :data:`AFFINITIES` or ``bias:VALUE`` (finite)."""
+    name, sep, value = affinity.partition(":")
+    if sep and name == "bias":
+        try:
+            bias = float(value)
+        except ValueError:
+            bias = math.nan
+        if math.isfinite(bias) and abs(bias) <= MAX_BIAS:
+            return
+        raise ValueError(f"affinity bias:VALUE needs a finite VALUE within ±{MAX_BIAS:g}, got {affinity!r}")
+    if affinity not in ("auto", *AFFINITIES):
+        raise ValueError(f"affinity must be auto, one of {', '.join(AFFINITIES)} or bias:VALUE, got {affinity!r}")
+
+
 @dataclass
-class LostResult:
+class LostResult(Discovery):
     """LOST's answer for one image, on the patch grid."""
 
-    seed: tuple[int, int]
-    """(row, col) of the seed patch."""
-    box: tuple[int, int, int, int]
-    """(x0, y0, x1, y1) in patch units, max exclusive."""
-    mask: np.ndarray
-    """bool [rows, cols]: the connected component of M > 0 holding the seed."""
     degree: np.ndarray
     """int [rows, cols]: positive edges of each patch (diagonal excluded); lower = more object-like."""
     expansion: np.ndarray
     """bool [rows, cols]: the patches that voted for M (seed included)."""
 
-    def box_pixels(self, patch_size: int, width: int, height: int) -> tuple[int, int, int, int]:
-        """Box in pixels of the (padded) network input, clipped to a ``width`` × ``height`` image."""
-        x0, y0, x1, y1 = (v * patch_size for v in self.box)
-        return x0, y0, min(x1, width), min(y1, height)
+    HEAT = "1/degree"
+
+    @property
+    def heat(self) -> np.ndarray:
+        return 1.0 / np.maximum(self.degree, 1)
+
+    @property
+    def marks(self) -> np.ndarray:
+        return self.expansion
 
 
 def affinity_matrix(features: torch.Tensor, affinity: str = "raw", keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,8 +128,7 @@ def lost(
     callers find further objects after the first. Every image must keep at least one patch.
     ``components`` picks how the seed's component is found (:data:`COMPONENTS`).
     """
-    if components not in COMPONENTS:
-        raise ValueError(f"components must be one of {', '.join(COMPONENTS)}, got {components!r}")
+    check_components(components)
     rows, cols = grid
     b, n, _ = features.shape
     if n != rows * cols:
@@ -135,64 +148,43 @@ def lost(
     m = (votes * voters[:, :, None]).sum(1)
 
     expansion = torch.zeros_like(positive[:, 0]).scatter_(1, candidates, voters)
-    fg = seed_components((m > 0).view(b, rows, cols), seed) if components == "torch" else m > 0
-    cpu = {k: v.cpu().numpy() for k, v in dict(fg=fg, degree=degree, seed=seed, expansion=expansion).items()}
+    masks = seed_masks((m > 0).view(b, rows, cols), seed, components)
+    degree, expansion, seed = degree.cpu().numpy(), expansion.cpu().numpy(), seed.cpu().numpy()
     return [
-        (_mask_box if components == "torch" else _component_box)(
-            cpu["fg"][i].reshape(rows, cols),
-            divmod(int(cpu["seed"][i]), cols),
-            cpu["degree"][i].reshape(rows, cols),
-            cpu["expansion"][i].reshape(rows, cols),
-        )
-        for i in range(b)
+        LostResult(seed=divmod(int(s), cols), box=mask_box(mask), mask=mask,
+                   degree=d.reshape(rows, cols), expansion=e.reshape(rows, cols))
+        for mask, s, d, e in zip(masks, seed, degree, expansion)
     ]
 
 
-def seed_components(fg: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """bool [B, rows, cols]: the 4-connected component of ``fg`` [B, rows, cols] holding each seed.
+@dataclass(frozen=True)
+class Lost(Method):
+    """LOST with its options; ``Lost(k_patches=100, affinity="raw")`` is the paper's setting."""
 
-    ``seed`` [B] is a flattened (row-major) index; a seed outside ``fg`` gets itself alone, as in
-    :func:`_component_box`. A batched flood fill on ``fg``'s device: each step marks every
-    horizontal run of ``fg`` that touches a marked patch, then every vertical run, until nothing
-    changes (a handful of steps: one per turn of the component, not one per patch).
-    """
-    b, rows, cols = fg.shape
-    start = torch.zeros(b, rows * cols, dtype=torch.bool, device=fg.device)
-    start.scatter_(1, seed.view(b, 1), True)
-    start = start.view(b, rows, cols)
-    marked = start & fg
-    while True:
-        before = marked
-        marked = _fill_runs(fg, marked)
-        marked = _fill_runs(fg.transpose(1, 2), marked.transpose(1, 2)).transpose(1, 2)
-        if torch.equal(marked, before):
-            return marked | start
+    name = "lost"
 
+    k_patches: int = option(100, "expansion over the k lowest-degree patches")
+    affinity: str = option("auto", "graph edges: auto (raw for DINO v1, cosine-mean otherwise), raw (paper), "
+                                   "centered, cosine-mean, or bias:VALUE (README, Affinity)")
+    components: str = option("scipy", "how the seed's component is found: scipy (CPU) or torch (on the device)",
+                             COMPONENTS)
 
-def _fill_runs(fg: torch.Tensor, marked: torch.Tensor) -> torch.Tensor:
-    """Marks every run of ``fg`` along the last axis that holds a marked patch."""
-    fg = fg.contiguous()
-    flat = fg.view(-1)
-    starts = fg & torch.nn.functional.pad(~fg[..., :-1], (1, 0), value=True)  # a run begins here
-    run = torch.where(flat, starts.view(-1).cumsum(0), 0)  # run number (from 1) of each fg patch
-    hit = torch.zeros(flat.numel() + 1, dtype=torch.bool, device=fg.device)
-    hit.index_fill_(0, torch.where(marked.reshape(-1), run, 0), True)  # slot 0 collects the rest
-    return (hit[run] & flat).view(fg.shape)
+    def __post_init__(self) -> None:
+        if self.k_patches < 1:
+            raise ValueError("k_patches must be at least 1")
+        check_affinity(self.affinity)
+        check_components(self.components)
 
+    def __call__(self, features: torch.Tensor, grid: tuple[int, int],
+                 exclude: torch.Tensor | None = None) -> list[LostResult]:
+        return lost(features, grid, self.k_patches, self.affinity, exclude, self.components)
 
-def _component_box(fg: np.ndarray, seed: tuple[int, int], degree: np.ndarray, expansion: np.ndarray) -> LostResult:
-    """The 4-connected component of ``fg`` holding the seed, and its box (max exclusive)."""
-    labels, _ = ndimage.label(fg)
-    if labels[seed]:
-        mask = labels == labels[seed]
-    else:  # the seed got no vote (a zero feature vector): the object is the seed patch alone
-        mask = np.zeros_like(fg)
-        mask[seed] = True
-    return _mask_box(mask, seed, degree, expansion)
+    def cut_graph(self, features: torch.Tensor) -> torch.Tensor:
+        """LOST's graph is not built for cutting: positive cosine similarities of the mean-centred
+        features (as TokenCut's score, on a graph that needs no threshold), no self-loops."""
+        f = features.float()
+        f = torch.nn.functional.normalize(f - f.mean(0), dim=1)
+        return (f @ f.T).clamp_(min=0).fill_diagonal_(0)
 
-
-def _mask_box(mask: np.ndarray, seed: tuple[int, int], degree: np.ndarray, expansion: np.ndarray) -> LostResult:
-    """LostResult of an object mask: its box (max exclusive)."""
-    ys, xs = np.nonzero(mask)
-    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return LostResult(seed=seed, box=box, mask=mask, degree=degree, expansion=expansion)
+    def resolved(self, backbone: str) -> Lost:
+        return Lost(self.k_patches, resolve_affinity(self.affinity, backbone), self.components)

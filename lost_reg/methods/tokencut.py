@@ -1,0 +1,130 @@
+"""TokenCut (Wang et al., CVPR 2022): the object is one side of a normalised cut of the patch graph.
+
+Patches are nodes; two patches are linked (weight 1) when the cosine similarity of their
+features exceeds τ, else weakly (weight ε, so the graph stays connected). The normalised cut
+(Shi & Malik) is relaxed to the generalised eigenproblem (D − W) x = λ D x; its second-smallest
+eigenvector x splits the patches at its mean: x > mean(x) is one side. The patch with the largest
+|x| is the *seed* and its side is the foreground (the bipartition is flipped if needed). The
+object is the 4-connected component of the foreground holding the seed, and its box is the box
+of that component.
+
+This follows the reference (github.com/YangtaoWANG95/TokenCut, ``object_discovery.py``, ``ncut``)
+on the patch tokens alone: the prefix [CLS, registers…] is dropped by the backbone, where the
+reference drops exactly one token. Differences, all documented: the eigenvector comes from a
+batched torch solver (:mod:`.spectral`) instead of scipy's dense one, same boxes wherever λ₂ is
+not degenerate; a graph with every edge above τ (no cut exists, all eigenvectors are equally
+good) gives x = 0 and so the whole image, where the reference returns whatever LAPACK picks.
+
+Sign: x and −x are both eigenvectors. The result does not depend on the one the solver returns
+(the seed is picked by |x|, and its side is made the foreground); :attr:`TokenCutResult.heat`
+is x oriented so the foreground is positive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import Discovery, Method, option
+from .components import COMPONENTS, check_components, mask_box, seed_masks
+from .spectral import SOLVERS, fiedler
+
+
+@dataclass
+class TokenCutResult(Discovery):
+    """TokenCut's answer for one image, on the patch grid."""
+
+    eigenvector: np.ndarray
+    """float [rows, cols]: the second-smallest generalised eigenvector, foreground side positive."""
+    eigenvalues: tuple[float, float]
+    """(λ₂, λ₃): λ₂ is the relaxed Ncut value; λ₃ − λ₂ near 0 means an ambiguous cut."""
+
+    HEAT = "eigenvector"
+
+    @property
+    def heat(self) -> np.ndarray:
+        return self.eigenvector
+
+
+def cosine_graph(features: torch.Tensor, tau: float, eps: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """W [B, N, N]: 1 where the cosine similarity exceeds ``tau``, else ``eps``; 0 for removed patches."""
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    w = torch.where(f @ f.transpose(1, 2) > tau, 1.0, eps)
+    if keep is not None:
+        k = keep.to(w.dtype)
+        w = w * k[:, :, None] * k[:, None, :]
+    return w
+
+
+def tokencut(
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    tau: float = 0.2,
+    eps: float = 1e-5,
+    exclude: torch.Tensor | None = None,
+    solver: str = "lanczos",
+    components: str = "scipy",
+) -> list[TokenCutResult]:
+    """Run TokenCut on a batch of patch features [B, rows*cols, D] that share one grid shape.
+
+    ``exclude`` (bool [B, N]) takes patches out of the graph; every image must keep one patch.
+    """
+    check_components(components)
+    rows, cols = grid
+    b, n, _ = features.shape
+    if n != rows * cols:
+        raise ValueError(f"features hold {n} patches but the grid is {rows}x{cols}")
+    keep = torch.ones(b, n, dtype=torch.bool, device=features.device) if exclude is None else ~exclude
+    w = cosine_graph(features, tau, eps, keep)
+    cut = fiedler(w, solver)
+    pair = keep[:, :, None] & keep[:, None, :]
+    complete = ((w == 1) | ~pair).all(-1).all(-1)  # no weak edge: nothing to cut
+    x = torch.where(complete[:, None] | ~keep, 0.0, cut.vector)
+
+    mean = x.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
+    side = x > mean
+    seed = torch.where(keep, x.abs(), -1.0).argmax(-1)
+    flip = ~side.gather(1, seed[:, None])[:, 0]
+    fg = torch.where(flip[:, None], ~side, side) & keep
+    x = torch.where(flip[:, None], -x, x)
+
+    masks = seed_masks(fg.view(b, rows, cols), seed, components)
+    x, seed, lam = x.cpu().numpy(), seed.cpu().numpy(), cut.eigenvalues.cpu().numpy()
+    return [
+        TokenCutResult(seed=divmod(int(s), cols), box=mask_box(mask), mask=mask,
+                       eigenvector=xi.reshape(rows, cols), eigenvalues=(float(li[0]), float(li[1])))
+        for mask, s, xi, li in zip(masks, seed, x, lam)
+    ]
+
+
+@dataclass(frozen=True)
+class TokenCut(Method):
+    """TokenCut with its options; ``TokenCut(tau=0.2, eps=1e-5)`` is the paper's setting."""
+
+    name = "tokencut"
+
+    tau: float = option(0.2, "link two patches when their feature cosine exceeds this")
+    eps: float = option(1e-5, "weight of the other pairs (keeps the graph connected)")
+    solver: str = option("lanczos", "eigenvector solver: lanczos (iterative, fast) or eigh (dense, exact)", SOLVERS)
+    components: str = option("scipy", "how the seed's component is found: scipy (CPU) or torch (on the device)",
+                             COMPONENTS)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tau) and -1 <= self.tau <= 1):
+            raise ValueError(f"tau is a cosine threshold in [-1, 1], got {self.tau}")
+        if not (math.isfinite(self.eps) and 0 < self.eps < 1):
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        check_components(self.components)
+
+    def __call__(self, features: torch.Tensor, grid: tuple[int, int],
+                 exclude: torch.Tensor | None = None) -> list[TokenCutResult]:
+        return tokencut(features, grid, self.tau, self.eps, exclude, self.solver, self.components)
+
+    def cut_graph(self, features: torch.Tensor) -> torch.Tensor:
+        """TokenCut's own graph W (self-loops included, as in its degree matrix D)."""
+        return cosine_graph(features[None], self.tau, self.eps)[0]
