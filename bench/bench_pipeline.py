@@ -302,7 +302,7 @@ def run_pipeline(args: argparse.Namespace, paths: list[Path], out: Path) -> dict
     _warm_up(localizer, warm, args.batch_size)
     del warm
     dataset = ImageFolder([str(p) for p in paths])
-    order = shape_order(dataset, range(len(dataset)), localizer.patch_size, localizer.max_side)
+    order = shape_order(dataset, range(len(dataset)), localizer)
     f, write = _sink(out)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .datasets import Sample
 from .errors import LostRegError
-from .images import Prepared, decode_image, prepare
+from .images import Prepared, decode_image, grid_size, prepare
 from .pipeline import Localizer
 
 
@@ -43,8 +43,10 @@ class Item:
 class _Decoded(Dataset):
     """Decodes and pads the dataset's images (runs inside the workers)."""
 
-    def __init__(self, dataset: Sequence[Sample], indices: Sequence[int], patch_size: int, max_side: int | None):
-        self.dataset, self.indices, self.patch_size, self.max_side = dataset, indices, patch_size, max_side
+    def __init__(self, dataset: Sequence[Sample], indices: Sequence[int], patch_size: int, max_side: int | None,
+                 prep: str) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.patch_size, self.max_side, self.prep = patch_size, max_side, prep
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -54,7 +56,7 @@ class _Decoded(Dataset):
         sample = self.dataset[index]
         try:
             image = decode_image(sample.path, name=sample.image_id)
-            return Item(index, sample, prepared=prepare(image, self.patch_size, self.max_side))
+            return Item(index, sample, prepared=prepare(image, self.patch_size, self.max_side, self.prep))
         except LostRegError as e:
             return Item(index, sample, error=str(e))
         except Exception as e:  # a decoder crash on one file must not end a 10k-image run
@@ -96,8 +98,8 @@ class ShapeBucketer:
         return batch
 
 
-def shape_order(dataset: Sequence[Sample], indices: Sequence[int], patch_size: int, max_side: int | None) -> list[int]:
-    """Indices sorted by the padded shape their annotated size gives, so buckets fill up.
+def shape_order(dataset: Sequence[Sample], indices: Sequence[int], localizer: Localizer) -> list[int]:
+    """Indices sorted by the padded shape their annotated size gives ``localizer``, so buckets fill up.
 
     Images whose size is unknown keep their place at the end; order only affects speed.
     """
@@ -106,9 +108,9 @@ def shape_order(dataset: Sequence[Sample], indices: Sequence[int], patch_size: i
         size = dataset[i].size
         if size is None:
             return (1, 0, 0)
-        w, h = size
-        s = min(1.0, max_side / max(w, h)) if max_side else 1.0
-        return (0, math.ceil(round(h * s) / patch_size), math.ceil(round(w * s) / patch_size))
+        ps = localizer.patch_size
+        w, h = grid_size(*size, ps, localizer.max_side, localizer.prep)
+        return (0, math.ceil(h / ps), math.ceil(w / ps))
 
     return sorted(indices, key=key)
 
@@ -156,7 +158,7 @@ def inference_on_dataset(
     stats = RunStats()
     if not indices:
         return stats
-    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side)
+    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side, localizer.prep)
     loader = DataLoader(
         decoded,
         batch_size=None,

@@ -1,7 +1,12 @@
-"""Image decoding and LOST's pre-processing: RGB, optional down-scaling, zero-padding.
+"""Image decoding and pre-processing: RGB, optional down-scaling, then onto the patch grid.
 
-As in LOST, images are not resized by default; they are padded bottom/right to a multiple of
-the patch size. Padding is zero *after* normalisation (the mean colour), as in the reference.
+Two preparations (:data:`PREPS`) bring an image onto a whole number of patches:
+``pad``     as in LOST and TokenCut: no resize, zero-padding bottom/right to a multiple of the
+            patch size. Padding is zero *after* normalisation (the mean colour), as in the
+            reference. A partly padded last row or column is unlike every real patch, so its
+            patches can look "object-like" (README, Preparation).
+``resize``  each side scaled to the nearest multiple of the patch size (at most half a patch
+            away), so no patch holds padding; boxes are mapped back per axis.
 Decoding keeps the work that needs a whole image (EXIF orientation, colour conversion) on the
 CPU; normalisation happens later on the device (see :mod:`lost_reg.pipeline`).
 """
@@ -62,9 +67,12 @@ def _decode_with_pillow(data: np.ndarray, label: str) -> np.ndarray:
         raise DataError(f"{label}: not a readable image ({e})") from e
 
 
+PREPS = ("pad", "resize")
+
+
 @dataclass
 class Prepared:
-    """One image ready for batching: uint8 pixels padded to the patch grid, and how to map back."""
+    """One image ready for batching: uint8 pixels on the patch grid, and how to map back."""
 
     pixels: torch.Tensor
     """uint8 [3, Hp, Wp]: the (resized) image at top-left, zeros in the padding."""
@@ -74,22 +82,41 @@ class Prepared:
     """(width, height) of the original image."""
 
     @property
-    def scale(self) -> float:
-        """Network-input pixels per original pixel (1.0 without --max-side)."""
-        return self.valid[1] / self.size[0]
+    def scale(self) -> tuple[float, float]:
+        """Network-input pixels per original pixel, (x, y): (1.0, 1.0) when neither resized nor padded away."""
+        return self.valid[1] / self.size[0], self.valid[0] / self.size[1]
+
+    def to_original(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """A box (x0, y0, x1, y1) in network-input pixels → original pixels, clipped to the image."""
+        vh, vw = self.valid
+        (sx, sy), (w, h) = self.scale, self.size
+        x0, y0, x1, y1 = box
+        return (int(round(x0 / sx)), int(round(y0 / sy)), min(w, int(round(min(x1, vw) / sx))),
+                min(h, int(round(min(y1, vh) / sy))))
 
 
-def prepare(image: np.ndarray, patch_size: int, max_side: int | None = None) -> Prepared:
-    """Resize (only if ``max_side`` is exceeded) and pad an RGB uint8 image to the patch grid."""
+def grid_size(width: int, height: int, patch_size: int, max_side: int | None = None,
+              prep: str = "pad") -> tuple[int, int]:
+    """(width, height) of the image on the network input: after ``max_side``, and for ``resize``
+    the nearest multiples of the patch size (halves up; at least one patch)."""
+    if max_side and max(height, width) > max_side:
+        s = max_side / max(height, width)
+        width, height = max(1, round(width * s)), max(1, round(height * s))
+    if prep == "resize":
+        width, height = (max(1, math.floor(v / patch_size + 0.5)) * patch_size for v in (width, height))
+    elif prep != "pad":
+        raise ValueError(f"prep must be one of {', '.join(PREPS)}, got {prep!r}")
+    return width, height
+
+
+def prepare(image: np.ndarray, patch_size: int, max_side: int | None = None, prep: str = "pad") -> Prepared:
+    """Resize (past ``max_side``; for ``resize`` onto the grid) and pad an RGB uint8 image to the patch grid."""
     h, w = image.shape[:2]
     if h < 1 or w < 1:
         raise DataError(f"empty image ({w}x{h})")
-    if max_side and max(h, w) > max_side:
-        s = max_side / max(h, w)
-        nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-    else:
-        resized = image
+    nw, nh = grid_size(w, h, patch_size, max_side, prep)
+    resized = image if (nw, nh) == (w, h) else cv2.resize(
+        image, (nw, nh), interpolation=cv2.INTER_AREA if nw * nh < w * h else cv2.INTER_LINEAR)
     vh, vw = resized.shape[:2]
     ph, pw = math.ceil(vh / patch_size) * patch_size, math.ceil(vw / patch_size) * patch_size
     pixels = torch.zeros(3, ph, pw, dtype=torch.uint8)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 
 from .backbone import Backbone, FeatureKind
 from .errors import BackboneError
+from .recipes import AUTO, recipe_for
 
 DEFAULT_BACKBONE = "vit_small_patch14_reg4_dinov2.lvd142m"
 OFFLINE_BACKBONE = "dinov2_vits14_imgfocus"
@@ -66,11 +67,15 @@ def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) ->
 def create_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
-    features: FeatureKind = "k",
-    layer: int = -1,
+    features: FeatureKind | Literal["auto"] = "auto",
+    layer: int | None = None,
     **kwargs: Any,
 ) -> Backbone:
-    """A :class:`Backbone` ready for LOST (eval mode, on the CPU)."""
+    """A :class:`Backbone` ready for discovery (eval mode, on the CPU); ``auto`` features and an unset
+    layer come from the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
+    recipe = recipe_for(name)
+    features = recipe.features if features == AUTO else features
+    layer = recipe.layer if layer is None else layer
     model = create_model(name, weights, **kwargs)
     try:
         return Backbone(model, features=features, layer=layer, name=name)

@@ -17,7 +17,8 @@ import torch
 
 from .backbone import Backbone, Features
 from .images import Prepared, normalize, prepare
-from .methods import DEFAULT_METHOD, Discovery, Method, build_method
+from .methods import Discovery, Method
+from .recipes import AUTO, resolve_method, resolve_prep
 from .scores import DEFAULT_SCORE, find_objects
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,8 +70,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 class Localizer:
     """A backbone on a device, a discovery method, and how images are prepared for them."""
 
-    def __init__(self, backbone: Backbone, method: Method | None = None, *, max_side: int | None = None,
-                 device: str = "auto", dtype: str = "float32") -> None:
+    def __init__(self, backbone: Backbone, method: Method | None = None, *, prep: str = AUTO,
+                 max_side: int | None = None, device: str = "auto", dtype: str = "float32") -> None:
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
@@ -79,7 +80,10 @@ class Localizer:
         if max_side is not None and max_side < 1:
             raise ValueError("max_side must be positive")
         self.backbone = backbone.to(self.device)
-        self.method = (method or build_method(DEFAULT_METHOD)).resolved(backbone.name)
+        self.method = method or resolve_method(backbone.name)
+        """Default: the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
+        self.prep = resolve_prep(backbone.name, self.method, prep)
+        """``pad`` or ``resize`` (:data:`lost_reg.images.PREPS`); ``auto``: see :func:`~lost_reg.recipes.resolve_prep`."""
         self.max_side = max_side
         self.dtype = dtype
         self.timings = Timings()
@@ -89,8 +93,8 @@ class Localizer:
         return self.backbone.patch_size
 
     def prepare(self, image: np.ndarray) -> Prepared:
-        """Pad (and resize past ``max_side``) one RGB uint8 image for this backbone."""
-        return prepare(image, self.patch_size, self.max_side)
+        """One RGB uint8 image onto this backbone's patch grid (see :func:`lost_reg.images.prepare`)."""
+        return prepare(image, self.patch_size, self.max_side, self.prep)
 
     def localize(self, images: Sequence[np.ndarray]) -> list[Detection]:
         """Boxes for RGB uint8 images of any sizes, in input order."""
@@ -146,12 +150,14 @@ class Localizer:
         return features
 
     def _detection(self, p: Prepared, r: Discovery) -> Detection:
-        vh, vw = p.valid
-        x0, y0, x1, y1 = r.box_pixels(self.patch_size, vw, vh)
-        w, h = p.size
-        s = p.scale
-        box = (int(round(x0 / s)), int(round(y0 / s)), min(w, int(round(x1 / s))), min(h, int(round(y1 / s))))
-        return Detection(box=box, seed=r.seed, width=w, height=h, result=r)
+        return detection(p, r, self.patch_size)
+
+
+def detection(p: Prepared, r: Discovery, patch_size: int) -> Detection:
+    """A method's result on the grid of a prepared image → its box in original pixels."""
+    vh, vw = p.valid
+    w, h = p.size
+    return Detection(box=p.to_original(r.box_pixels(patch_size, vw, vh)), seed=r.seed, width=w, height=h, result=r)
 
 
 def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[int]]:

@@ -166,7 +166,8 @@ class Visualizer:
         prepared = self.localizer.prepare(decode_image(sample.path, name=sample.image_id))
         attention = self.prefix_attention(prepared.pixels, prepared.valid) if self.attention else None
         gt = getattr(sample, "gt_boxes", None)
-        gt = None if gt is None or len(gt) == 0 else np.asarray(gt, np.float64)[:, :4] * prepared.scale
+        sx, sy = prepared.scale
+        gt = None if gt is None or len(gt) == 0 else np.asarray(gt, np.float64)[:, :4] * np.array([sx, sy, sx, sy])
         image = prepared.pixels.permute(1, 2, 0).numpy()
         picture = figure(image, prepared.valid, [d.result for d in dets], scores, self.localizer.patch_size,
                          attention, self.localizer.backbone.num_registers, gt, self.height)

@@ -27,6 +27,7 @@ from starlette.types import Message
 from lost_reg import __version__
 from lost_reg.methods import all_option_specs, build_method
 from lost_reg.pipeline import Localizer
+from lost_reg.recipes import resolve_prep
 
 from .errors import ServiceError, install_error_handlers
 from .metrics import Metrics
@@ -203,9 +204,8 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
         method = build_method(name, **{**base, **given})
     except ValueError as e:
         raise ServiceError(422, "invalid_option", str(e)) from None
-    # "auto" resolved as the Localizer does, so such requests batch with the default ones
-    method = method.resolved(worker.localizer.backbone.name)
-    return BoxRequest(RunKey(options.features or defaults.features, method), max_side, options.return_mask)
+    prep = resolve_prep(worker.localizer.backbone.name, method, settings.prep)
+    return BoxRequest(RunKey(options.features or defaults.features, method), max_side, prep, options.return_mask)
 
 
 app = create_app()

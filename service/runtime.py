@@ -32,9 +32,10 @@ WARMUP_SIDE = 224
 
 def build_localizer(settings: Settings) -> Localizer:
     """The configured backbone on its device (downloads pretrained weights if needed)."""
-    backbone = create_backbone(settings.backbone, settings.weights, features=settings.features,
-                               layer=settings.layer, **settings.model_args)
-    return Localizer(backbone, settings.method_config(), max_side=settings.max_side, device=settings.device,
+    s = settings.resolved()
+    backbone = create_backbone(settings.backbone, settings.weights, features=s.features, layer=s.layer,
+                               **settings.model_args)
+    return Localizer(backbone, s.method, prep=s.prep, max_side=settings.max_side, device=settings.device,
                      dtype=settings.dtype)
 
 
@@ -52,6 +53,7 @@ class BoxRequest:
 
     key: RunKey
     max_side: int
+    prep: str
     return_mask: bool
 
 
@@ -114,7 +116,7 @@ class Runtime:
         try:
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self.pool, load_upload, upload.file, name, s.max_file_bytes, self.worker.localizer.patch_size,
-                request.max_side, s.max_pixels)
+                request.max_side, s.max_pixels, request.prep)
             job = self.worker.submit(prepared, request.key)
             detection = await asyncio.wrap_future(job.future)
         except ServiceError as e:
@@ -132,6 +134,6 @@ def _result(name: str, det: Detection, prepared: Prepared, ms: float, return_mas
     if return_mask:
         rle = mask_utils.encode(np.asfortranarray(det.result.mask.astype(np.uint8)))
         mask = {"mask": Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii")),
-                "grid": det.result.mask.shape, "cell_px": patch_size / prepared.scale}
+                "grid": det.result.mask.shape, "cell_px": tuple(patch_size / s for s in prepared.scale)}
     return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, seed=det.seed,
                      ms=round(ms, 2), **mask)

@@ -70,7 +70,8 @@ class BoxResult(BaseModel):
     ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")
     mask: Mask | None = Field(None, description="with return_mask: the object's patches on the grid")
     grid: tuple[int, int] | None = Field(None, description="with return_mask: rows, cols of the patch grid")
-    cell_px: float | None = Field(None, description="with return_mask: original pixels per grid cell side")
+    cell_px: tuple[float, float] | None = Field(None, description="with return_mask: original pixels per grid cell, "
+                                                                  "(width, height)")
 
 
 class FileError(BaseModel):

@@ -16,14 +16,10 @@ from pydantic import Field, SecretStr, create_model, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lost_reg.backbone import FeatureKind
-from lost_reg.methods import (
-    DEFAULT_METHOD,
-    METHODS,
-    Method,
-    all_option_specs,
-    build_method,
-)
+from lost_reg.images import PREPS
+from lost_reg.methods import METHODS, all_option_specs
 from lost_reg.models import DEFAULT_BACKBONE
+from lost_reg.recipes import Setting, resolve
 
 MB = 1024 * 1024
 
@@ -36,12 +32,13 @@ class _Settings(BaseSettings):
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = Field(None, description="weights file instead of the pretrained download; 'random' for none")
     model_args: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model keywords")
-    features: FeatureKind = "k"
-    layer: int = -1
+    features: FeatureKind | Literal["auto"] = "auto"
+    layer: int | None = Field(None, description="transformer block; unset: the recipe's")
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
-    method: Literal[tuple(METHODS)] = DEFAULT_METHOD  # type: ignore[valid-type]
+    method: Literal[("auto", *METHODS)] = "auto"  # type: ignore[valid-type]
+    prep: Literal[("auto", *PREPS)] = "auto"  # type: ignore[valid-type]
     max_side: int = Field(1024, ge=1, description="longer side of the network input; requests may only lower it")
 
     max_batch: int = Field(16, ge=1, description="images per backbone call")
@@ -68,7 +65,7 @@ class _Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_method(self) -> _Settings:
-        self.method_config()  # raises ValueError (so a ValidationError) on a bad option
+        self.resolved()  # raises ValueError (so a ValidationError) on a bad option
         return self
 
     @property
@@ -80,10 +77,10 @@ class _Settings(BaseSettings):
         """Largest acceptable body: every file at its limit plus 1 MB of multipart framing and options."""
         return self.max_files * self.max_file_bytes + MB
 
-    def method_config(self) -> Method:
-        """The configured method, from the method options that are set."""
+    def resolved(self) -> Setting:
+        """Method (with the options that are set), features, layer and preparation, ``auto`` resolved."""
         given = {name: getattr(self, name) for name in all_option_specs() if getattr(self, name) is not None}
-        return build_method(self.method, **given)
+        return resolve(self.backbone, self.method, given, self.features, self.layer, self.prep)
 
 
 Settings = create_model(

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from lost_reg.errors import DataError
-from lost_reg.images import Prepared, decode_image, prepare
+from lost_reg.images import Prepared, decode_image, grid_size, prepare
 
 from .errors import ServiceError
 
@@ -26,9 +26,10 @@ CHUNK = 1 << 20
 Image.init()  # register every plugin now: ``Image.open(formats=…)`` only knows registered ones
 
 
-def load_upload(file: BinaryIO, name: str, limit: int, patch_size: int, max_side: int, max_pixels: int) -> Prepared:
+def load_upload(file: BinaryIO, name: str, limit: int, patch_size: int, max_side: int, max_pixels: int,
+                prep: str) -> Prepared:
     """An uploaded file as a prepared image, or a ServiceError saying why not."""
-    return decode_upload(read_upload(file, name, limit), name, patch_size, max_side, max_pixels)
+    return decode_upload(read_upload(file, name, limit), name, patch_size, max_side, max_pixels, prep)
 
 
 def read_upload(file: BinaryIO, name: str, limit: int) -> bytes:
@@ -45,8 +46,8 @@ def read_upload(file: BinaryIO, name: str, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pixels: int) -> Prepared:
-    """Check the header, decode, resize to ``max_side`` and pad."""
+def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
+    """Check the header, decode, and bring onto the patch grid (``prep``, after ``max_side``)."""
     width, height = _header_size(data, name)
     if width * height > max_pixels:
         raise ServiceError(413, "too_many_pixels",
@@ -55,13 +56,13 @@ def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pi
         image = decode_image(data, name=name)
     except DataError as e:
         raise ServiceError(422, "corrupt_image", str(e)) from e
-    prepared = prepare(image, patch_size, max_side)
-    vh, vw = prepared.valid
-    if min(vh, vw) < patch_size:
-        resized = "" if prepared.scale == 1 else f" (resized to {vw}x{vh})"
+    h, w = image.shape[:2]
+    vw, vh = grid_size(w, h, patch_size, max_side)
+    if min(vh, vw) < patch_size:  # checked before any resize onto the grid could stretch it
+        resized = "" if (vw, vh) == (w, h) else f" (resized to {vw}x{vh})"
         raise ServiceError(422, "image_too_small",
                            f"{name}: {width}x{height}{resized} is smaller than one {patch_size}x{patch_size} patch")
-    return prepared
+    return prepare(image, patch_size, max_side, prep)
 
 
 def _header_size(data: bytes, name: str) -> tuple[int, int]:

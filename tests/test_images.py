@@ -75,11 +75,24 @@ def test_bad_data_is_a_data_error(tmp_path):
 
 def test_prepare_pads_bottom_right_and_resizes_only_past_max_side(rgb):
     p = prepare(rgb, 16)
-    assert p.pixels.shape == (3, 48, 64) and p.valid == (40, 60) and p.size == (60, 40) and p.scale == 1.0
+    assert p.pixels.shape == (3, 48, 64) and p.valid == (40, 60) and p.size == (60, 40) and p.scale == (1.0, 1.0)
     assert p.pixels[:, 40:].eq(0).all() and p.pixels[:, :, 60:].eq(0).all()
     small = prepare(rgb, 16, max_side=30)
-    assert small.valid == (20, 30) and small.pixels.shape == (3, 32, 32) and small.scale == 0.5
+    assert small.valid == (20, 30) and small.pixels.shape == (3, 32, 32) and small.scale == (0.5, 0.5)
     assert prepare(rgb, 16, max_side=100).valid == (40, 60)
+
+
+def test_resize_prep_puts_every_side_on_the_grid_and_maps_boxes_back(rgb):
+    p = prepare(rgb, 16, prep="resize")  # 60x40 → 64x48: the nearest multiples of 16
+    assert p.pixels.shape == (3, 48, 64) and p.valid == (48, 64) and p.scale == (64 / 60, 48 / 40)
+    assert p.to_original((0, 0, 64, 48)) == (0, 0, 60, 40)
+    assert p.to_original((16, 16, 32, 32)) == (15, 13, 30, 27)
+    small = prepare(rgb, 16, max_side=30, prep="resize")  # 30x20 → 32x16
+    assert small.valid == (16, 32) and small.size == (60, 40)
+    tiny = prepare(rgb[:5, :5], 16, prep="resize")  # never below one patch
+    assert tiny.valid == (16, 16)
+    with pytest.raises(ValueError, match="prep"):
+        prepare(rgb, 16, prep="crop")
 
 
 def test_normalize_sets_padding_to_zero(rgb):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lost_reg.methods import Lost, TokenCut
 from lost_reg.methods.lost import affinity_matrix, lost
 
 
@@ -63,20 +64,35 @@ def test_raw_returns_whole_image_when_all_similarities_are_positive_and_centerin
         assert res.box == (2, 1, 4, 3), affinity
 
 
-def test_auto_affinity_keeps_the_paper_graph_for_dino_v1_only():
-    from lost_reg.methods.lost import resolve_affinity
+def test_recipes_keep_the_paper_setting_for_dino_v1_only():
+    from lost_reg.recipes import resolve
 
-    assert resolve_affinity("auto", "vit_small_patch16_224.dino") == "raw"
-    assert resolve_affinity("auto", "vit_small_patch14_reg4_dinov2.lvd142m") == "cosine-mean"
-    assert resolve_affinity("centered", "vit_small_patch16_224.dino") == "centered"
+    dino = resolve("vit_small_patch16_224.dino")
+    assert (dino.method, dino.features, dino.layer, dino.prep) == (Lost(100, "raw"), "k", -1, "pad")
+    other = resolve("vit_small_patch14_reg4_dinov2.lvd142m")
+    assert other.method != dino.method
+    assert resolve("vit_small_patch16_224.dino", "lost", {"affinity": "centered"}).method == Lost(100, "centered")
+    assert resolve("vit_small_patch16_224.dino", "tokencut").method == TokenCut()  # not the recipe's: own defaults
+    assert resolve("x", "lost", {"affinity": "raw"}, prep="auto").prep == "pad"  # the reference graph pads
+    with pytest.raises(ValueError, match="tau does not apply"):
+        resolve("vit_small_patch16_224.dino", options={"tau": 0.3})
 
 
 def test_fixed_bias_is_subtracted_from_the_gram_matrix():
     f = torch.randn(2, 12, 5)
     a = affinity_matrix(f, "bias:0.5")
     assert torch.allclose(a, f @ f.transpose(1, 2) - 0.5)
+    g = torch.nn.functional.normalize(f, dim=-1)
+    assert torch.allclose(affinity_matrix(f, "cos:0.3"), g @ g.transpose(1, 2) - 0.3)
     with pytest.raises(ValueError, match="unknown affinity"):
         affinity_matrix(f, "cosine")
+
+
+@pytest.mark.parametrize("affinity", ["bias:nan", "bias:inf", "bias:1e30", "bias:", "cos:1.5", "cos:-inf", "auto",
+                                      "wobbly"])
+def test_bad_affinities_are_refused(affinity):
+    with pytest.raises(ValueError, match="affinity"):
+        Lost(affinity=affinity)
 
 
 def test_batch_equals_single_images():

@@ -18,8 +18,7 @@ def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(o
     path, gt = quokka
     image = decode_image(path)
     h, w = image.shape[:2]
-    default = Localizer(offline_backbone, Lost(), device="cpu")
-    assert default.method.affinity == "cosine-mean"
+    default = Localizer(offline_backbone, device="cpu")  # the recipe for DINOv2
     raw = Localizer(offline_backbone, Lost(affinity="raw"), device="cpu")
     (found,) = default.localize([image])
     (whole,) = raw.localize([image])
@@ -31,8 +30,8 @@ def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(o
 def test_bfloat16_on_the_cpu_finds_the_same_quokka(offline_backbone, quokka):
     path, gt = quokka
     image = decode_image(path)
-    (fp32,) = Localizer(offline_backbone, Lost(), device="cpu").localize([image])
-    (bf16,) = Localizer(offline_backbone, Lost(), device="cpu", dtype="bfloat16").localize([image])
+    (fp32,) = Localizer(offline_backbone, device="cpu").localize([image])
+    (bf16,) = Localizer(offline_backbone, device="cpu", dtype="bfloat16").localize([image])
     assert iou(bf16.box, gt) >= 0.5 and iou(bf16.box, fp32.box) >= 0.9, (bf16.box, fp32.box)
     with pytest.raises(ValueError, match="float16 runs on CUDA only"):
-        Localizer(offline_backbone, Lost(), device="cpu", dtype="float16")
+        Localizer(offline_backbone, device="cpu", dtype="float16")

@@ -153,7 +153,7 @@ def test_return_mask_decodes_to_the_detection_mask(make_client):
     expected = localizer.localize([decode_image(data)])[0].result.mask
     rle = {"size": result["mask"]["size"], "counts": result["mask"]["counts"].encode()}
     np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), expected)
-    assert tuple(result["grid"]) == expected.shape == (8, 11) and result["cell_px"] == 14
+    assert tuple(result["grid"]) == expected.shape == (8, 11) and result["cell_px"] == [14, 14]
 
 
 def test_per_request_options_use_their_own_features_and_lost_settings(make_client):
@@ -169,7 +169,7 @@ def test_per_request_options_use_their_own_features_and_lost_settings(make_clien
     expected = q.localize([decode_image(data)])[0]
     assert tuple(result["box"]) == expected.box and tuple(result["seed"]) == expected.seed
     assert (result["width"], result["height"]) == (300, 200)
-    assert tuple(result["grid"]) == (6, 8) and result["cell_px"] == pytest.approx(14 * 300 / 112)
+    assert tuple(result["grid"]) == (6, 8) and result["cell_px"] == pytest.approx([14 * 300 / 112, 14 * 200 / 75])
 
 
 def test_method_form_field_picks_tokencut_and_its_options(make_client):

@@ -51,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
     from ..datasets import ImageFolder
 
     dataset = ImageFolder(args.paths)
-    backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer,
+    layer = -1 if args.layer is None else args.layer  # the layer whose outliers are compared: the last by default
+    backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=layer,
                                **model_kwargs(args.model_arg))
     localizer = Localizer(backbone, device=args.device, dtype=args.dtype)
     bb = localizer.backbone
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         stats = collect(bb.model, images())
     if not stats.neighbour_cos:
         raise LostRegError("no readable image to analyse")
-    report = analyse(stats, bb.num_registers, args.layer, min_gap=args.min_gap,
+    report = analyse(stats, bb.num_registers, layer, min_gap=args.min_gap,
                      min_separation=args.min_separation, max_share=args.max_share)
     args.out.mkdir(parents=True, exist_ok=True)
     tiles = []

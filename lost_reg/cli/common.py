@@ -14,9 +14,11 @@ import timm
 import torch
 
 from ..backbone import FEATURES
-from ..methods import DEFAULT_METHOD, METHODS, Method, all_option_specs, build_method
+from ..images import PREPS
+from ..methods import METHODS, Method, all_option_specs
 from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
 from ..pipeline import DTYPES, Localizer
+from ..recipes import AUTO, resolve, resolve_method
 
 
 def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +30,10 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
                         "pretrained download; 'random' for an untrained model")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model keyword, e.g. depth=2 (repeatable)")
-    g.add_argument("--features", choices=FEATURES, default="k", help="which features build the method's graph")
-    g.add_argument("--layer", type=int, default=-1, help="transformer block to take features from")
+    g.add_argument("--features", choices=[AUTO, *FEATURES], default=AUTO,
+                   help="which features build the method's graph (auto: the backbone family's recipe, README Defaults)")
+    g.add_argument("--layer", type=int, default=None,
+                   help="transformer block to take features from, e.g. -1 for the last (default: the recipe's)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
 
@@ -37,19 +41,27 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """``--method`` and every option of every method (each applies to the methods it names)."""
     g = p.add_argument_group("discovery method")
-    g.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
-                   help="how the object is found from the patch features (README, Methods)")
+    g.add_argument("--method", choices=[AUTO, *METHODS], default=AUTO,
+                   help="how the object is found from the patch features (auto: the backbone family's recipe; "
+                        "README, Methods); unset options of the recipe's method come from the recipe")
     for name, (spec, owners) in all_option_specs().items():
         g.add_argument("--" + name.replace("_", "-"), type=spec.type, choices=spec.choices, default=None,
                        help=f"{spec.help} [{', '.join(owners)}; default {spec.default}]")
+    g.add_argument("--prep", choices=[AUTO, *PREPS], default=AUTO,
+                   help="onto the patch grid: pad (the papers' zero-padding) or resize (nearest multiple of the patch "
+                        "size); auto: pad for LOST's raw graph, else the recipe's (README, Preparation)")
     g.add_argument("--max-side", type=int, default=None,
-                   help="downscale images whose longer side exceeds this (default: no resize, as in LOST)")
+                   help="downscale images whose longer side exceeds this (default: no downscaling, as in LOST)")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given on the command line."""
+    return {name: getattr(args, name) for name in all_option_specs() if getattr(args, name, None) is not None}
 
 
 def method_from_args(args: argparse.Namespace) -> Method:
-    """The method named by ``--method`` with the method options given on the command line."""
-    given = {name: getattr(args, name) for name in all_option_specs() if getattr(args, name, None) is not None}
-    return build_method(args.method, **given)
+    """The method named by ``--method`` (``auto``: the backbone's recipe) with the options given."""
+    return resolve_method(args.backbone, args.method, method_options(args))
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -77,9 +89,10 @@ def model_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 
 def build_localizer(args: argparse.Namespace) -> Localizer:
-    backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer,
+    s = resolve(args.backbone, args.method, method_options(args), args.features, args.layer, args.prep)
+    backbone = create_backbone(args.backbone, args.weights, features=s.features, layer=s.layer,
                                **model_kwargs(args.model_arg))
-    return Localizer(backbone, method_from_args(args), max_side=args.max_side, device=args.device, dtype=args.dtype)
+    return Localizer(backbone, s.method, prep=s.prep, max_side=args.max_side, device=args.device, dtype=args.dtype)
 
 
 def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
@@ -91,6 +104,7 @@ def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
         "method": {"name": localizer.method.name, **localizer.method.options()},
         "backbone": {"name": bb.name, "patch_size": bb.patch_size, "registers": bb.num_registers,
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
+                     "prep": localizer.prep,
                      "device": str(localizer.device), "dtype": localizer.dtype},
         "versions": {"lost_reg": _version(), "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},

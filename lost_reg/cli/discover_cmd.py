@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
         found = localizer.localize_prepared_multi(batch, args.max_objects, args.min_score, args.score)
         return [Found(p.size, objects) for p, objects in zip(batch, found)]
 
-    order = shape_order(dataset, todo, localizer.patch_size, args.max_side)
+    order = shape_order(dataset, todo, localizer)
     with writer:
         stats = inference_on_dataset(localizer, dataset, order, process, localize=localize,
                                      batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)

@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
         r = evaluator.evaluate()
         return {"CorLoc": f"{100 * r.corloc:.1f}%"}
 
-    order = shape_order(dataset, todo, localizer.patch_size, args.max_side)
+    order = shape_order(dataset, todo, localizer)
     start = time.perf_counter()
     with writer:
         stats = inference_on_dataset(localizer, dataset, order, process, batch_size=args.batch_size,

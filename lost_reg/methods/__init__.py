@@ -13,7 +13,6 @@ from .lost import Lost, LostResult, lost
 from .tokencut import TokenCut, TokenCutResult, tokencut
 
 METHODS: dict[str, type[Method]] = {"lost": Lost, "tokencut": TokenCut}
-DEFAULT_METHOD = "lost"
 
 
 def build_method(name: str, **options: Any) -> Method:
@@ -39,6 +38,6 @@ def all_option_specs() -> dict[str, tuple[OptionSpec, list[str]]]:
 
 
 __all__ = [
-    "DEFAULT_METHOD", "Discovery", "METHODS", "Lost", "LostResult", "Method", "OptionSpec", "TokenCut",
+    "Discovery", "METHODS", "Lost", "LostResult", "Method", "OptionSpec", "TokenCut",
     "TokenCutResult", "all_option_specs", "build_method", "lost", "option_specs", "tokencut",
 ]

@@ -70,9 +70,9 @@ class Method:
         """Non-negative edge weights [n, n] of one image's patches [n, D] that the ``ncut`` score cuts."""
         raise NotImplementedError
 
-    def resolved(self, backbone: str) -> Method:
-        """This method with options that depend on the backbone (``auto``) made concrete."""
-        return self
+    def reference_graph(self) -> bool:
+        """Whether this is the paper's own graph, whose reference code zero-pads images (then so do we)."""
+        return False
 
     def options(self) -> dict[str, Any]:
         """The option values, by name."""

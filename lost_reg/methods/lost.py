@@ -27,7 +27,7 @@ from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
 
 AFFINITIES = ("raw", "centered", "cosine-mean")
-"""How the graph's edge weights A are built from patch features F (``bias:VALUE`` too).
+"""How the graph's edge weights A are built from patch features F (``cos:T``, ``bias:VALUE`` too).
 
 ``raw``: A = F Fᵀ, the paper's graph; an edge is a positive correlation.
 ``centered``: (F − mean patch)(F − mean patch)ᵀ: only above-average correlation counts.
@@ -36,33 +36,31 @@ the (normalised) Gram matrix: two patches are linked when they are more alike th
 pair of the image. On DINOv2 every raw key similarity is positive, so raw LOST sees a complete
 graph and returns the whole image; the registers paper "manually adds a bias to the gram
 matrix" without giving it (README, "Affinity").
-``bias:VALUE``: A = F Fᵀ − VALUE, a fixed manual bias.
+``cos:T``: A = cos(F, F) − T, a fixed bias on the normalised Gram matrix, T in [−1, 1]. Its
+follow-up ("Vision Transformers Don't Need Trained Registers") advises L2-normalised features
+and a bias b swept over [−1, 0]: that is ``cos:T`` with T = −b. Two patches are linked when
+their cosine exceeds T, the same edges as TokenCut's graph at τ = T.
+``bias:VALUE``: A = F Fᵀ − VALUE, a fixed manual bias on the raw Gram matrix.
 """
 MAX_BIAS = 1e6
 """Largest |VALUE| of ``bias:VALUE``: far beyond any feature product, so only typos are refused."""
 
 
-def resolve_affinity(affinity: str, backbone: str) -> str:
-    """``auto`` → ``raw`` for DINO (v1) ViTs, where LOST was designed and published with it,
-    and ``cosine-mean`` for every other backbone (DINOv2, CLIP, DeiT-III…)."""
-    if affinity != "auto":
-        return affinity
-    return "raw" if backbone.endswith(".dino") else "cosine-mean"
-
-
 def check_affinity(affinity: str) -> None:
-    """ValueError unless ``affinity`` is ``auto``, one of :data:`AFFINITIES` or ``bias:VALUE`` (finite)."""
+    """ValueError unless ``affinity`` is one of :data:`AFFINITIES`, ``cos:T`` (T in [−1, 1])
+    or ``bias:VALUE`` (finite, within ±:data:`MAX_BIAS`)."""
     name, sep, value = affinity.partition(":")
-    if sep and name == "bias":
+    if sep and name in ("cos", "bias"):
         try:
             bias = float(value)
         except ValueError:
             bias = math.nan
-        if math.isfinite(bias) and abs(bias) <= MAX_BIAS:
+        bound = 1.0 if name == "cos" else MAX_BIAS
+        if math.isfinite(bias) and abs(bias) <= bound:
             return
-        raise ValueError(f"affinity bias:VALUE needs a finite VALUE within ±{MAX_BIAS:g}, got {affinity!r}")
-    if affinity not in ("auto", *AFFINITIES):
-        raise ValueError(f"affinity must be auto, one of {', '.join(AFFINITIES)} or bias:VALUE, got {affinity!r}")
+        raise ValueError(f"affinity {name}:VALUE needs a finite VALUE within ±{bound:g}, got {affinity!r}")
+    if affinity not in AFFINITIES:
+        raise ValueError(f"affinity must be one of {', '.join(AFFINITIES)}, cos:T or bias:VALUE, got {affinity!r}")
 
 
 @dataclass
@@ -96,15 +94,15 @@ def affinity_matrix(features: torch.Tensor, affinity: str = "raw", keep: torch.T
     w = None if keep is None else keep.to(f.dtype)  # [B, N]: 1 = in the graph
     if affinity == "centered":
         f = f - (f.mean(1, keepdim=True) if w is None else _weighted_mean(f, w[..., None], dims=(1,)))
-    elif affinity == "cosine-mean":
+    elif affinity == "cosine-mean" or affinity.startswith("cos:"):
         f = torch.nn.functional.normalize(f, dim=-1)
     a = f @ f.transpose(1, 2)
     if affinity == "cosine-mean":
         a = a - (a.mean((1, 2), keepdim=True) if w is None else _weighted_mean(a, w[:, :, None] * w[:, None, :]))
-    elif affinity.startswith("bias:"):
+    elif affinity.startswith(("bias:", "cos:")):
         a = a - float(affinity.split(":", 1)[1])
     elif affinity not in ("raw", "centered"):
-        raise ValueError(f"unknown affinity {affinity!r}: use auto, {', '.join(AFFINITIES)} or bias:VALUE")
+        raise ValueError(f"unknown affinity {affinity!r}: use {', '.join(AFFINITIES)}, cos:T or bias:VALUE")
     return a if w is None else a * w[:, :, None] * w[:, None, :]
 
 
@@ -164,8 +162,8 @@ class Lost(Method):
     name = "lost"
 
     k_patches: int = option(100, "expansion over the k lowest-degree patches")
-    affinity: str = option("auto", "graph edges: auto (raw for DINO v1, cosine-mean otherwise), raw (paper), "
-                                   "centered, cosine-mean, or bias:VALUE (README, Affinity)")
+    affinity: str = option("raw", "graph edges: raw (the paper), centered, cosine-mean, cos:T or bias:VALUE "
+                                  "(README, Affinity)")
     components: str = option("scipy", "how the seed's component is found: scipy (CPU) or torch (on the device)",
                              COMPONENTS)
 
@@ -186,5 +184,5 @@ class Lost(Method):
         f = torch.nn.functional.normalize(f - f.mean(0), dim=1)
         return (f @ f.T).clamp_(min=0).fill_diagonal_(0)
 
-    def resolved(self, backbone: str) -> Lost:
-        return Lost(self.k_patches, resolve_affinity(self.affinity, backbone), self.components)
+    def reference_graph(self) -> bool:
+        return self.affinity == "raw"

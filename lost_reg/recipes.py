@@ -1,0 +1,82 @@
+"""Defaults per backbone family: which method with which options, features, layer and preparation.
+
+Every ``auto`` (the default of ``--method``, ``--features``, ``--layer`` and ``--prep``) comes
+from the recipe of the backbone's family; so do the method's options when the method asked for
+is the recipe's and an option is left unset. DINO v1 keeps the LOST paper's setting, where LOST
+was designed and published. Every other family gets the setting chosen with ``lost-reg sweep``
+on the offline DINOv2 ViT-S/14 (README, Defaults): no other backbone can be measured here, so
+they share it until someone sweeps them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .methods import METHODS, Method, build_method
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The default setting of one backbone family."""
+
+    method: str
+    options: tuple[tuple[str, Any], ...]
+    features: str
+    layer: int
+    prep: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "dino": Recipe("lost", (("k_patches", 100), ("affinity", "raw")), "k", -1, "pad"),
+    "other": Recipe("lost", (("k_patches", 100), ("affinity", "cosine-mean")), "k", -1, "pad"),
+}
+
+
+def family(backbone: str) -> str:
+    """``dino`` for DINO v1 ViTs (timm's ``.dino`` pretrained tag), ``other`` for every other backbone."""
+    return "dino" if backbone.endswith(".dino") else "other"
+
+
+def recipe_for(backbone: str) -> Recipe:
+    return RECIPES[family(backbone)]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A fully resolved setting: no ``auto`` left."""
+
+    method: Method
+    features: str
+    layer: int
+    prep: str
+
+
+def resolve_method(backbone: str, name: str = AUTO, options: dict[str, Any] | None = None) -> Method:
+    """The method ``name`` (``auto``: the recipe's) with ``options``; the recipe fills the unset ones
+    when the method is the recipe's."""
+    recipe = recipe_for(backbone)
+    name = recipe.method if name == AUTO else name
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: use auto or one of {', '.join(METHODS)}")
+    base = dict(recipe.options) if name == recipe.method else {}
+    return build_method(name, **{**base, **(options or {})})
+
+
+def resolve_prep(backbone: str, method: Method, prep: str = AUTO) -> str:
+    """``auto`` → ``pad`` when the method runs its paper's reference graph (so its boxes stay identical
+    to the reference code), else the recipe's preparation."""
+    if prep != AUTO:
+        return prep
+    return "pad" if method.reference_graph() else recipe_for(backbone).prep
+
+
+def resolve(backbone: str, method: str = AUTO, options: dict[str, Any] | None = None, features: str = AUTO,
+            layer: int | None = None, prep: str = AUTO) -> Setting:
+    """Every ``auto`` (and an unset layer) of a setting, from the backbone family's recipe."""
+    recipe = recipe_for(backbone)
+    m = resolve_method(backbone, method, options)
+    return Setting(m, recipe.features if features == AUTO else features,
+                   recipe.layer if layer is None else layer, resolve_prep(backbone, m, prep))
