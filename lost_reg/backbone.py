@@ -8,6 +8,7 @@ patch tokens only, the prefix stays available for diagnostics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,8 @@ from torch import nn
 
 FEATURES = ("k", "q", "v", "tokens")
 FeatureKind = Literal["k", "q", "v", "tokens"]
+Tap = tuple[str, int]
+"""(features kind, layer): where features are read, e.g. ("k", -1) for the last block's keys."""
 
 
 @dataclass
@@ -53,10 +56,8 @@ class Backbone(nn.Module):
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        block = blocks[self.layer]
         self._captured: torch.Tensor | None = None
-        target = block if features == "tokens" else block.attn.qkv
-        target.register_forward_hook(self._capture)
+        _tap_module(model, features, self.layer).register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._captured = output
@@ -69,12 +70,47 @@ class Backbone(nn.Module):
             raise ValueError(f"input {h}x{w} is not a multiple of the patch size {self.patch_size}")
         self.model.forward_intermediates(images, indices=[self.layer], stop_early=True, intermediates_only=True)
         out, self._captured = self._captured, None
-        if self.features != "tokens":
-            n, d3 = out.shape[1], out.shape[2]
-            qkv = out.reshape(b, n, 3, d3 // 3)  # heads stay concatenated along the last axis, as in LOST
-            out = qkv[:, :, "qkv".index(self.features)]
+        return self._features(out, self.features, (h // self.patch_size, w // self.patch_size))
+
+    @torch.inference_mode()
+    def taps(self, images: torch.Tensor, taps: Sequence[Tap]) -> dict[Tap, Features]:
+        """Features of several (kind, layer) taps from ONE forward pass, up to the deepest layer asked.
+
+        Layers are as given (negative from the end); the keys of the result are the taps as given.
+        """
+        b, _, h, w = images.shape
+        depth = len(self.model.blocks)
+        for kind, layer in taps:
+            if kind not in FEATURES or not -depth <= layer < depth:
+                raise ValueError(f"cannot tap {kind!r} of layer {layer} in a {depth}-block model")
+        captured: dict[tuple[str, int], torch.Tensor] = {}
+        wanted = {("tokens" if kind == "tokens" else "qkv", layer % depth) for kind, layer in taps}
+        handles = [_tap_module(self.model, "tokens" if site == "tokens" else "k", layer).register_forward_hook(
+            lambda module, args, out, key=(site, layer): captured.__setitem__(key, out)) for site, layer in wanted]
+        try:
+            last = max(layer for _, layer in wanted)
+            self.model.forward_intermediates(images, indices=[last], stop_early=True, intermediates_only=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._captured = None  # the backbone's own hook may have fired too
+        grid = (h // self.patch_size, w // self.patch_size)
+        return {(kind, layer): self._features(captured["tokens" if kind == "tokens" else "qkv", layer % depth],
+                                              kind, grid) for kind, layer in taps}
+
+    def _features(self, out: torch.Tensor, kind: str, grid: tuple[int, int]) -> Features:
+        """Split a hooked output (qkv projection or block output) into patch and prefix features of ``kind``."""
+        if kind != "tokens":
+            b, n, d3 = out.shape
+            out = out.reshape(b, n, 3, d3 // 3)[:, :, "qkv".index(kind)]  # heads stay concatenated, as in LOST
         p = self.num_prefix_tokens
-        return Features(patches=out[:, p:], prefix=out[:, :p], grid=(h // self.patch_size, w // self.patch_size))
+        return Features(patches=out[:, p:], prefix=out[:, :p], grid=grid)
+
+
+def _tap_module(model: nn.Module, kind: str, layer: int) -> nn.Module:
+    """The module whose output holds ``kind`` features of block ``layer``: the block, or its qkv projection."""
+    block = model.blocks[layer]
+    return block if kind == "tokens" else block.attn.qkv
 
 
 @torch.inference_mode()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from .backbone import Backbone, Features
+from .backbone import Backbone, Features, Tap
 from .images import Prepared, normalize, prepare
 from .methods import Discovery, Method
 from .recipes import AUTO, resolve_method, resolve_prep
@@ -83,7 +84,7 @@ class Localizer:
         self.method = method or resolve_method(backbone.name)
         """Default: the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
         self.prep = resolve_prep(backbone.name, self.method, prep)
-        """``pad`` or ``resize`` (:data:`lost_reg.images.PREPS`); ``auto``: see :func:`~lost_reg.recipes.resolve_prep`."""
+        """``pad`` or ``resize`` (:data:`~lost_reg.images.PREPS`); ``auto``: :func:`~lost_reg.recipes.resolve_prep`."""
         self.max_side = max_side
         self.dtype = dtype
         self.timings = Timings()
@@ -131,26 +132,37 @@ class Localizer:
         self.timings.images += len(batch)
         return [[ScoredDetection(self._detection(p, r), s) for r, s in objects] for p, objects in zip(batch, found)]
 
-    def _forward(self, batch: Sequence[Prepared]) -> Features:
-        """Backbone features of prepared images that share one padded shape (timed)."""
+    def forward_taps(self, batch: Sequence[Prepared], taps: Sequence[Tap]) -> dict[Tap, Features]:
+        """Features of several (kind, layer) taps of prepared images of one padded shape, from one forward
+        pass (the sweep reads every setting's features this way)."""
+        parts = self._forward(batch, lambda x: self.backbone.taps(x, taps))
+        return {tap: _concat([p[tap] for p in parts]) for tap in taps}
+
+    def _forward(self, batch: Sequence[Prepared], run: Callable[[torch.Tensor], Any] | None = None) -> Any:
+        """Backbone features of prepared images that share one padded shape (timed); with ``run``, what
+        it returns, one item per backbone call (on the CPU calls of :data:`CPU_CHUNK` images)."""
         start = time.perf_counter()
         # each (pinned, from the engine) image straight to the device: no pageable staging copy
         pixels = torch.stack([p.pixels.to(self.device, non_blocking=True) for p in batch])
         x = normalize(pixels, [p.valid for p in batch], self.backbone.mean, self.backbone.std)
+        chunks = x.split(CPU_CHUNK) if self.device.type == "cpu" else (x,)
         with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
-            if self.device.type == "cpu" and len(batch) > CPU_CHUNK:
-                parts = [self.backbone(chunk) for chunk in x.split(CPU_CHUNK)]
-                features = Features(patches=torch.cat([f.patches for f in parts]),
-                                    prefix=torch.cat([f.prefix for f in parts]), grid=parts[0].grid)
-            else:
-                features = self.backbone(x)
+            out = [(run or self.backbone)(chunk) for chunk in chunks]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timings.forward += time.perf_counter() - start
-        return features
+        return out if run else _concat(out)
 
     def _detection(self, p: Prepared, r: Discovery) -> Detection:
         return detection(p, r, self.patch_size)
+
+
+def _concat(parts: list[Features]) -> Features:
+    """One batch of features from consecutive chunks of it."""
+    if len(parts) == 1:
+        return parts[0]
+    return Features(patches=torch.cat([f.patches for f in parts]), prefix=torch.cat([f.prefix for f in parts]),
+                    grid=parts[0].grid)
 
 
 def detection(p: Prepared, r: Discovery, patch_size: int) -> Detection:

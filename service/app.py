@@ -25,9 +25,9 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from lost_reg import __version__
-from lost_reg.methods import all_option_specs, build_method
+from lost_reg.methods import all_option_specs
 from lost_reg.pipeline import Localizer
-from lost_reg.recipes import resolve_prep
+from lost_reg.recipes import resolve_method, resolve_prep
 
 from .errors import ServiceError, install_error_handlers
 from .metrics import Metrics
@@ -198,10 +198,10 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
         raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")
     defaults = worker.default_key
     name = options.method or defaults.method.name
-    base = defaults.method.options() if name == defaults.method.name else {}
+    base = defaults.method.options() if name == defaults.method.name else {}  # else the recipe's, as in the CLI
     given = {k: getattr(options, k) for k in all_option_specs() if getattr(options, k) is not None}
     try:
-        method = build_method(name, **{**base, **given})
+        method = resolve_method(worker.localizer.backbone.name, name, {**base, **given})
     except ValueError as e:
         raise ServiceError(422, "invalid_option", str(e)) from None
     prep = resolve_prep(worker.localizer.backbone.name, method, settings.prep)

@@ -26,7 +26,7 @@ class _BoxOptions(BaseModel):
 
     method: Literal[tuple(METHODS)] | None = Field(  # type: ignore[valid-type]
         None, description="discovery method; its options below default to the server's when it is the "
-                          "server's method, else to the method's own defaults")
+                          "server's method, else to the backbone recipe's")
     features: FeatureKind | None = Field(None, description="which features build the method's graph")
     max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this "
                                                          "(at most the server's max_side)")

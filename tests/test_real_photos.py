@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from lost_reg import Localizer, Lost
+from lost_reg import Localizer, Lost, TokenCut
+from lost_reg.backbone import Backbone
 from lost_reg.images import decode_image
 
 
@@ -14,12 +15,15 @@ def iou(box, gt) -> float:
     return float(box_iou(torch.tensor([box], dtype=torch.float), torch.tensor([gt], dtype=torch.float))[0, 0])
 
 
-def test_default_affinity_localises_the_quokka_and_raw_returns_the_whole_image(offline_backbone, quokka):
+def test_the_recipe_localises_the_quokka_and_raw_lost_on_keys_returns_the_whole_image(offline_backbone, quokka):
     path, gt = quokka
     image = decode_image(path)
     h, w = image.shape[:2]
-    default = Localizer(offline_backbone, device="cpu")  # the recipe for DINOv2
-    raw = Localizer(offline_backbone, Lost(affinity="raw"), device="cpu")
+    default = Localizer(offline_backbone, device="cpu")  # the recipe for DINOv2: TokenCut on values, resized
+    assert (default.method, offline_backbone.features, default.prep) == (TokenCut(tau=0.5), "v", "resize")
+    keys = Backbone(offline_backbone.model, features="k", name=offline_backbone.name)
+    raw = Localizer(keys, Lost(affinity="raw"), device="cpu")  # the paper's graph: every key pair is positive
+    assert raw.prep == "pad"
     (found,) = default.localize([image])
     (whole,) = raw.localize([image])
     assert iou(found.box, gt) >= 0.5, found.box

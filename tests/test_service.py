@@ -57,7 +57,8 @@ def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]
 
 
 def tiny_localizer() -> Localizer:
-    return Localizer(tiny_backbone(), device="cpu")
+    """LOST on the paper's graph (zero-padded images): the server default most tests exercise."""
+    return Localizer(tiny_backbone(), Lost(), device="cpu")
 
 
 @pytest.fixture
@@ -356,7 +357,7 @@ def test_worker_batches_by_options_and_shape():
     try:
         images = [photo(112, 84, i) for i in range(3)] + [photo(56, 70, i) for i in range(3)]
         prepared = [localizer.prepare(im) for im in images]
-        raw = RunKey("k", Lost(100, "raw"))
+        raw = RunKey("k", Lost(100, "centered"))
         jobs = [worker.submit(p, worker.default_key) for p in prepared] + [worker.submit(prepared[0], raw)]
         detections = [job.future.result(timeout=10) for job in jobs]
     finally:

@@ -15,6 +15,7 @@ from ..errors import LostRegError
 COMMANDS = {
     "eval": "CorLoc of LOST or TokenCut on VOC07, VOC12 or COCO20k, with every prediction written out",
     "discover": "boxes for unlabeled images, as COCO, JSON lines, YOLO, VOC or Label Studio pre-annotations",
+    "sweep": "CorLoc of many settings (methods, options, features, layers) from one forward pass per image",
     "artifacts": "the registers paper's high-norm token analysis (norm histograms, outliers, CLS and register norms)",
     "serve": "HTTP service: POST images to /v1/boxes, get one object box per image (micro-batched)",
 }

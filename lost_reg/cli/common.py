@@ -14,6 +14,7 @@ import timm
 import torch
 
 from ..backbone import FEATURES
+from ..datasets import DATASETS, Dataset, build_dataset
 from ..images import PREPS
 from ..methods import METHODS, Method, all_option_specs
 from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
@@ -21,7 +22,40 @@ from ..pipeline import DTYPES, Localizer
 from ..recipes import AUTO, resolve, resolve_method
 
 
-def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
+def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark and where it is (eval, sweep)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, choices=[d for d in DATASETS if d != "folder"])
+    g.add_argument("--root", type=Path, required=True,
+                   help="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: folder holding train2014/ and annotations/")
+    g.add_argument("--coco20k-list", type=Path, help="COCO20k file list (coco_20k_filenames.txt from the LOST repo)")
+    g.add_argument("--coco-annotations", type=Path,
+                   help="instances_train2014.json (default: ROOT/annotations/instances_train2014.json)")
+    g.add_argument("--no-hard", action="store_true",
+                   help="VOC: drop truncated/difficult boxes and images left without a box")
+    g.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+
+
+def dataset_from_args(args: argparse.Namespace) -> Dataset:
+    """The dataset of :func:`add_dataset_arguments`; annotations it had to skip are printed."""
+    dataset = build_dataset(args.dataset, args.root, coco20k_list=args.coco20k_list,
+                            coco_annotations=args.coco_annotations, no_hard=args.no_hard)
+    for image_id, reason in dataset.skipped:
+        print(f"skipped {image_id}: {reason}")
+    return dataset
+
+
+def dataset_args(args: argparse.Namespace) -> list[str]:
+    """The command-line flags of :func:`add_dataset_arguments` that ``args`` holds (to print commands)."""
+    out = ["--dataset", args.dataset, "--root", str(args.root)]
+    for flag in ("coco20k_list", "coco_annotations", "limit"):
+        if getattr(args, flag) is not None:
+            out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return out + (["--no-hard"] if args.no_hard else [])
+
+
+def add_backbone_arguments(p: argparse.ArgumentParser, features: bool = True) -> None:
+    """Which model and where it runs; with ``features``, also the one features kind and layer to read."""
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help=f"timm ViT name (with or without registers), or {OFFLINE_BACKBONE} (no network needed)")
@@ -30,12 +64,15 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
                         "pretrained download; 'random' for an untrained model")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model keyword, e.g. depth=2 (repeatable)")
-    g.add_argument("--features", choices=[AUTO, *FEATURES], default=AUTO,
-                   help="which features build the method's graph (auto: the backbone family's recipe, README Defaults)")
-    g.add_argument("--layer", type=int, default=None,
-                   help="transformer block to take features from, e.g. -1 for the last (default: the recipe's)")
+    if features:
+        g.add_argument("--features", choices=[AUTO, *FEATURES], default=AUTO,
+                       help="which features build the method's graph (auto: the backbone family's recipe, "
+                            "README Defaults)")
+        g.add_argument("--layer", type=int, default=None,
+                       help="transformer block to take features from, e.g. -1 for the last (default: the recipe's)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
+    g.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:

