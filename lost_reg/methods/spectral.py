@@ -6,9 +6,8 @@ form, so both solvers work in the space orthogonal to it.
 
 ``eigh``     every eigenpair of M by ``torch.linalg.eigh``: exact, O(N³) per image.
 ``lanczos``  Lanczos iteration on M restricted to y₁⊥ with full reorthogonalisation, a few dozen
-             matrix-vector products per image; it stops once the top Ritz pair's residual
-             ‖M y − μ y‖ is below ``tol`` for every image of the batch. Each image's vector is
-             taken at the first check where it converged, so a result does not depend on what
+             matrix-vector products per image; an image leaves the batch once its top Ritz
+             pair's residual ‖M y − μ y‖ is below ``tol``, so it takes the same steps whatever
              else is in the batch. When the Krylov space of an image closes (an invariant
              subspace: e.g. a graph with two perfect clusters) it restarts from a fixed
              pseudo-random vector orthogonal to all before.
@@ -43,6 +42,8 @@ class Fiedler:
     """[B, N] x with (D − W) x = λ₂ D x, up to sign and scale."""
     eigenvalues: torch.Tensor
     """[B, 2] λ₂ ≤ λ₃ (Lanczos: Ritz values, λ₃ converged less)."""
+    degree: torch.Tensor
+    """[B, N] the diagonal of D: row sums of W."""
     steps: int
     """Lanczos steps taken (0 for eigh)."""
 
@@ -55,18 +56,18 @@ def fiedler(w: torch.Tensor, solver: str = "lanczos", tol: float = 1e-6, max_ste
     d = w.sum(-1)
     kept = d > 0
     s = torch.where(kept, d.clamp_min(1e-30).rsqrt(), 0.0)
-    m = w * s[:, :, None] * s[:, None, :]
     top = torch.nn.functional.normalize(d.sqrt(), dim=-1)  # M's eigenvector of eigenvalue 1
     if solver == "eigh":
-        y, mu, steps = _eigh(m, kept)
+        y, mu, steps = _eigh(w, s, kept)
     else:
-        y, mu, steps = _lanczos(m, top, kept, tol, max_steps)
-    return Fiedler(vector=y * s, eigenvalues=1 - mu, steps=steps)
+        y, mu, steps = _lanczos(w, s, top, kept, tol, max_steps)
+    return Fiedler(vector=y * s, eigenvalues=1 - mu, degree=d, steps=steps)
 
 
-def _eigh(m: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _eigh(w: torch.Tensor, s: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Dense: the 2nd and 3rd largest eigenpairs of M; removed patches sit at eigenvalue −2."""
-    m = m + torch.diag_embed(torch.where(kept, 0.0, -2.0))
+    m = w.mul(s[:, :, None]).mul_(s[:, None, :])
+    m.diagonal(dim1=1, dim2=2).sub_(2.0 * ~kept)
     values, vectors = torch.linalg.eigh(m)
     return vectors[..., -2], values[..., [-2, -3]], 0
 
@@ -84,21 +85,27 @@ def _orthogonalize(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _lanczos(m: torch.Tensor, top: torch.Tensor, kept: torch.Tensor, tol: float,
+def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Tensor, tol: float,
              max_steps: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The top two eigenpairs of M on top⊥ by Lanczos with full reorthogonalisation."""
-    b, n, _ = m.shape
+    """The top two eigenpairs of M = S W S (S = D^-1/2, never formed: M v = s · W (s · v)) on top⊥,
+    by Lanczos with full reorthogonalisation.
+
+    Images leave the working batch as they converge, so a batch costs what each image needs,
+    not what its slowest image needs, times the batch size.
+    """
+    b, n, _ = w.shape
+    m = w
+    y = torch.zeros(b, n, device=m.device)
+    mu = torch.zeros(b, 2, device=m.device)
+    active = torch.arange(b, device=m.device)  # original index of each image still iterating
     q = top[:, None, :]  # basis so far, [B, k, N]; row 0 is the known top eigenvector
     v = torch.nn.functional.normalize(_orthogonalize(_start(n, 0, m) * kept, q), dim=-1)
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
-    done = torch.zeros(b, dtype=torch.bool, device=m.device)
-    y = torch.zeros(b, n, device=m.device)
-    mu = torch.zeros(b, 2, device=m.device)
     steps = min(max_steps, n - 1)
     for j in range(steps):
         q = torch.cat([q, v[:, None]], 1)
-        mv = torch.bmm(m, v[:, :, None])[..., 0]
+        mv = s * torch.bmm(m, (s * v)[:, :, None])[..., 0]
         alphas.append((mv * v).sum(-1))
         r = _orthogonalize(mv, q)
         beta = r.norm(dim=-1)
@@ -114,13 +121,13 @@ def _lanczos(m: torch.Tensor, top: torch.Tensor, kept: torch.Tensor, tol: float,
         off = torch.stack(betas[:-1], -1)
         t = torch.diag_embed(torch.stack(alphas, -1)) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
         ritz, vectors = torch.linalg.eigh(t)
-        converged = (beta * vectors[:, -1, -1]).abs() < tol
-        new = ~done & (converged | (j + 1 == steps))
+        new = ((beta * vectors[:, -1, -1]).abs() < tol) | (j + 1 == steps)
         if new.any():
-            y = torch.where(new[:, None], torch.bmm(vectors[:, None, :, -1], q[:, 1:])[:, 0], y)
-            pair = ritz[:, [-1, -2]] if ritz.shape[1] > 1 else ritz[:, [-1, -1]]
-            mu = torch.where(new[:, None], pair, mu)
-            done |= new
-        if done.all():
-            return y, mu, j + 1
+            y[active[new]] = torch.bmm(vectors[new][:, None, :, -1], q[new][:, 1:])[:, 0]
+            mu[active[new]] = ritz[new][:, [-1, -2]] if ritz.shape[1] > 1 else ritz[new][:, [-1, -1]]
+            go = ~new
+            if not go.any():
+                return y, mu, j + 1
+            active, m, s, q, v, kept = active[go], m[go], s[go], q[go], v[go], kept[go]
+            alphas, betas = [a[go] for a in alphas], [x[go] for x in betas]
     return y, mu, steps

@@ -52,10 +52,9 @@ class TokenCutResult(Discovery):
 def cosine_graph(features: torch.Tensor, tau: float, eps: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """W [B, N, N]: 1 where the cosine similarity exceeds ``tau``, else ``eps``; 0 for removed patches."""
     f = torch.nn.functional.normalize(features.float(), dim=-1)
-    w = torch.where(f @ f.transpose(1, 2) > tau, 1.0, eps)
+    w = torch.bmm(f, f.transpose(1, 2)).gt_(tau).mul_(1 - eps).add_(eps)  # in place: W is the largest tensor here
     if keep is not None:
-        k = keep.to(w.dtype)
-        w = w * k[:, :, None] * k[:, None, :]
+        w.masked_fill_(~keep[:, :, None], 0).masked_fill_(~keep[:, None, :], 0)
     return w
 
 
@@ -71,17 +70,25 @@ def tokencut(
     """Run TokenCut on a batch of patch features [B, rows*cols, D] that share one grid shape.
 
     ``exclude`` (bool [B, N]) takes patches out of the graph; every image must keep one patch.
+    On the CPU the images go one at a time: one image's N×N graph stays in cache (faster than a
+    batch there) and each box is then exactly independent of the batch, even for a near-degenerate
+    cut. On a GPU the batch is solved at once; only a near-degenerate cut (λ₃ ≈ λ₂, where any
+    answer is as good) may then come out differently than alone.
     """
     check_components(components)
     rows, cols = grid
     b, n, _ = features.shape
     if n != rows * cols:
         raise ValueError(f"features hold {n} patches but the grid is {rows}x{cols}")
+    if features.device.type == "cpu" and b > 1:
+        return [r for i in range(b) for r in tokencut(features[i:i + 1], grid, tau, eps,
+                                                       None if exclude is None else exclude[i:i + 1], solver,
+                                                       components)]
     keep = torch.ones(b, n, dtype=torch.bool, device=features.device) if exclude is None else ~exclude
-    w = cosine_graph(features, tau, eps, keep)
+    w = cosine_graph(features, tau, eps, None if exclude is None else keep)
     cut = fiedler(w, solver)
-    pair = keep[:, :, None] & keep[:, None, :]
-    complete = ((w == 1) | ~pair).all(-1).all(-1)  # no weak edge: nothing to cut
+    # no weak edge, nothing to cut: every kept row sums to the number of kept patches (weak edges add ε < 0.5)
+    complete = ((cut.degree > keep.sum(-1, keepdim=True) - 0.5) | ~keep).all(-1)
     x = torch.where(complete[:, None] | ~keep, 0.0, cut.vector)
 
     mean = x.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
