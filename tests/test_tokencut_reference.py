@@ -9,7 +9,6 @@ reported; on the others the boxes must be identical on ≥ 95 % of images.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.linalg
 from scipy import ndimage
 
