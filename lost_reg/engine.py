@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .datasets import Sample
 from .errors import LostRegError
-from .images import Prepared, decode_image, grid_size, prepare
+from .images import MAX_PIXELS, Prepared, decode_image, grid_size, prepare
 from .pipeline import Localizer
 
 
@@ -44,9 +44,9 @@ class _Decoded(Dataset):
     """Decodes and pads the dataset's images (runs inside the workers)."""
 
     def __init__(self, dataset: Sequence[Sample], indices: Sequence[int], patch_size: int, max_side: int | None,
-                 prep: str) -> None:
+                 prep: str, max_pixels: int | None) -> None:
         self.dataset, self.indices = dataset, indices
-        self.patch_size, self.max_side, self.prep = patch_size, max_side, prep
+        self.patch_size, self.max_side, self.prep, self.max_pixels = patch_size, max_side, prep, max_pixels
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -55,8 +55,9 @@ class _Decoded(Dataset):
         index = self.indices[i]
         sample = self.dataset[index]
         try:
-            image = decode_image(sample.path, name=sample.image_id)
-            return Item(index, sample, prepared=prepare(image, self.patch_size, self.max_side, self.prep))
+            image = decode_image(sample.path, name=sample.image_id, max_pixels=self.max_pixels)
+            return Item(index, sample, prepared=prepare(image, self.patch_size, self.max_side, self.prep,
+                                                        name=sample.image_id))
         except LostRegError as e:
             return Item(index, sample, error=str(e))
         except Exception as e:  # a decoder crash on one file must not end a 10k-image run
@@ -147,8 +148,12 @@ def inference_on_dataset(
     workers: int | None = None,
     progress: bool = True,
     postfix: Callable[[], dict] | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> RunStats:
     """Localise ``dataset[indices]`` and call ``process`` for every image, in completion order.
+
+    Images over ``max_pixels`` (read from the header, before decoding) or smaller than one patch
+    are reported and skipped like unreadable ones.
 
     ``localize`` maps a batch of prepared images (one padded shape) to one result each, handed to
     ``process``; the default is ``localizer.localize_prepared`` (one :class:`~lost_reg.pipeline.Detection` each).
@@ -158,7 +163,7 @@ def inference_on_dataset(
     stats = RunStats()
     if not indices:
         return stats
-    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side, localizer.prep)
+    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side, localizer.prep, max_pixels)
     loader = DataLoader(
         decoded,
         batch_size=None,

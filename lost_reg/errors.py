@@ -11,3 +11,15 @@ class BackboneError(LostRegError):
 
 class DataError(LostRegError):
     """A dataset, image or annotation could not be read."""
+
+
+class NotAnImage(DataError):
+    """A file that is no image (of an accepted format)."""
+
+
+class TooManyPixels(DataError):
+    """An image whose header declares more pixels than allowed (a decompression bomb, or just too big)."""
+
+
+class ImageTooSmall(DataError):
+    """An image smaller than one patch (after any downscaling): there is nothing to find in it."""

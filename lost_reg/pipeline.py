@@ -78,8 +78,8 @@ class Localizer:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if dtype == "float16" and self.device.type != "cuda":
             raise ValueError(f"float16 runs on CUDA only; use float32 or bfloat16 on {self.device.type}")
-        if max_side is not None and max_side < 1:
-            raise ValueError("max_side must be positive")
+        if max_side is not None and max_side < backbone.patch_size:
+            raise ValueError(f"max_side must be at least the patch size ({backbone.patch_size}), got {max_side}")
         self.backbone = backbone.to(self.device)
         self.method = method or resolve_method(backbone.name)
         """Default: the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""

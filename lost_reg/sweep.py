@@ -32,8 +32,14 @@ from tqdm import tqdm
 from .backbone import Tap
 from .cache import FeatureCache
 from .datasets import Sample
-from .evaluation import CorLoc, CorLocEvaluator, PredictionWriter, load_predictions, summarize
-from .images import Prepared
+from .evaluation import (
+    CorLoc,
+    CorLocEvaluator,
+    PredictionWriter,
+    load_predictions,
+    summarize,
+)
+from .images import MAX_PIXELS, Prepared
 from .methods import METHODS, Method, all_option_specs, option_specs
 from .pipeline import Localizer, detection
 from .recipes import AUTO, recipe_for, resolve_method, resolve_prep
@@ -176,10 +182,10 @@ class Sweep:
     def __init__(self, settings: Sequence[SweepSetting], dataset: Sequence[Sample], indices: Sequence[int],
                  out: Path, localizer_for: Callable[[str], Localizer], cache: FeatureCache | None = None,
                  resume: bool = False, batch_size: int = 16, workers: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, max_pixels: int | None = MAX_PIXELS) -> None:
         self.settings, self.dataset, self.indices, self.out = list(settings), dataset, list(indices), Path(out)
         self.localizer_for, self.cache, self.resume = localizer_for, cache, resume
-        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        self.batch_size, self.workers, self.progress, self.max_pixels = batch_size, workers, progress, max_pixels
         self.seconds: dict[SweepSetting, float] = defaultdict(float)
         self.images: dict[SweepSetting, int] = defaultdict(int)
         self.stats = SweepStats()
@@ -244,7 +250,7 @@ class Sweep:
 
         stats = inference_on_dataset(localizer, self.dataset, shape_order(self.dataset, missing, localizer), process,
                                      localize=localize, batch_size=self.batch_size, workers=self.workers,
-                                     progress=self.progress)
+                                     progress=self.progress, max_pixels=self.max_pixels)
         self.stats.processed += stats.processed
         self.stats.errors.update((e["image_id"], e) for e in stats.errors)
         self.stats.forward_s += stats.forward

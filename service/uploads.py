@@ -8,22 +8,16 @@ is decoded, so a decompression bomb never gets decoded.
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
-
-from lost_reg.errors import DataError
-from lost_reg.images import Prepared, decode_image, grid_size, prepare
+from lost_reg.errors import DataError, ImageTooSmall, NotAnImage, TooManyPixels
+from lost_reg.images import Prepared, check_pixels, decode_image, header_size, prepare
 
 from .errors import ServiceError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 """Formats accepted (PIL names); others, e.g. EPS (which would run Ghostscript), are refused."""
 CHUNK = 1 << 20
-
-Image.init()  # register every plugin now: ``Image.open(formats=…)`` only knows registered ones
 
 
 def load_upload(file: BinaryIO, name: str, limit: int, patch_size: int, max_side: int, max_pixels: int,
@@ -48,34 +42,14 @@ def read_upload(file: BinaryIO, name: str, limit: int) -> bytes:
 
 def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
     """Check the header, decode, and bring onto the patch grid (``prep``, after ``max_side``)."""
-    width, height = _header_size(data, name)
-    if width * height > max_pixels:
-        raise ServiceError(413, "too_many_pixels",
-                           f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels:,} per image")
     try:
-        image = decode_image(data, name=name)
+        check_pixels(*header_size(data, name, FORMATS), max_pixels, name)
+        return prepare(decode_image(data, name=name), patch_size, max_side, prep, name=name)
+    except NotAnImage as e:
+        raise ServiceError(415, "not_an_image", str(e)) from e
+    except TooManyPixels as e:
+        raise ServiceError(413, "too_many_pixels", str(e).replace(" (--max-pixels)", "")) from e
+    except ImageTooSmall as e:
+        raise ServiceError(422, "image_too_small", str(e)) from e
     except DataError as e:
         raise ServiceError(422, "corrupt_image", str(e)) from e
-    h, w = image.shape[:2]
-    vw, vh = grid_size(w, h, patch_size, max_side)
-    if min(vh, vw) < patch_size:  # checked before any resize onto the grid could stretch it
-        resized = "" if (vw, vh) == (w, h) else f" (resized to {vw}x{vh})"
-        raise ServiceError(422, "image_too_small",
-                           f"{name}: {width}x{height}{resized} is smaller than one {patch_size}x{patch_size} patch")
-    return prepare(image, patch_size, max_side, prep)
-
-
-def _header_size(data: bytes, name: str) -> tuple[int, int]:
-    """(width, height) from the header alone; 415 for what is no image of an accepted format."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
-                return im.size
-    except Image.DecompressionBombError as e:
-        raise ServiceError(413, "too_many_pixels", f"{name}: {e}") from e
-    except UnidentifiedImageError as e:
-        raise ServiceError(415, "not_an_image",
-                           f"{name}: not an image in an accepted format ({', '.join(FORMATS)})") from e
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "broken header"
-        raise ServiceError(422, "corrupt_image", f"{name}: corrupt image header ({e})") from e

@@ -150,3 +150,26 @@ def test_discover_with_tokencut_names_the_method_in_the_model_version(photos, tm
         (prediction,) = task["predictions"]
         assert "tokencut(tau=0.3" in prediction["model_version"]
         assert 1 <= len(prediction["result"]) <= 2
+
+
+def test_a_decompression_bomb_and_a_tiny_image_are_reported_and_the_run_goes_on(photos, tmp_path, capsys):
+    from .test_images import png_bomb
+
+    (photos / "bomb.png").write_bytes(png_bomb(20_000, 20_000))
+    cv2.imwrite(str(photos / "tiny.png"), cv2.resize(cv2.imread(str(photos / "cat.jpg")), (10, 10)))
+    out = tmp_path / "labels.jsonl"
+    assert main(["discover", str(photos), "--out", str(out), "--format", "jsonl", *TINY_ARGS]) == 0
+    done = sorted(json.loads(line)["file_name"] for line in out.read_text().splitlines())
+    assert done == ["cat.jpg", "coffee.png", "more/astronaut.jpg", "more/rocket.jpg"]
+    errors = {e["image_id"]: e["error"] for e in json.loads((tmp_path / "labels.jsonl.errors.json").read_text())["errors"]}
+    assert "400,000,000 pixels exceeds the limit of 40,000,000" in errors["bomb.png"]
+    assert "10x10 is smaller than one 14x14 patch" in errors["tiny.png"]
+    assert set(errors) == {"bomb.png", "tiny.png", "broken.jpg"}
+    art = tmp_path / "art"
+    assert main(["artifacts", str(photos), "--out", str(art), "--quiet",
+                 *[a for a in TINY_ARGS if a not in ("--workers", "0", "--quiet")]]) == 0
+    report = json.loads((art / "report.json").read_text())
+    assert {e["image_id"] for e in report["errors"]} == {"bomb.png", "tiny.png", "broken.jpg"}
+    capsys.readouterr()
+    assert main(["discover", str(photos), "--out", str(out), "--max-side", "5", *TINY_ARGS]) == 2
+    assert "max_side must be at least the patch size (14)" in capsys.readouterr().err

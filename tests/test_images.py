@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from lost_reg import DataError
-from lost_reg.images import decode_image, normalize, prepare
+from lost_reg.errors import ImageTooSmall, NotAnImage, TooManyPixels
+from lost_reg.images import decode_image, header_size, normalize, prepare
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -89,8 +90,11 @@ def test_resize_prep_puts_every_side_on_the_grid_and_maps_boxes_back(rgb):
     assert p.to_original((16, 16, 32, 32)) == (15, 13, 30, 27)
     small = prepare(rgb, 16, max_side=30, prep="resize")  # 30x20 → 32x16
     assert small.valid == (16, 32) and small.size == (60, 40)
-    tiny = prepare(rgb[:5, :5], 16, prep="resize")  # never below one patch
-    assert tiny.valid == (16, 16)
+    assert prepare(rgb[:20, :30], 16, prep="resize").valid == (16, 32)  # 20 → 16, 30 → 32: the nearest multiples
+    with pytest.raises(ImageTooSmall, match="5x5 is smaller than one 16x16 patch"):
+        prepare(rgb[:5, :5], 16, prep="resize", name="tiny")  # nothing to find, whatever the preparation
+    with pytest.raises(ImageTooSmall, match="downscaled to 20x13"):
+        prepare(rgb, 16, max_side=20)
     with pytest.raises(ValueError, match="prep"):
         prepare(rgb, 16, prep="crop")
 
@@ -100,3 +104,33 @@ def test_normalize_sets_padding_to_zero(rgb):
     x = normalize(p.pixels[None], [p.valid], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert x[0, :, 40:].eq(0).all() and x[0, :, :, 60:].eq(0).all()
     torch.testing.assert_close(x[0, 2, 0, 0], torch.tensor((200 / 255 - 0.5) / 0.25))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` × ``height`` pixels (one zlib stream of zeros)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    rows = zlib.compressobj(9)
+    body = b"".join(rows.compress(b"\0" * (width + 1)) for _ in range(min(height, 64))) + rows.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_with_our_limit(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(20_000, 20_000))
+    assert bomb.stat().st_size < 100_000
+    assert header_size(bomb, "bomb.png") == (20_000, 20_000)  # past PIL's own limit: its size is still read
+    with pytest.raises(TooManyPixels, match=r"20000x20000 = 400,000,000 pixels exceeds the limit of 40,000,000"):
+        decode_image(bomb, max_pixels=40_000_000)
+    with pytest.raises(NotAnImage):
+        header_size(b"just text", "t.txt")
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (30, 20)).save(ok)
+    assert decode_image(ok, max_pixels=600).shape == (20, 30, 3)
+    with pytest.raises(TooManyPixels):
+        decode_image(ok, max_pixels=599)

@@ -226,7 +226,7 @@ def test_bad_file_gets_its_status_and_the_server_goes_on(client, content, status
 
 def test_too_small_after_max_side(client):
     response = client.post("/v1/boxes", files=files(("wide.png", encode(photo(600, 20)))), data={"max_side": "300"})
-    assert response.status_code == 422 and "resized to 300x10" in response.json()["error"]["message"]
+    assert response.status_code == 422 and "downscaled to 300x10" in response.json()["error"]["message"]
 
 
 def test_mixed_request_reports_each_file(client):

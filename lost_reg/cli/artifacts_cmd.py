@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..artifacts import (
     MAX_SHARE,
@@ -25,7 +26,7 @@ from ..artifacts import (
     histogram_png,
 )
 from ..errors import LostRegError
-from ..images import decode_image, normalize, prepare
+from ..images import MAX_PIXELS, decode_image, normalize, prepare
 from ..models import create_backbone
 from ..pipeline import DTYPES, Localizer
 from ..vis import montage
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-separation", type=float, default=MIN_SEPARATION,
                    help="outliers need this Ashman's D (log-norms) from the others")
     g.add_argument("--max-share", type=float, default=MAX_SHARE, help="outliers are at most this share of tokens")
+    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="skip (and report) images whose header declares more pixels than this: decompression bombs")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,23 +63,27 @@ def main(args: argparse.Namespace) -> int:
     ps = bb.patch_size
     errors = []
 
+    todo = range(len(dataset) if args.limit is None else min(args.limit, len(dataset)))
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet, dynamic_ncols=True)
+
     def images():
-        for i in range(len(dataset) if args.limit is None else min(args.limit, len(dataset))):
+        for i in todo:
             sample = dataset[i]
+            bar.update(1)
             try:
-                p = prepare(decode_image(sample.path, name=sample.image_id), ps, args.max_side)
+                image = decode_image(sample.path, name=sample.image_id, max_pixels=args.max_pixels)
+                p = prepare(image, ps, args.max_side, name=sample.image_id)
             except LostRegError as e:
                 errors.append({"image_id": sample.image_id, "path": str(sample.path), "error": str(e)})
+                bar.write(f"skipped {e}")
                 continue
-            vh, vw = (v // ps * ps for v in p.valid)
-            if not vh or not vw:
-                errors.append({"image_id": sample.image_id, "path": str(sample.path), "error": "smaller than a patch"})
-                continue
+            vh, vw = (v // ps * ps for v in p.valid)  # whole patches only: padding would skew the norms
             pixels = p.pixels[None, :, :vh, :vw].to(localizer.device)
             yield normalize(pixels, [(vh, vw)], bb.mean, bb.std)
 
     with torch.autocast(localizer.device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "float32"):
         stats = collect(bb.model, images())
+    bar.close()
     if not stats.neighbour_cos:
         raise LostRegError("no readable image to analyse")
     report = analyse(stats, bb.num_registers, layer, min_gap=args.min_gap,

@@ -15,7 +15,7 @@ import torch
 
 from ..backbone import FEATURES
 from ..datasets import DATASETS, Dataset, build_dataset
-from ..images import PREPS
+from ..images import MAX_PIXELS, PREPS
 from ..methods import METHODS, Method, all_option_specs
 from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
 from ..pipeline import DTYPES, Localizer
@@ -108,6 +108,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r.add_argument("--workers", type=int, default=None,
                    help="image-decoding worker processes (default: 0 on the CPU, min(8, cores-1) on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="skip (and report) images whose header declares more pixels than this: decompression bombs")
     return r
 
 

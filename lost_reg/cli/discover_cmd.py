@@ -134,7 +134,8 @@ def main(args: argparse.Namespace) -> int:
     order = shape_order(dataset, todo, localizer)
     with writer:
         stats = inference_on_dataset(localizer, dataset, order, process, localize=localize,
-                                     batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+                                     batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                                     max_pixels=args.max_pixels)
 
     wanted = {dataset[i].image_id for i in selected}
     records = [ImageRecord.from_json(r) for r in load_predictions(partial) if r["image_id"] in wanted]

@@ -66,7 +66,8 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with writer:
         stats = inference_on_dataset(localizer, dataset, order, process, batch_size=args.batch_size,
-                                     workers=args.workers, progress=not args.quiet, postfix=postfix)
+                                     workers=args.workers, progress=not args.quiet, postfix=postfix,
+                                     max_pixels=args.max_pixels)
     wall = time.perf_counter() - start
 
     wanted = {dataset[i].image_id for i in selected}

@@ -96,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"{len(settings)} settings on {len(indices)} images: {len({s.prep for s in settings})} forward pass(es) "
           f"per image for {taps} feature map(s)")
     sweep = Sweep(settings, dataset, indices, args.out, localizer_for, cache=cache, resume=args.resume,
-                  batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+                  batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                  max_pixels=args.max_pixels)
     rows = sweep.run()
     command = ["lost-reg", "eval", *dataset_args(args), "--backbone", args.backbone,
                *(["--weights", args.weights] if args.weights else []),
