@@ -12,15 +12,18 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 from starlette.types import Message
 
@@ -41,11 +44,13 @@ from .schemas import (
     boxes_request_schema,
 )
 from .settings import Settings
+from .uploads import FileTooLarge, LimitedMultiPartParser
 from .worker import InferenceWorker, RunKey
 
 MAX_OPTION_FIELDS = 16
 MAX_OPTION_BYTES = 64 * 1024
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in [
+    (400, "not a complete multipart/form-data body, or more than 16 option fields"),
     (401, "missing or wrong bearer token"),
     (413, "request, file or image too large, or too many files"),
     (415, "a file is not an image"),
@@ -116,7 +121,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/boxes", dependencies=protected, response_model=BoxesResponse, response_model_exclude_none=True,
-              openapi_extra=boxes_request_schema(), responses=ERRORS, summary="One object box per uploaded image")
+              responses=ERRORS, summary="One object box per uploaded image")
     async def boxes(request: Request) -> BoxesResponse:
         worker = runtime.require_ready()
         form = await _read_form(request, settings)
@@ -133,6 +138,22 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             FileError(filename=r.filename, error=r.error.body) if isinstance(r, Failed) else r for r in results
         ])
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the body of ``POST /v1/boxes`` (parsed by hand) saying what is enforced; it
+        depends on the loaded model (patch size, default method), so it is kept only once that is ready."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        loc = runtime.worker.localizer if runtime.ready and runtime.worker else None
+        patch = loc.patch_size if loc else 1
+        method = loc.method.name if loc else settings.resolved().method.name
+        schema["paths"]["/v1/boxes"]["post"]["requestBody"] = boxes_request_schema(
+            settings.max_files, (patch, settings.max_side), method)
+        if loc is not None:
+            app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -150,7 +171,9 @@ def _bearer_auth(secret: str) -> DependsParam:
 
 
 async def _read_form(request: Request, settings: Settings) -> FormData:
-    """The multipart body, refused with 413 once it passes ``max_request_bytes`` (declared or streamed)."""
+    """The multipart body, refused with 413 once it passes ``max_request_bytes`` (declared or streamed) or a
+    file passes ``max_file_bytes`` (while streaming: the rest is never read), 400 when it is no complete
+    multipart body."""
     limit = settings.max_request_bytes
     too_large = ServiceError(413, "request_too_large",
                              f"request body over {limit / 2**20:g} MB ({settings.max_files} files of "
@@ -168,13 +191,25 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
             raise too_large
         return message
 
+    content_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data":  # a url-encoded form holds no files: the images are missing (422)
+        return await Request(request.scope, receive).form(max_files=0, max_fields=MAX_OPTION_FIELDS,
+                                                           max_part_size=MAX_OPTION_BYTES)
+    parser = LimitedMultiPartParser(request.headers, Request(request.scope, receive).stream(),
+                                    max_files=settings.max_files, max_fields=MAX_OPTION_FIELDS,
+                                    max_part_size=MAX_OPTION_BYTES, max_file_size=settings.max_file_bytes)
     try:
-        return await Request(request.scope, receive).form(
-            max_files=settings.max_files, max_fields=MAX_OPTION_FIELDS, max_part_size=MAX_OPTION_BYTES)
-    except HTTPException as e:  # Starlette's multipart limits and syntax errors
-        if str(e.detail).startswith("Too many files"):
+        form = await parser.parse()
+    except FileTooLarge as e:
+        raise ServiceError(413, "file_too_large", e.message) from e
+    except MultiPartException as e:  # Starlette's multipart limits and syntax errors
+        if e.message.startswith("Too many files"):
             raise ServiceError(413, "too_many_files", f"at most {settings.max_files} files per request") from e
-        raise ServiceError(400, "bad_multipart", f"cannot parse the multipart body: {e.detail}") from e
+        raise ServiceError(400, "bad_multipart", f"cannot parse the multipart body: {e.message}") from e
+    if not parser.complete:
+        await form.close()
+        raise ServiceError(400, "bad_multipart", "the multipart body ends before its closing boundary")
+    return form
 
 
 def _uploads(form: FormData) -> list[UploadFile]:
@@ -188,6 +223,10 @@ def _uploads(form: FormData) -> list[UploadFile]:
 
 def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) -> BoxRequest:
     """The request's options, checked, with the server's defaults for those it leaves out."""
+    given = [k for k, _ in form.multi_items() if k != "images"]
+    twice = sorted({k for k in given if given.count(k) > 1})
+    if twice:
+        raise ServiceError(422, "invalid_option", f"{', '.join(twice)}: given more than once")
     try:
         options = BoxOptions.model_validate({k: v for k, v in form.multi_items() if k != "images"})
     except ValidationError as e:
@@ -196,6 +235,8 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     max_side = options.max_side or settings.max_side
     if max_side > settings.max_side:
         raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")
+    if max_side < worker.localizer.patch_size:
+        raise ServiceError(422, "invalid_option", f"max_side: at least the patch size ({worker.localizer.patch_size})")
     defaults = worker.default_key
     name = options.method or defaults.method.name
     base = defaults.method.options() if name == defaults.method.name else {}  # else the recipe's, as in the CLI

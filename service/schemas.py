@@ -28,30 +28,46 @@ class _BoxOptions(BaseModel):
         None, description="discovery method; its options below default to the server's when it is the "
                           "server's method, else to the backbone recipe's")
     features: FeatureKind | None = Field(None, description="which features build the method's graph")
-    max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this "
-                                                         "(at most the server's max_side)")
+    max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this (from the "
+                                                         "patch size to the server's max_side)")
     return_mask: bool = Field(False, description="add the object's patch-grid mask as COCO RLE")
 
 
+_PYDANTIC = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt", "pattern": "pattern"}
+
 BoxOptions = create_model(
     "BoxOptions", __base__=_BoxOptions, __doc__=_BoxOptions.__doc__,
-    **{name: (spec.type | None, Field(None, description=f"{spec.help} [{', '.join(owners)}]", json_schema_extra=(
-        {"enum": list(spec.choices)} if spec.choices else None)))
+    **{name: ((Literal[spec.choices] if spec.choices else spec.type) | None,
+              Field(None, description=f"{spec.help} [{', '.join(owners)}]",
+                    **{_PYDANTIC[k]: v for k, v in spec.bounds.items()}))
        for name, (spec, owners) in all_option_specs().items()},
 )
-"""The request options: :class:`_BoxOptions` plus one optional field per method option."""
+"""The request options: :class:`_BoxOptions` plus one optional field per method option, with its bounds."""
+
+IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/tiff, image/bmp, image/gif"
 
 
-def boxes_request_schema() -> dict[str, Any]:
-    """OpenAPI body of ``POST /v1/boxes``: the endpoint parses multipart itself (limits first)."""
-    options = BoxOptions.model_json_schema()
-    properties = {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                   "description": "one or more image files (JPEG, PNG, WebP, TIFF, BMP, GIF)"},
-        **options["properties"],
+def boxes_request_schema(max_files: int, max_side: tuple[int, int], default_method: str) -> dict[str, Any]:
+    """OpenAPI body of ``POST /v1/boxes``, saying what the server enforces: 1 to ``max_files`` images, the
+    ``max_side`` range, each option's bounds, no other field, and which options go with which method
+    (``dependentSchemas``: an option of another method than ``default_method`` needs ``method``)."""
+    properties: dict[str, Any] = {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                   "maxItems": max_files, "description": "one or more image files (JPEG, PNG, WebP, TIFF, BMP, GIF)"},
     }
-    schema = {"type": "object", "required": ["images"], "properties": properties}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+    for name, field in BoxOptions.model_json_schema()["properties"].items():
+        plain = next((v for v in field.get("anyOf", [field]) if v.get("type") != "null"), field)  # a form field
+        properties[name] = {**plain, **{k: v for k, v in field.items() if k in ("description", "default")}}
+    properties["max_side"].update(minimum=max_side[0], maximum=max_side[1])  # is either absent or a string
+    dependent = {}
+    for name, (spec, owners) in all_option_specs().items():
+        if set(owners) != set(METHODS):
+            only = {"properties": {"method": {"enum": owners}}}
+            dependent[name] = only if default_method in owners else {**only, "required": ["method"]}
+    schema = {"type": "object", "required": ["images"], "properties": properties, "additionalProperties": False,
+              "dependentSchemas": dependent}
+    content = {"schema": schema, "encoding": {"images": {"contentType": IMAGE_TYPES}}}
+    return {"required": True, "content": {"multipart/form-data": content}}
 
 
 class Mask(BaseModel):

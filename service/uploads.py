@@ -8,7 +8,9 @@ is decoded, so a decompression bomb never gets decoded.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from lost_reg.errors import DataError, ImageTooSmall, NotAnImage, TooManyPixels
 from lost_reg.images import Prepared, check_pixels, decode_image, header_size, prepare
@@ -18,6 +20,49 @@ from .errors import ServiceError
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 """Formats accepted (PIL names); others, e.g. EPS (which would run Ghostscript), are refused."""
 CHUNK = 1 << 20
+
+
+class FileTooLarge(MultiPartException):
+    """A file part passed the per-file limit while the body was still streaming in."""
+
+    def __init__(self, filename: str, limit: int) -> None:
+        super().__init__(f"{filename}: larger than the {limit / 2**20:g} MB limit per file")
+
+
+class LimitedMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser that refuses a file as soon as it passes ``max_file_size`` bytes
+    (raising :class:`FileTooLarge` mid-stream, so the rest of the body is never read or spooled),
+    records whether the body reached its closing boundary (:attr:`complete`), and takes a part with a
+    non-text ``Content-Type`` for a file even without a ``filename`` (RFC 7578 makes it optional)."""
+
+    def __init__(self, *args: Any, max_file_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_file_size = max_file_size
+        self.complete = False
+        self._file_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._file_bytes = 0
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        content_type = next((v for k, v in part.item_headers if k.lower() == b"content-type"), b"text/plain")
+        if not content_type.lower().startswith(b"text/") and b"filename" not in (part.content_disposition or b""):
+            part.content_disposition = (part.content_disposition or b"") + b'; filename=""'
+        super().on_headers_finished()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is not None:
+            self._file_bytes += end - start
+            if self._file_bytes > self.max_file_size:
+                raise FileTooLarge(part.file.filename or part.field_name, self.max_file_size)
+        super().on_part_data(data, start, end)
+
+    def on_end(self) -> None:
+        super().on_end()
+        self.complete = True
 
 
 def load_upload(file: BinaryIO, name: str, limit: int, patch_size: int, max_side: int, max_pixels: int,

@@ -202,6 +202,14 @@ def test_bad_options_are_422(client, options):
     assert next(iter(options)) in response.json()["error"]["message"]
 
 
+def test_a_body_without_its_closing_boundary_is_400(client):
+    body = (b'--xyz\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + encode(photo(40, 40)))
+    response = client.post("/v1/boxes", content=body, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 400 and error_of(response) == "bad_multipart"
+    assert "closing boundary" in response.json()["error"]["message"]
+
+
 def test_missing_or_textual_images_are_422(client):
     response = client.post("/v1/boxes", data={"k_patches": "5"})
     assert response.status_code == 422 and error_of(response) == "no_images"
@@ -397,3 +405,9 @@ def test_serve_flags_override_the_environment(monkeypatch):
     args = build_parser().parse_args(["serve", "--api-key-env", "NO_SUCH_VARIABLE_HERE"])
     with pytest.raises(ValueError, match="NO_SUCH_VARIABLE_HERE"):
         settings(args)
+
+
+def test_an_option_given_twice_is_refused(client):
+    data = {"return_mask": ["true", "false"]}
+    response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))), data=data)
+    assert response.status_code == 422 and "return_mask: given more than once" in response.text

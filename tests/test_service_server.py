@@ -123,3 +123,35 @@ def test_lost_reg_serve_with_api_key(tmp_path):
         assert response.status_code == 200 and response.json()["results"][0]["width"] == 100
         info = httpx.get(f"{base}/v1/model", headers={"Authorization": "Bearer k3y"}).json()
         assert info["registers"] == 0 and info["patch_size"] == 14
+
+
+def test_an_oversize_file_is_refused_while_it_streams_in(tmp_path):
+    """A 6 MB file against a 1 MB limit: the 413 comes after 2 MB were sent, and the rest is never needed."""
+    port = free_port()
+    env = {**TINY_ENV, "LOST_REG_MAX_FILE_MB": "1"}
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    boundary = "lostregboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    size = 6 * 2**20
+    with running(command, port, tmp_path / "server.log", env) as _:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall((f"POST /v1/boxes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                       f"boundary={boundary}\r\nContent-Length: {len(head) + size + len(tail)}\r\n\r\n").encode())
+            s.sendall(head)
+            sent = 0
+            chunk = b"\0" * 65536
+            while sent < 2 * 2**20:
+                s.sendall(chunk)
+                sent += len(chunk)
+            answer = b""
+            while b"\r\n\r\n" not in answer or b"}}" not in answer:
+                data = s.recv(65536)
+                if not data:
+                    break
+                answer += data
+    status, body = answer.split(b"\r\n", 1)[0], answer.split(b"\r\n\r\n", 1)[1]
+    assert b" 413 " in status, answer[:300]
+    error = json.loads(body[: body.rindex(b"}") + 1])["error"]
+    assert error["code"] == "file_too_large" and "big.png: larger than the 1 MB limit per file" in error["message"]

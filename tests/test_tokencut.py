@@ -131,3 +131,14 @@ def test_components_back_ends_agree():
     for x, y in zip(a, b):
         assert x.box == y.box
         np.testing.assert_array_equal(x.mask, y.mask)
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "eigh"])
+@pytest.mark.parametrize("grid", [(1, 1), (1, 2), (2, 1), (1, 3)])
+def test_grids_of_one_to_three_patches(solver, grid):
+    # found by schemathesis: a 16 px upload resized to one 14 px patch made the eigh solver index past the end
+    torch.manual_seed(6)
+    f = torch.randn(2, grid[0] * grid[1], 8)
+    for r in tokencut(f, grid, tau=0.2, solver=solver):
+        x0, y0, x1, y1 = r.box
+        assert 0 <= x0 < x1 <= grid[1] and 0 <= y0 < y1 <= grid[0] and r.mask[r.seed]

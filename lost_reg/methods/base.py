@@ -46,9 +46,11 @@ class Discovery:
         return x0, y0, min(x1, width), min(y1, height)
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A method option: a dataclass field whose help (and choices) the CLI and the service show."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, **bounds: Any) -> Any:
+    """A method option: a dataclass field whose help, choices and ``bounds`` (JSON-schema keywords:
+    ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``, ``pattern``) the CLI and the
+    service show; the method's own checks enforce the same bounds."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,12 @@ class OptionSpec:
     help: str
     choices: tuple[str, ...] | None
     default: Any
+    bounds: dict[str, Any]
+    """JSON-schema keywords every accepted value satisfies (``minimum``, ``pattern``…)."""
 
 
 def option_specs(method: type[Method]) -> list[OptionSpec]:
     """The options of a method class, in declaration order."""
     hints = typing.get_type_hints(method)
-    return [OptionSpec(f.name, hints[f.name], f.metadata.get("help", ""), f.metadata.get("choices"), f.default)
-            for f in dataclasses.fields(method)]
+    return [OptionSpec(f.name, hints[f.name], f.metadata.get("help", ""), f.metadata.get("choices"), f.default,
+                       f.metadata.get("bounds", {})) for f in dataclasses.fields(method)]

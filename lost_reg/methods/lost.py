@@ -17,7 +17,7 @@ Ties are broken deterministically: patches of equal degree are ranked by flatten
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,25 +42,16 @@ and a bias b swept over [−1, 0]: that is ``cos:T`` with T = −b. Two patches 
 their cosine exceeds T, the same edges as TokenCut's graph at τ = T.
 ``bias:VALUE``: A = F Fᵀ − VALUE, a fixed manual bias on the raw Gram matrix.
 """
-MAX_BIAS = 1e6
-"""Largest |VALUE| of ``bias:VALUE``: far beyond any feature product, so only typos are refused."""
+AFFINITY_PATTERN = r"^(raw|centered|cosine-mean|cos:-?(0(\.[0-9]+)?|\.[0-9]+|1(\.0+)?)|bias:-?[0-9]{1,6}(\.[0-9]+)?)$"
+"""Every accepted ``affinity``: the named graphs, ``cos:T`` with T in [−1, 1] and ``bias:VALUE`` with
+|VALUE| < 1e6 (beyond any feature product: only typos, nan and inf are refused), plain decimals."""
 
 
 def check_affinity(affinity: str) -> None:
-    """ValueError unless ``affinity`` is one of :data:`AFFINITIES`, ``cos:T`` (T in [−1, 1])
-    or ``bias:VALUE`` (finite, within ±:data:`MAX_BIAS`)."""
-    name, sep, value = affinity.partition(":")
-    if sep and name in ("cos", "bias"):
-        try:
-            bias = float(value)
-        except ValueError:
-            bias = math.nan
-        bound = 1.0 if name == "cos" else MAX_BIAS
-        if math.isfinite(bias) and abs(bias) <= bound:
-            return
-        raise ValueError(f"affinity {name}:VALUE needs a finite VALUE within ±{bound:g}, got {affinity!r}")
-    if affinity not in AFFINITIES:
-        raise ValueError(f"affinity must be one of {', '.join(AFFINITIES)}, cos:T or bias:VALUE, got {affinity!r}")
+    """ValueError unless ``affinity`` matches :data:`AFFINITY_PATTERN`."""
+    if not re.fullmatch(AFFINITY_PATTERN, affinity):
+        raise ValueError(f"affinity must be one of {', '.join(AFFINITIES)}, cos:T with T a decimal in [-1, 1], or "
+                         f"bias:VALUE with VALUE a decimal under 1e6 in magnitude; got {affinity!r}")
 
 
 @dataclass
@@ -161,9 +152,9 @@ class Lost(Method):
 
     name = "lost"
 
-    k_patches: int = option(100, "expansion over the k lowest-degree patches")
+    k_patches: int = option(100, "expansion over the k lowest-degree patches", minimum=1)
     affinity: str = option("raw", "graph edges: raw (the paper), centered, cosine-mean, cos:T or bias:VALUE "
-                                  "(README, Affinity)")
+                                  "(README, LOST's graphs)", pattern=AFFINITY_PATTERN)
     components: str = option("scipy", "how the seed's component is found: scipy (CPU) or torch (on the device)",
                              COMPONENTS)
 

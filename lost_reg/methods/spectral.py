@@ -69,7 +69,9 @@ def _eigh(w: torch.Tensor, s: torch.Tensor, kept: torch.Tensor) -> tuple[torch.T
     m = w.mul(s[:, :, None]).mul_(s[:, None, :])
     m.diagonal(dim1=1, dim2=2).sub_(2.0 * ~kept)
     values, vectors = torch.linalg.eigh(m)
-    return vectors[..., -2], values[..., [-2, -3]], 0
+    n = m.shape[-1]
+    second, third = -min(2, n), -min(3, n)  # a graph of 1 or 2 patches has no 3rd (or 2nd) eigenpair
+    return vectors[..., second], values[..., [second, third]], 0
 
 
 def _start(n: int, step: int, like: torch.Tensor) -> torch.Tensor:
@@ -118,8 +120,10 @@ def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Te
         betas.append(beta)
         if (j + 1) % CHECK_EVERY and j + 1 < steps:
             continue
-        off = torch.stack(betas[:-1], -1)
-        t = torch.diag_embed(torch.stack(alphas, -1)) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        t = torch.diag_embed(torch.stack(alphas, -1))
+        if j:
+            off = torch.stack(betas[:-1], -1)
+            t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
         ritz, vectors = torch.linalg.eigh(t)
         new = ((beta * vectors[:, -1, -1]).abs() < tol) | (j + 1 == steps)
         if new.any():

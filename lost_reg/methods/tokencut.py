@@ -113,8 +113,9 @@ class TokenCut(Method):
 
     name = "tokencut"
 
-    tau: float = option(0.2, "link two patches when their feature cosine exceeds this")
-    eps: float = option(1e-5, "weight of the other pairs (keeps the graph connected)")
+    tau: float = option(0.2, "link two patches when their feature cosine exceeds this", minimum=-1, maximum=1)
+    eps: float = option(1e-5, "weight of the other pairs (keeps the graph connected)", exclusiveMinimum=0,
+                        exclusiveMaximum=1)
     solver: str = option("lanczos", "eigenvector solver: lanczos (iterative, fast) or eigh (dense, exact)", SOLVERS)
     components: str = option("scipy", "how the seed's component is found: scipy (CPU) or torch (on the device)",
                              COMPONENTS)
