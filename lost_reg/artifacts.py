@@ -180,33 +180,33 @@ def analyse(stats: TokenStats, num_registers: int, layer: int = -1, **cutoff_kwa
 def histogram_png(norms: np.ndarray, cutoff: float | None, title: str, cls_norm: float | None = None,
                   register_norms: Sequence[float] = (), size: tuple[int, int] = (480, 300),
                   bins: int = 60) -> np.ndarray:
-    """BGR uint8 histogram of token norms (log-scaled counts) with the cutoff as a red line and
-    the CLS (blue) and register (green) norms as ticks on the axis."""
-    w, h = size
-    left, right, top, bottom = 48, 12, 28, 30
-    img = np.full((h, w, 3), 255, np.uint8)
-    ticks = ([(cls_norm, (200, 0, 0))] if cls_norm is not None else []) + [(v, (0, 160, 0)) for v in register_norms]
-    hi = float(max([norms.max(), cutoff or 0] + [v for v, _ in ticks])) * 1.05 or 1.0
-    counts, edges = np.histogram(norms, bins=bins, range=(0, hi))
-    heights = np.log1p(counts) / max(np.log1p(counts.max()), 1e-9)
-    pw, ph = w - left - right, h - top - bottom
-    for c, e0, e1 in zip(heights, edges[:-1], edges[1:]):
-        x0, x1 = left + int(e0 / hi * pw), left + max(int(e1 / hi * pw) - 1, int(e0 / hi * pw))
-        cv2.rectangle(img, (x0, top + ph - int(c * ph)), (x1, top + ph), (150, 110, 60), -1)
-    cv2.line(img, (left, top + ph), (left + pw, top + ph), (0, 0, 0), 1)
-    cv2.line(img, (left, top), (left, top + ph), (0, 0, 0), 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for v in np.linspace(0, hi, 5):
-        x = left + int(v / hi * pw)
-        cv2.line(img, (x, top + ph), (x, top + ph + 4), (0, 0, 0), 1)
-        cv2.putText(img, f"{v:.3g}", (max(x - 14, 0), h - 10), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "log count", (2, top - 8), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    """BGR uint8 histogram of patch-token norms (log-scaled counts), with the outlier cutoff, the CLS norm
+    and the register norms marked and named in a legend (matplotlib, drawn off-screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    ax.hist(norms, bins=bins, color="#3c6e96", log=True)
     if cutoff:
-        x = left + int(cutoff / hi * pw)
-        cv2.line(img, (x, top), (x, top + ph), (0, 0, 230), 2)
-    for v, colour in ticks:
-        x = left + int(v / hi * pw)
-        cv2.line(img, (x, top + ph - 14), (x, top + ph), colour, 2)
-    cv2.putText(img, title, (left, 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
+        ax.axvline(cutoff, color="#d62728", linewidth=1.5, label=f"outlier cutoff {cutoff:.3g}")
+    if cls_norm is not None:
+        ax.axvline(cls_norm, color="#1f3fbf", linestyle="--", linewidth=1.2, label=f"CLS {cls_norm:.3g}")
+    for i, v in enumerate(register_norms):
+        ax.axvline(v, color="#2ca02c", linestyle=":", linewidth=1.2,
+                   label="registers" if i == 0 else None)
+    ax.set_xlabel("patch-token norm (L2, block output)", fontsize=8)
+    ax.set_ylabel("patches (log)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right", frameon=False)
+    fig.tight_layout(pad=0.4)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    plt.close(fig)
+    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
 

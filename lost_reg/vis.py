@@ -52,28 +52,53 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndarray:
     return cv2.addWeighted(overlay, alpha, image, 1 - alpha, 0)
 
 
-def boxes_panel(image: np.ndarray, results: Sequence[Discovery], scores: Sequence[float | None], patch_size: int,
-                gt_boxes: np.ndarray | None = None) -> np.ndarray:
-    """``image`` (network input, padded to the grid) with masks, boxes, seeds and ground-truth boxes."""
+def boxes_panel(image: np.ndarray, valid: tuple[int, int], results: Sequence[Discovery],
+                scores: Sequence[float | None], patch_size: int, gt_boxes: np.ndarray | None = None,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+    """``image`` (network input) cropped to ``valid`` and scaled to ``size``, with masks tinted, ground-truth
+    boxes, each object's box (drawn inside the picture, so a whole-image box shows on all four sides), its
+    seed patch, and a score tag inside the box's top-left corner. Lines and text are drawn at the final
+    size, so they stay sharp and legible whatever the image's."""
+    vh, vw = valid
     out = image.copy()
-    ps = patch_size
     for j, r in enumerate(results):
-        colour = COLOURS[j % len(COLOURS)]
         mask = cv2.resize(r.mask.astype(np.uint8), (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-        out[mask] = (0.6 * out[mask] + 0.4 * np.array(colour)).astype(np.uint8)
+        out[mask] = (0.6 * out[mask] + 0.4 * np.array(COLOURS[j % len(COLOURS)])).astype(np.uint8)
+    out = np.ascontiguousarray(out[:vh, :vw])
+    if size is not None:
+        out = cv2.resize(out, size, interpolation=cv2.INTER_AREA)
+    h, w = out.shape[:2]
+    sx, sy = w / vw, h / vh
+
+    def rect(box, step: float, thickness: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Corners of ``box`` (max exclusive, in units of ``step`` network pixels) inside the picture."""
+        inset = thickness // 2
+        x0, y0, x1, y1 = (round(v * step * k) for v, k in zip(box, (sx, sy, sx, sy)))
+        return ((min(max(x0, 0) + inset, w - 1), min(max(y0, 0) + inset, h - 1)),
+                (max(min(x1, w) - 1 - inset, 0), max(min(y1, h) - 1 - inset, 0)))
+
     for box in gt_boxes if gt_boxes is not None else []:
-        x0, y0, x1, y1 = (int(round(v)) for v in box[:4])
-        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), GT, 1, cv2.LINE_AA)
-    for j, (r, s) in enumerate(zip(results, scores)):
-        colour = COLOURS[j % len(COLOURS)]
-        x0, y0, x1, y1 = (v * ps for v in r.box)
-        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
+        cv2.rectangle(out, *rect(box[:4], 1, 1), GT, 1, cv2.LINE_AA)
+    for j, r in enumerate(results):
+        cv2.rectangle(out, *rect(r.box, patch_size, 2), COLOURS[j % len(COLOURS)], 2)
         sr, sc = r.seed
-        cv2.rectangle(out, (sc * ps, sr * ps), ((sc + 1) * ps - 1, (sr + 1) * ps - 1), SEED, -1)
+        cv2.rectangle(out, *rect((sc, sr, sc + 1, sr + 1), patch_size, 0), SEED, -1)
+    for j, (r, s) in enumerate(zip(results, scores)):
         if s is not None:
-            for ink, width in (((0, 0, 0), 3), (colour, 1)):  # outlined, readable on any background
-                cv2.putText(out, f"{s:.2f}", (x0 + 3, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, ink, width, cv2.LINE_AA)
+            tag(out, f"{s:.2f}", rect(r.box, patch_size, 2)[0], COLOURS[j % len(COLOURS)])
     return out
+
+
+def tag(image: np.ndarray, text: str, corner: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    """``text`` on a filled label of ``colour`` just inside ``corner`` (a box's top-left), kept in the image."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    (tw, th), base = cv2.getTextSize(text, font, scale, 1)
+    h, w = image.shape[:2]
+    x = min(corner[0] + 2, max(w - tw - 6, 0))
+    y = min(corner[1] + 2, max(h - th - base - 4, 0))
+    cv2.rectangle(image, (x, y), (x + tw + 4, y + th + base + 2), colour, -1)
+    ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+    cv2.putText(image, text, (x + 2, y + th + 1), font, scale, ink, 1, cv2.LINE_AA)
 
 
 def heat_panel(image: np.ndarray, result: Discovery, patch_size: int) -> np.ndarray:
@@ -93,10 +118,21 @@ def attention_panels(image: np.ndarray, attention: np.ndarray) -> list[np.ndarra
     return [blend(image, heat(a, (w, h)), 0.7) for a in attention]
 
 
-def titled(panel: np.ndarray, title: str, band: int = 20) -> np.ndarray:
-    """``panel`` under a white band holding ``title``."""
+def titled(panel: np.ndarray, title: str, colorbar: bool = False, band: int = 20) -> np.ndarray:
+    """``panel`` under a white band holding ``title`` and, for heat maps, their colour scale (low → high)."""
     top = np.full((band, panel.shape[1], 3), 255, np.uint8)
-    cv2.putText(top, title, (4, band - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(top, title, (4, band - 6), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    if colorbar and panel.shape[1] >= 200:
+        (lw, _), _ = cv2.getTextSize("low", font, 0.35, 1)
+        (hw, _), _ = cv2.getTextSize("high", font, 0.35, 1)
+        bar_w = 60
+        x1 = panel.shape[1] - hw - 8
+        x0 = x1 - bar_w
+        ramp = cv2.applyColorMap(np.linspace(0, 255, bar_w).astype(np.uint8)[None].repeat(8, 0), cv2.COLORMAP_TURBO)
+        top[band // 2 - 4: band // 2 + 4, x0:x1] = cv2.cvtColor(ramp, cv2.COLOR_BGR2RGB)
+        cv2.putText(top, "low", (x0 - lw - 4, band - 6), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(top, "high", (x1 + 4, band - 6), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([top, panel])
 
 
@@ -122,14 +158,15 @@ def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[Discover
     ``gt_boxes`` [K, 4] are in network-input pixels. Panels are scaled to ``height`` pixels.
     """
     vh, vw = valid
-    panels = [("boxes", boxes_panel(image, results, scores, patch_size, gt_boxes))]
+    size = (max(1, round(vw * height / vh)), height)
+    heat = []  # (title, panel at network resolution), each drawn with its colour scale
     if results:
-        panels.append((results[0].HEAT, heat_panel(image, results[0], patch_size)))
+        heat.append((results[0].HEAT, heat_panel(image, results[0], patch_size)))
     if attention is not None:
         names = ["CLS"] * (len(attention) - num_registers) + [f"reg{i}" for i in range(1, num_registers + 1)]
-        panels += list(zip(names, attention_panels(image, attention)))
-    size = (max(1, round(vw * height / vh)), height)
-    tiles = [titled(cv2.resize(p[:vh, :vw], size, interpolation=cv2.INTER_AREA), t) for t, p in panels]
+        heat += list(zip(names, attention_panels(image, attention)))
+    tiles = [titled(boxes_panel(image, valid, results, scores, patch_size, gt_boxes, size), "boxes")]
+    tiles += [titled(cv2.resize(p[:vh, :vw], size, interpolation=cv2.INTER_AREA), t, colorbar=True) for t, p in heat]
     return montage(tiles, columns)
 
 

@@ -75,7 +75,7 @@ class Runtime:
         self.worker.start()
         self.pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="lost-reg-decode")
         blank = prepare(np.zeros((WARMUP_SIDE, WARMUP_SIDE, 3), np.uint8), localizer.patch_size)
-        await asyncio.wrap_future(self.worker.submit(blank, self.worker.default_key).future)
+        await asyncio.wrap_future(self.worker.submit(blank, self.worker.default_key, warmup=True).future)
         self.ready = True
         bb = localizer.backbone
         log.info("ready: %s (%d registers) on %s, %s", bb.name, bb.num_registers, localizer.device, localizer.dtype)

@@ -21,6 +21,8 @@ from lost_reg.methods import METHODS, all_option_specs
 from lost_reg.models import DEFAULT_BACKBONE
 from lost_reg.recipes import Setting, resolve
 
+from . import MAX_SIDE
+
 MB = 1024 * 1024
 
 
@@ -39,7 +41,7 @@ class _Settings(BaseSettings):
 
     method: Literal[("auto", *METHODS)] = "auto"  # type: ignore[valid-type]
     prep: Literal[("auto", *PREPS)] = "auto"  # type: ignore[valid-type]
-    max_side: int = Field(1024, ge=1, description="longer side of the network input; requests may only lower it")
+    max_side: int = Field(MAX_SIDE, ge=1, description="longer side of the network input; requests may only lower it")
 
     max_batch: int = Field(16, ge=1, description="images per backbone call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long the first queued image waits for others")

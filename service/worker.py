@@ -43,6 +43,8 @@ class Job:
 
     prepared: Prepared
     key: RunKey
+    warmup: bool = False
+    """The start-up image: run like any other, counted in no metric."""
     future: Future[Detection] = field(default_factory=Future)
     finished: float = 0.0
     """``time.perf_counter()`` when the result was ready."""
@@ -85,11 +87,11 @@ class InferenceWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, prepared: Prepared, key: RunKey) -> Job:
+    def submit(self, prepared: Prepared, key: RunKey, warmup: bool = False) -> Job:
         """Queue one image; cancelling its future before the batch runs drops it."""
         if self._closed:
             raise RuntimeError("the inference worker is shut down")
-        job = Job(prepared, key)
+        job = Job(prepared, key, warmup)
         self._queue.put(job)
         return job
 
@@ -145,9 +147,11 @@ class InferenceWorker:
         finally:
             self._release_captures()
         end = time.perf_counter()
-        self.metrics.batch_size.observe(len(group))
-        self.metrics.inference.observe(end - start)
-        self.metrics.images.inc(len(group))
+        counted = sum(not job.warmup for job in group)
+        if counted:
+            self.metrics.batch_size.observe(counted)
+            self.metrics.inference.observe(end - start)
+            self.metrics.images.inc(counted)
         for job, detection in zip(group, detections):
             job.finished = end
             job.future.set_result(detection)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -92,7 +94,42 @@ def test_weight_errors_are_one_clear_line(tmp_path):
         create_backbone("vit_tiny_nonexistent_patch99")
 
 
+def test_unknown_names_get_the_closest_vit_names():
+    with pytest.raises(BackboneError, match=r"closest names: vit_small_patch14_reg4_dinov2, "):
+        create_backbone("vit_small_patch14_reg4_dinov3")
+    with pytest.raises(BackboneError, match="closest names: dinov2_vits14_imgfocus"):
+        create_backbone("dinov2_vits14")
+    with pytest.raises(BackboneError, match=r"no pretrained tag 'lvd142x'; it has: vit_small_patch14_reg4_dinov2\.lvd142m"):
+        create_backbone("vit_small_patch14_reg4_dinov2.lvd142x")
+
+
 def test_unreachable_hub_says_what_to_do():
     with pytest.raises(BackboneError, match="--weights FILE") as err:
         create_backbone("vit_small_patch14_reg4_dinov2.lvd142m", None, **TINY)
     assert "\n" not in str(err.value)
+
+
+def test_an_unreachable_hub_fails_fast_with_one_line(tmp_path):
+    """Without HF_HUB_OFFLINE and without network the download used to retry for ~50 s, printing 10 lines."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    with socket.socket() as s:  # a port nobody listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LOST_REG_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main(sys.argv[1:]))",
+               "eval", "--dataset", "voc07", "--root", str(ROOT / "data" / "sample_voc"), "--out", str(tmp_path / "o"),
+               "--backbone", "vit_small_patch14_reg4_dinov2.lvd142m", "--quiet"]
+    start = time.monotonic()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 30
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: could not fetch pretrained weights") and "is unreachable" in line
+    assert "--weights FILE" in line

@@ -121,6 +121,20 @@ def test_resume_drops_a_half_written_line(tmp_path):
     assert main([*args, "--resume"]) == 0
     assert sorted(read_jsonl(out / "predictions.jsonl"), key=lambda p: p["image_id"]) == sorted(
         (json.loads(x) for x in lines), key=lambda p: p["image_id"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images_processed"], summary["images_resumed"], summary["images_in_predictions"]) == (3, 2, 5)
+
+
+def test_resume_shows_the_running_corloc_over_every_image_and_this_runs(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", n=4)
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "voc07", "--root", str(root), "--out", str(out), "--workers", "0", *TINY_ARGS]
+    assert main([*args, "--limit", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming: 2 images already in" in captured.out and "CorLoc: " in captured.out
+    assert "this run=" in captured.err and "CorLoc=" in captured.err  # tqdm's postfix, on stderr
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):

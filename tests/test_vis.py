@@ -76,3 +76,18 @@ def test_tokencut_pictures_show_its_eigenvector_with_the_foreground_bright():
     inside, outside = panel[2 * 14 + 7, 3 * 14 + 7], panel[0, 0]
     assert int(inside[0]) > int(outside[0])  # TURBO: red end for the foreground, blue for the rest
     assert figure(image, (84, 112), [r], [0.9], 14, height=50).shape == (70, 2 * round(112 * 50 / 84) + 4, 3)
+
+
+def test_a_whole_image_box_shows_on_all_four_sides_and_heat_maps_carry_a_scale():
+    # a 6x8 grid padded past the image (valid 80x100 of 84x112): the box spans every patch
+    (r,) = lost(feature_map(6, 8, {}), (6, 8), affinity="raw")
+    assert r.box == (0, 0, 8, 6)
+    image = np.full((6 * 14, 8 * 14, 3), 90, np.uint8)
+    out = figure(image, (80, 100), [r], [0.42], 14, height=200)
+    green = np.array([40, 200, 60])
+    w = round(100 * 200 / 80)
+    boxes = out[20:, :w]  # the first tile, below its title band
+    for edge in (boxes[:, 0], boxes[:, -1], boxes[0, :], boxes[-1, :]):  # left, right, top, bottom
+        assert (np.abs(edge.astype(int) - green).sum(-1) < 60).mean() > 0.8
+    band = out[:20, w + 4:]  # the heat map's title band holds the colour scale
+    assert len({tuple(p) for p in band.reshape(-1, 3)}) > 40

@@ -75,8 +75,8 @@ def add_backbone_arguments(p: argparse.ArgumentParser, features: bool = True) ->
                    help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
 
 
-def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    """``--method`` and every option of every method (each applies to the methods it names)."""
+def add_method_arguments(p: argparse.ArgumentParser, max_side_default: str = "no downscaling, as in LOST") -> None:
+    """``--method`` and every option of every method (each applies to the methods it names), the preparation."""
     g = p.add_argument_group("discovery method")
     g.add_argument("--method", choices=[AUTO, *METHODS], default=AUTO,
                    help="how the object is found from the patch features (auto: the backbone family's recipe; "
@@ -88,7 +88,7 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
                    help="onto the patch grid: pad (the papers' zero-padding) or resize (nearest multiple of the patch "
                         "size); auto: pad for LOST's raw graph, else the recipe's (README, Preparation)")
     g.add_argument("--max-side", type=int, default=None,
-                   help="downscale images whose longer side exceeds this (default: no downscaling, as in LOST)")
+                   help=f"downscale images whose longer side exceeds this (default: {max_side_default})")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..evaluation import CorLocEvaluator, PredictionWriter, load_predictions, summarize
+from ..evaluation import CorLocEvaluator, PredictionWriter, corloc, load_predictions, summarize
 from ..pipeline import Detection
 from ..vis import Visualizer
 from .common import (
@@ -47,8 +47,10 @@ def main(args: argparse.Namespace) -> int:
     done = writer.done_ids()
     selected = range(len(dataset)) if args.limit is None else range(min(args.limit, len(dataset)))
     todo = [i for i in selected if dataset[i].image_id not in done]
+    wanted = {dataset[i].image_id for i in selected}
+    before = summarize(r for r in load_predictions(predictions) if r["image_id"] in wanted) if done else corloc(0, 0)
     if done:
-        print(f"resuming: {len(done)} images already in {predictions}, {len(todo)} to go")
+        print(f"resuming: {len(done)} images already in {predictions} ({before}), {len(todo)} to go")
 
     evaluator = CorLocEvaluator()
     vis = Visualizer(localizer, args.save_vis) if args.save_vis else None
@@ -59,8 +61,10 @@ def main(args: argparse.Namespace) -> int:
             vis(sample, [det])
 
     def postfix() -> dict:
+        """The running CorLoc over every image so far; after --resume also this run's alone."""
         r = evaluator.evaluate()
-        return {"CorLoc": f"{100 * r.corloc:.1f}%"}
+        total = corloc(before.found + r.found, before.total + r.total)
+        return {"CorLoc": f"{100 * total.corloc:.1f}%", **({"this run": f"{100 * r.corloc:.1f}%"} if done else {})}
 
     order = shape_order(dataset, todo, localizer)
     start = time.perf_counter()
@@ -70,12 +74,12 @@ def main(args: argparse.Namespace) -> int:
                                      max_pixels=args.max_pixels)
     wall = time.perf_counter() - start
 
-    wanted = {dataset[i].image_id for i in selected}
     records = [r for r in load_predictions(predictions) if r["image_id"] in wanted]
     result = summarize(records)
     summary = {
         "dataset": args.dataset, "corloc": result.corloc, "found": result.found, "total": result.total,
-        "images_processed": stats.processed, "images_failed": stats.failed, "errors": stats.errors,
+        "images_processed": stats.processed, "images_resumed": len(done & wanted), "images_in_predictions": len(records),
+        "images_failed": stats.failed, "errors": stats.errors,
         "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
         "timings": {"wall_s": wall, "images_per_s": stats.processed / wall if wall else 0.0,
                     "decode_wait_s": stats.wait, "forward_s": stats.forward, "discovery_s": stats.discovery,

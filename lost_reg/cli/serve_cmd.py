@@ -28,7 +28,9 @@ SHARED = ("backbone", "weights", "features", "layer", "device", "dtype", "method
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backbone_arguments(p)
-    add_method_arguments(p)
+    from service import MAX_SIDE
+
+    add_method_arguments(p, max_side_default=f"{MAX_SIDE} in the service")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000, help="TCP port")
@@ -47,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(**{name: None for name in SHARED})  # None: not given (argparse cannot SUPPRESS these)
     p.epilog = ("Unset options come from LOST_REG_<OPTION> environment variables (e.g. LOST_REG_BACKBONE, "
                 "LOST_REG_MODEL_ARGS='{\"depth\": 2}', LOST_REG_CORS_ORIGINS), else the defaults in brackets "
-                "or those of `lost-reg discover`, except --max-side: 1024 here.")
+                f"or those of `lost-reg discover`, except --max-side: {MAX_SIDE} here.")
 
 
 def settings(args: argparse.Namespace) -> Settings:
