@@ -232,6 +232,13 @@ def test_bad_file_gets_its_status_and_the_server_goes_on(client, content, status
     assert client.post("/v1/boxes", files=files(("ok.png", encode(photo(64, 64))))).status_code == 200
 
 
+def test_a_bomb_is_refused_with_the_configured_limit_not_pils(make_client):
+    response = make_client(max_pixels=1_000_000).post("/v1/boxes", files=files(("bomb.png", png_bomb(20_000, 20_000))))
+    message = response.json()["error"]["message"]
+    assert response.status_code == 413 and "20000x20000" in message and "limit of 1,000,000 per image" in message
+    assert "178956970" not in message and "178,956,970" not in message
+
+
 def test_too_small_after_max_side(client):
     response = client.post("/v1/boxes", files=files(("wide.png", encode(photo(600, 20)))), data={"max_side": "300"})
     assert response.status_code == 422 and "downscaled to 300x10" in response.json()["error"]["message"]
