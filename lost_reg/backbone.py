@@ -52,7 +52,11 @@ class Backbone(nn.Module):
         self.num_heads = blocks[self.layer].attn.num_heads
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.num_prefix_tokens = int(model.num_prefix_tokens)
-        self.num_registers = int(getattr(model, "num_reg_tokens", self.num_prefix_tokens - int(model.has_class_token)))
+        self.test_time_registers = int(getattr(model, "num_test_time_registers", 0))
+        """Registers added at test time (:mod:`lost_reg.registers`), counted in the prefix and in
+        :attr:`num_registers` too."""
+        self.num_registers = self.num_prefix_tokens - int(model.has_class_token)
+        """Prefix tokens after CLS: trained registers, then test-time ones."""
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))

@@ -79,14 +79,25 @@ def create_backbone(
     weights: str | Path | None = None,
     features: FeatureKind | Literal["auto"] = "auto",
     layer: int | None = None,
+    test_time_registers: str | Path | None = None,
     **kwargs: Any,
 ) -> Backbone:
     """A :class:`Backbone` ready for discovery (eval mode, on the CPU); ``auto`` features and an unset
-    layer come from the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
+    layer come from the recipe of the backbone's family (:mod:`lost_reg.recipes`). With
+    ``test_time_registers`` (a ``neurons.json`` of ``lost-reg registers find``, or ``preset:NAME``) the
+    model gets a test-time register (:mod:`lost_reg.registers`), checked to fit its name and weights."""
     recipe = recipe_for(name)
     features = recipe.features if features == AUTO else features
     layer = recipe.layer if layer is None else layer
     model = create_model(name, weights, **kwargs)
+    if test_time_registers is not None:
+        from .cache import weights_identity
+        from .registers import RegisterNeurons, attach
+
+        neurons = RegisterNeurons.load(test_time_registers)
+        neurons.check(name, weights_identity(name, None if weights is None else str(weights)))
+        attach(model, neurons)
+        model.test_time_register_source = str(test_time_registers)
     try:
         return Backbone(model, features=features, layer=layer, name=name)
     except ValueError as e:

@@ -108,7 +108,8 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         loc = worker.localizer
         bb = loc.backbone
         return ModelInfo(
-            backbone=bb.name, patch_size=bb.patch_size, registers=bb.num_registers, features=bb.features,
+            backbone=bb.name, patch_size=bb.patch_size, registers=bb.num_registers,
+            test_time_registers=bb.test_time_registers, features=bb.features,
             layer=bb.layer, device=str(loc.device), dtype=loc.dtype, method=loc.method.describe(),
             defaults={"method": loc.method.name, **loc.method.options(), "max_side": settings.max_side,
                       "features": bb.features},

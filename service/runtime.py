@@ -34,6 +34,7 @@ def build_localizer(settings: Settings) -> Localizer:
     """The configured backbone on its device (downloads pretrained weights if needed)."""
     s = settings.resolved()
     backbone = create_backbone(settings.backbone, settings.weights, features=s.features, layer=s.layer,
+                               test_time_registers=settings.test_time_registers,
                                **settings.model_args)
     return Localizer(backbone, s.method, prep=s.prep, max_side=settings.max_side, device=settings.device,
                      dtype=settings.dtype)

@@ -103,7 +103,8 @@ class BoxesResponse(BaseModel):
 class ModelInfo(BaseModel):
     backbone: str
     patch_size: int
-    registers: int
+    registers: int = Field(description="register tokens after CLS, trained and test-time")
+    test_time_registers: int = Field(description="of those, registers added at test time (0: none)")
     features: str
     layer: int
     device: str

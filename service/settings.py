@@ -33,6 +33,8 @@ class _Settings(BaseSettings):
 
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = Field(None, description="weights file instead of the pretrained download; 'random' for none")
+    test_time_registers: str | None = Field(None, description="register neurons (neurons.json or preset:NAME) "
+                                                               "for a test-time register")
     model_args: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model keywords")
     features: FeatureKind | Literal["auto"] = "auto"
     layer: int | None = Field(None, description="transformer block; unset: the recipe's")

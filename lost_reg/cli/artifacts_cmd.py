@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..artifacts import (
     MAX_SHARE,
@@ -26,11 +25,17 @@ from ..artifacts import (
     histogram_png,
 )
 from ..errors import LostRegError
-from ..images import MAX_PIXELS, decode_image, normalize, prepare
+from ..images import MAX_PIXELS, normalize
 from ..models import create_backbone
 from ..pipeline import DTYPES, Localizer
 from ..vis import montage
-from .common import add_backbone_arguments, model_kwargs, run_info, write_json
+from .common import (
+    add_backbone_arguments,
+    model_kwargs,
+    run_info,
+    whole_patch_images,
+    write_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,33 +62,18 @@ def main(args: argparse.Namespace) -> int:
     dataset = ImageFolder(args.paths)
     layer = -1 if args.layer is None else args.layer  # the layer whose outliers are compared: the last by default
     backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=layer,
-                               **model_kwargs(args.model_arg))
+                               test_time_registers=args.test_time_registers, **model_kwargs(args.model_arg))
     localizer = Localizer(backbone, device=args.device, dtype=args.dtype)
     bb = localizer.backbone
     ps = bb.patch_size
     errors = []
 
-    todo = range(len(dataset) if args.limit is None else min(args.limit, len(dataset)))
-    bar = tqdm(total=len(todo), unit="img", disable=args.quiet, dynamic_ncols=True)
-
-    def images():
-        for i in todo:
-            sample = dataset[i]
-            bar.update(1)
-            try:
-                image = decode_image(sample.path, name=sample.image_id, max_pixels=args.max_pixels)
-                p = prepare(image, ps, args.max_side, name=sample.image_id)
-            except LostRegError as e:
-                errors.append({"image_id": sample.image_id, "path": str(sample.path), "error": str(e)})
-                bar.write(f"skipped {e}")
-                continue
-            vh, vw = (v // ps * ps for v in p.valid)  # whole patches only: padding would skew the norms
-            pixels = p.pixels[None, :, :vh, :vw].to(localizer.device)
-            yield normalize(pixels, [(vh, vw)], bb.mean, bb.std)
+    limit = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    crops = whole_patch_images(dataset, limit, ps, args.max_side, args.max_pixels, errors, progress=not args.quiet)
+    images = (normalize(c[None].to(localizer.device), [tuple(c.shape[-2:])], bb.mean, bb.std) for c in crops)
 
     with torch.autocast(localizer.device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "float32"):
-        stats = collect(bb.model, images())
-    bar.close()
+        stats = collect(bb.model, images)
     if not stats.neighbour_cos:
         raise LostRegError("no readable image to analyse")
     report = analyse(stats, bb.num_registers, layer, min_gap=args.min_gap,

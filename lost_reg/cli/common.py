@@ -12,10 +12,12 @@ from typing import Any
 
 import timm
 import torch
+from tqdm import tqdm
 
 from ..backbone import FEATURES
 from ..datasets import DATASETS, Dataset, build_dataset
-from ..images import MAX_PIXELS, PREPS
+from ..errors import LostRegError
+from ..images import MAX_PIXELS, PREPS, decode_image, prepare
 from ..methods import METHODS, Method, all_option_specs
 from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
 from ..pipeline import DTYPES, Localizer
@@ -70,6 +72,9 @@ def add_backbone_arguments(p: argparse.ArgumentParser, features: bool = True) ->
                             "README Defaults)")
         g.add_argument("--layer", type=int, default=None,
                        help="transformer block to take features from, e.g. -1 for the last (default: the recipe's)")
+    g.add_argument("--test-time-registers", default=None, metavar="NEURONS",
+                   help="add a test-time register driven by these register neurons: a neurons.json of "
+                        "`lost-reg registers find`, or preset:dinov2_vitl14 (README, Test-time registers)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
@@ -130,7 +135,7 @@ def model_kwargs(pairs: list[str]) -> dict[str, Any]:
 def build_localizer(args: argparse.Namespace) -> Localizer:
     s = resolve(args.backbone, args.method, method_options(args), args.features, args.layer, args.prep)
     backbone = create_backbone(args.backbone, args.weights, features=s.features, layer=s.layer,
-                               **model_kwargs(args.model_arg))
+                               test_time_registers=args.test_time_registers, **model_kwargs(args.model_arg))
     return Localizer(backbone, s.method, prep=s.prep, max_side=args.max_side, device=args.device, dtype=args.dtype)
 
 
@@ -142,6 +147,8 @@ def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
         "config": config,
         "method": {"name": localizer.method.name, **localizer.method.options()},
         "backbone": {"name": bb.name, "patch_size": bb.patch_size, "registers": bb.num_registers,
+                     "test_time_registers": bb.test_time_registers,
+                     "test_time_register_neurons": getattr(bb.model, "test_time_register_source", None),
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
                      "prep": localizer.prep,
                      "device": str(localizer.device), "dtype": localizer.dtype},
@@ -154,6 +161,25 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def whole_patch_images(dataset: Dataset, limit: int, patch_size: int, max_side: int | None, max_pixels: int,
+                       errors: list[dict], progress: bool = True) -> list[torch.Tensor]:
+    """uint8 [3, H, W] crops of the first ``limit`` images onto whole patches (no padding: it would skew token
+    norms), for the token analyses (``artifacts``, ``registers find``); unreadable images go to ``errors``."""
+    out = []
+    for i in tqdm(range(limit), unit="img", disable=not progress, dynamic_ncols=True):
+        sample = dataset[i]
+        try:
+            p = prepare(decode_image(sample.path, name=sample.image_id, max_pixels=max_pixels), patch_size,
+                        max_side, name=sample.image_id)
+        except LostRegError as e:
+            errors.append({"image_id": sample.image_id, "path": str(sample.path), "error": str(e)})
+            tqdm.write(f"skipped {e}")
+            continue
+        vh, vw = (v // patch_size * patch_size for v in p.valid)
+        out.append(p.pixels[:, :vh, :vw])
+    return out
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

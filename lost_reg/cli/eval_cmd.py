@@ -10,7 +10,13 @@ import argparse
 import time
 from pathlib import Path
 
-from ..evaluation import CorLocEvaluator, PredictionWriter, corloc, load_predictions, summarize
+from ..evaluation import (
+    CorLocEvaluator,
+    PredictionWriter,
+    corloc,
+    load_predictions,
+    summarize,
+)
 from ..pipeline import Detection
 from ..vis import Visualizer
 from .common import (

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "LOST_REG_API_KEY"
 LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
-SHARED = ("backbone", "weights", "features", "layer", "device", "dtype", "method", "prep", "max_side",
+SHARED = ("backbone", "weights", "test_time_registers", "features", "layer", "device", "dtype", "method", "prep",
+          "max_side",
           *all_option_specs())
 """Dests of the single-valued options from :mod:`.common` (``--model-arg`` given none is ``[]``)."""
 

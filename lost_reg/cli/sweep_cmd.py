@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 from ..backbone import FEATURES
@@ -59,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     from ..cache import FeatureCache, weights_identity
     from ..models import create_backbone
     from ..pipeline import Localizer
+    from ..registers import RegisterNeurons
     from ..sweep import Sweep, expand, expand_settings, write_reports
 
     specs = all_option_specs()
@@ -79,8 +81,10 @@ def main(args: argparse.Namespace) -> int:
     kwargs = model_kwargs(args.model_arg)
     cache = None
     if args.cache is not None:
+        ttr = None if args.test_time_registers is None else asdict(RegisterNeurons.load(args.test_time_registers))
         cache = FeatureCache(args.cache, {"backbone": args.backbone, "weights": weights_identity(args.backbone,
-                             args.weights), "model_args": kwargs, "max_side": args.max_side, "dtype": args.dtype},
+                             args.weights), "model_args": kwargs, "max_side": args.max_side, "dtype": args.dtype,
+                             "test_time_registers": ttr and {"layers": ttr["layers"], "weights": ttr["weights"]}},
                              args.cache_dtype)
     backbone = None
 
@@ -88,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         nonlocal backbone
         if backbone is None:
             print(f"loading {args.backbone}")
-            backbone = create_backbone(args.backbone, args.weights, **kwargs)
+            backbone = create_backbone(args.backbone, args.weights, test_time_registers=args.test_time_registers,
+                                       **kwargs)
         return Localizer(backbone, settings[0].method, prep=prep, max_side=args.max_side, device=args.device,
                          dtype=args.dtype)
 
@@ -101,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
     rows = sweep.run()
     command = ["lost-reg", "eval", *dataset_args(args), "--backbone", args.backbone,
                *(["--weights", args.weights] if args.weights else []),
+               *(["--test-time-registers", args.test_time_registers] if args.test_time_registers else []),
                *(a for pair in args.model_arg for a in ("--model-arg", pair)),
                *(["--max-side", str(args.max_side)] if args.max_side else []),
                *(["--dtype", args.dtype] if args.dtype != "float32" else []), "--out", str(args.out / "best")]
