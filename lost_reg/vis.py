@@ -148,13 +148,14 @@ def montage(tiles: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.n
 
 
 def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[Discovery], scores: Sequence[float | None],
-           patch_size: int, attention: np.ndarray | None = None, num_registers: int = 0,
+           patch_size: int, attention: np.ndarray | None = None, num_registers: int = 0, test_time_registers: int = 0,
            gt_boxes: np.ndarray | None = None, height: int = 320, columns: int = 4) -> np.ndarray:
     """The whole picture (RGB uint8) for one image.
 
     ``image`` is the padded network input [Hp, Wp, 3] and ``valid`` its (height, width) without
     padding; ``attention`` is [P, rows, cols] for [CLS, registers…] whose last ``num_registers``
-    are registers (None: no attention panels);
+    are registers, of which the last ``test_time_registers`` were added at test time (panels
+    ``tt-reg``; None: no attention panels);
     ``gt_boxes`` [K, 4] are in network-input pixels. Panels are scaled to ``height`` pixels.
     """
     vh, vw = valid
@@ -163,7 +164,9 @@ def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[Discover
     if results:
         heat.append((results[0].HEAT, heat_panel(image, results[0], patch_size)))
     if attention is not None:
-        names = ["CLS"] * (len(attention) - num_registers) + [f"reg{i}" for i in range(1, num_registers + 1)]
+        trained = num_registers - test_time_registers
+        names = (["CLS"] * (len(attention) - num_registers) + [f"reg{i}" for i in range(1, trained + 1)]
+                 + [f"tt-reg{i}" if test_time_registers > 1 else "tt-reg" for i in range(1, test_time_registers + 1)])
         heat += list(zip(names, attention_panels(image, attention)))
     tiles = [titled(boxes_panel(image, valid, results, scores, patch_size, gt_boxes, size), "boxes")]
     tiles += [titled(cv2.resize(p[:vh, :vw], size, interpolation=cv2.INTER_AREA), t, colorbar=True) for t, p in heat]
@@ -207,7 +210,8 @@ class Visualizer:
         gt = None if gt is None or len(gt) == 0 else np.asarray(gt, np.float64)[:, :4] * np.array([sx, sy, sx, sy])
         image = prepared.pixels.permute(1, 2, 0).numpy()
         picture = figure(image, prepared.valid, [d.result for d in dets], scores, self.localizer.patch_size,
-                         attention, self.localizer.backbone.num_registers, gt, self.height)
+                         attention, self.localizer.backbone.num_registers, self.localizer.backbone.test_time_registers,
+                         gt, self.height)
         path = self.path_for(sample.image_id)
         write_png(path, picture)
         return path
