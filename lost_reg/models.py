@@ -104,6 +104,19 @@ def create_backbone(
         raise BackboneError(f"{name}: {e}") from e
 
 
+def patch_size_of(name: str, model_args: list[str] | None = None) -> int:
+    """The patch size of backbone ``name`` (with ``--model-arg`` pairs), from a weightless model on the meta
+    device: no download, no memory, instant even for ViT-g."""
+    from .cli.common import model_kwargs
+
+    arch, kwargs = name, {"dynamic_img_size": True, "num_classes": 0, **model_kwargs(model_args or [])}
+    if name in OFFLINE_MODELS:
+        arch, arch_kwargs, _ = OFFLINE_MODELS[name]
+        kwargs = {**arch_kwargs, **kwargs}
+    with torch.device("meta"):
+        return int(_create(arch.split(".")[0], pretrained=False, **kwargs).patch_embed.patch_size[0])
+
+
 HUB_PROBE_TIMEOUT_S = 3.0
 """How long the hub may take to accept a connection before it counts as unreachable."""
 
