@@ -34,11 +34,12 @@ Formats and how to load them:
     "rectanglelabels": ["object"]}, "score"}]}]}]`` with x, y, width, height in percent of the
     image. ``from_name``/``to_name`` match the *Object Detection with Bounding Boxes* template
     (``<RectangleLabels name="label" toName="image">`` with a label ``object``). URL is
-    ``url_prefix + file_name``; the default prefix ``/data/local-files/?d=`` serves local files
-    when Label Studio runs with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
-    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the image folder, with a *Local files*
-    storage on that folder; then *Import* the JSON. Use another prefix (e.g. a bucket URL) for
-    images served elsewhere.
+    ``url_prefix + file_name`` (percent-encoded); :func:`local_files_prefix` gives the prefix for Label Studio's local
+    files (checked with Label Studio 1.23.2): start it with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true``
+    and ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = the folder *above* the image folder (a storage
+    on the document root itself is refused), add a *Local files* storage on the image folder (do not
+    *Sync* it: that adds a second, unlabelled copy of every task), then *Import* the JSON. Use
+    another prefix (e.g. a bucket URL) for images served elsewhere.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 FORMATS = ("coco", "jsonl", "yolo", "voc", "labelstudio")
@@ -126,26 +128,40 @@ def to_coco(records: Sequence[ImageRecord]) -> dict:
             "categories": [{"id": 1, "name": CATEGORY, "supercategory": CATEGORY}]}
 
 
+def labelstudio_prediction(record: ImageRecord, model_version: str, from_name: str = "label",
+                           to_name: str = "image", label: str = CATEGORY) -> dict:
+    """One Label Studio prediction: a ``rectanglelabels`` result per box, in percent of the image, each with
+    its score, and the best score as the prediction's."""
+    r = record
+    result = []
+    for k, o in enumerate(r.objects):
+        x0, y0, x1, y1 = o.box
+        result.append({
+            "id": f"r{k}", "type": "rectanglelabels", "from_name": from_name, "to_name": to_name,
+            "original_width": r.width, "original_height": r.height, "image_rotation": 0,
+            "value": {"x": 100 * x0 / r.width, "y": 100 * y0 / r.height, "width": 100 * (x1 - x0) / r.width,
+                      "height": 100 * (y1 - y0) / r.height, "rotation": 0, "rectanglelabels": [label]},
+            "score": round(o.score, 6),
+        })
+    prediction = {"model_version": model_version, "result": result}
+    if r.objects:
+        prediction["score"] = round(max(o.score for o in r.objects), 6)
+    return prediction
+
+
+def local_files_prefix(paths: Sequence[str | Path]) -> str:
+    """The image URL prefix for Label Studio's local files: ``/data/local-files/?d=FOLDER/`` for one
+    folder (served with its parent as the document root), the bare prefix for anything else."""
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return f"{LABEL_STUDIO_PREFIX}{quote(Path(paths[0]).resolve().name)}/"
+    return LABEL_STUDIO_PREFIX
+
+
 def to_labelstudio(records: Sequence[ImageRecord], url_prefix: str = LABEL_STUDIO_PREFIX,
                    model_version: str = "lost-reg") -> list[dict]:
     """Label Studio tasks with one prediction each (percent coordinates)."""
-    tasks = []
-    for r in records:
-        result = []
-        for k, o in enumerate(r.objects):
-            x0, y0, x1, y1 = o.box
-            result.append({
-                "id": f"r{k}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
-                "original_width": r.width, "original_height": r.height, "image_rotation": 0,
-                "value": {"x": 100 * x0 / r.width, "y": 100 * y0 / r.height, "width": 100 * (x1 - x0) / r.width,
-                          "height": 100 * (y1 - y0) / r.height, "rotation": 0, "rectanglelabels": [CATEGORY]},
-                "score": round(o.score, 6),
-            })
-        prediction = {"model_version": model_version, "result": result}
-        if r.objects:
-            prediction["score"] = round(max(o.score for o in r.objects), 6)
-        tasks.append({"data": {"image": url_prefix + r.file_name}, "predictions": [prediction]})
-    return tasks
+    return [{"data": {"image": url_prefix + quote(r.file_name)}, "predictions": [labelstudio_prediction(r, model_version)]}
+            for r in records]
 
 
 def yolo_lines(record: ImageRecord) -> list[str]:

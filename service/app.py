@@ -32,6 +32,7 @@ from lost_reg.methods import all_option_specs
 from lost_reg.pipeline import Localizer
 from lost_reg.recipes import resolve_method, resolve_prep
 
+from . import labelstudio
 from .errors import ServiceError, install_error_handlers
 from .metrics import Metrics
 from .runtime import BoxRequest, Failed, Runtime
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         return response
 
     protected = [_bearer_auth(settings.api_key.get_secret_value())] if settings.api_key else []
+
+    app.include_router(labelstudio.router(runtime, settings))
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

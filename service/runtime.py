@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from lost_reg.images import Prepared, prepare
 from lost_reg.models import create_backbone
-from lost_reg.pipeline import Detection, Localizer
+from lost_reg.pipeline import Localizer, ScoredDetection
 
 from .errors import ServiceError
 from .metrics import Metrics
@@ -130,11 +130,13 @@ class Runtime:
                        self.worker.localizer.patch_size)
 
 
-def _result(name: str, det: Detection, prepared: Prepared, ms: float, return_mask: bool, patch_size: int) -> BoxResult:
+def _result(name: str, found: ScoredDetection, prepared: Prepared, ms: float, return_mask: bool,
+            patch_size: int) -> BoxResult:
+    det = found.detection
     mask: dict[str, Any] = {}
     if return_mask:
         rle = mask_utils.encode(np.asfortranarray(det.result.mask.astype(np.uint8)))
         mask = {"mask": Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii")),
                 "grid": det.result.mask.shape, "cell_px": tuple(patch_size / s for s in prepared.scale)}
-    return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, seed=det.seed,
-                     ms=round(ms, 2), **mask)
+    return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, score=round(found.score, 4),
+                     seed=det.seed, ms=round(ms, 2), **mask)

@@ -82,6 +82,7 @@ class BoxResult(BaseModel):
     width: int
     height: int
     box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
+    score: float = Field(description="the box's ncut score in [0, 1] (README, Scores): higher = more object-like")
     seed: tuple[int, int] = Field(description="row, col of the seed patch the object grew from")
     ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")
     mask: Mask | None = Field(None, description="with return_mask: the object's patches on the grid")

@@ -55,7 +55,10 @@ class _Settings(BaseSettings):
     max_files: int = Field(16, ge=1)
     timeout_s: float = Field(30.0, gt=0, description="decoding and inference of one request")
 
-    api_key: SecretStr | None = Field(None, description="bearer token required on /v1 and /metrics when set")
+    api_key: SecretStr | None = Field(None, description="bearer token required on /v1, /labelstudio and /metrics when set")
+    label_studio_url: str | None = Field(None, description="Label Studio's base URL: the only origin task images "
+                                                           "are fetched from (/labelstudio)")
+    label_studio_api_key: SecretStr | None = Field(None, description="Label Studio API token, to fetch task images")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS (off when empty)"
     )

@@ -3,8 +3,8 @@
 Requests queue images that a thread pool already decoded and padded. The thread takes the first,
 waits up to ``max_wait_s`` for more (``max_batch`` in all), groups them by features, method and
 padded shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
-:meth:`~lost_reg.pipeline.Localizer.localize_prepared` call per group and resolves each image's
-future. Only this thread touches the model, so it needs no lock.
+:meth:`~lost_reg.pipeline.Localizer.localize_prepared_multi` call (one object, scored) per group and
+resolves each image's future. Only this thread touches the model, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from lost_reg.backbone import FEATURES, Backbone, FeatureKind
 from lost_reg.images import Prepared
 from lost_reg.methods import Method
-from lost_reg.pipeline import Detection, Localizer, group_by_shape
+from lost_reg.pipeline import Localizer, ScoredDetection, group_by_shape
 
 from .metrics import Metrics
 
@@ -39,13 +39,13 @@ class RunKey:
 
 @dataclass
 class Job:
-    """One queued image; ``future`` resolves to its Detection (or the batch's exception)."""
+    """One queued image; ``future`` resolves to its ScoredDetection (or the batch's exception)."""
 
     prepared: Prepared
     key: RunKey
     warmup: bool = False
     """The start-up image: run like any other, counted in no metric."""
-    future: Future[Detection] = field(default_factory=Future)
+    future: Future[ScoredDetection] = field(default_factory=Future)
     finished: float = 0.0
     """``time.perf_counter()`` when the result was ready."""
 
@@ -138,7 +138,7 @@ class InferenceWorker:
     def _run_group(self, key: RunKey, group: list[Job]) -> None:
         start = time.perf_counter()
         try:
-            detections = self._localizer(key).localize_prepared([j.prepared for j in group])
+            detections = [found[0] for found in self._localizer(key).localize_prepared_multi([j.prepared for j in group])]
         except Exception as e:  # the thread must outlive a failing batch (out of memory, driver error…)
             log.exception("inference failed on a batch of %d", len(group))
             for job in group:

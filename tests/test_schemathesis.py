@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
-from .test_service_server import TINY_ENV, free_port, running
+from .conftest import ROOT, free_port, running
+from .test_service_server import TINY_ENV
 
 pytest.importorskip("schemathesis")
 

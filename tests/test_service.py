@@ -303,14 +303,14 @@ def test_bearer_token(make_client):
 def test_timeout_is_504_and_the_server_recovers(make_client):
     localizer = tiny_localizer()
     slow = threading.Event()
-    run = localizer.localize_prepared
+    run = localizer.localize_prepared_multi
 
-    def slow_localize(batch):
+    def slow_localize(batch, *args, **kwargs):
         if slow.is_set():
             time.sleep(1.0)
-        return run(batch)
+        return run(batch, *args, **kwargs)
 
-    localizer.localize_prepared = slow_localize
+    localizer.localize_prepared_multi = slow_localize
     client = make_client(localizer, timeout_s=0.3)
     upload = files(("a.png", encode(photo(64, 64))))
     slow.set()
@@ -324,13 +324,13 @@ def test_timeout_is_504_and_the_server_recovers(make_client):
 
 def test_inference_failure_is_500_and_the_server_recovers(make_client):
     localizer = tiny_localizer()
-    run = localizer.localize_prepared
+    run = localizer.localize_prepared_multi
     client = make_client(localizer)
-    localizer.localize_prepared = lambda batch: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    localizer.localize_prepared_multi = lambda batch, *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
     response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))))
     assert response.status_code == 500 and error_of(response) == "inference_failed"
     assert "memory" not in response.json()["error"]["message"]  # details stay in the server log
-    localizer.localize_prepared = run
+    localizer.localize_prepared_multi = run
     assert client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64))))).status_code == 200
 
 
@@ -378,7 +378,7 @@ def test_worker_batches_by_options_and_shape():
     finally:
         worker.close(timeout=10)
     for got, want in zip(detections, localizer.localize(images)):
-        assert got.box == want.box and got.seed == want.seed
+        assert got.detection.box == want.box and got.detection.seed == want.seed
     batch = metrics.registry.get_sample_value
     assert batch("lost_reg_batch_size_count") == 3 and batch("lost_reg_batch_size_sum") == 7  # 3 + 3 + 1
     assert not worker.alive

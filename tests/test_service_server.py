@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
-import pytest
 
-from .conftest import ROOT, TINY
+from .conftest import TINY, free_port, running
 from .test_service import encode, photo
 
 TINY_ENV = {
@@ -27,43 +19,6 @@ TINY_ENV = {
     "LOST_REG_DEVICE": "cpu",
     "HF_HUB_OFFLINE": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(command: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[str]:
-    """Start ``command``, wait until /readyz answers 200, yield the base URL, then SIGTERM it."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env={**clean, **env}, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready within 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()  # uvicorn re-raises the signal it handled
 
 
 async def burst(base: str, images: list[bytes], requests: int, concurrency: int) -> list[tuple[int, httpx.Response]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..engines import ENGINES
 from ..errors import LostRegError
-from ..export import FORMATS, LABEL_STUDIO_PREFIX, export
+from ..export import FORMATS, LABEL_STUDIO_PREFIX, export, local_files_prefix
 from ..scores import DEFAULT_SCORE, SCORES
 from .common import (
     add_backbone_arguments,
@@ -49,8 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how a box is scored (see README: scores)")
     o.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
                    help="write a PNG per image: boxes, seed, mask, the method's heat map, CLS and register attention")
-    o.add_argument("--image-url-prefix", default=LABEL_STUDIO_PREFIX,
-                   help="labelstudio: prefix of each task's image URL (the image path relative to its folder follows)")
+    o.add_argument("--image-url-prefix", default=None,
+                   help="labelstudio: prefix of each task's image URL, before the image's path relative to its folder "
+                        f"(default: Label Studio's local files, {LABEL_STUDIO_PREFIX}FOLDER/ for one folder)")
     add_backbone_arguments(p)
     add_method_arguments(p)
     r = add_run_arguments(p)
@@ -105,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
     samples = [s for s in dataset if in_shard(s.image_id, args.shard)]
     method = method_from_args(args)  # checked before any image is read, on any engine
     outcome = run(args.engine, args, samples)
-    export(outcome.records, args.out, args.format, url_prefix=args.image_url_prefix,
+    prefix = local_files_prefix(args.paths) if args.image_url_prefix is None else args.image_url_prefix
+    export(outcome.records, args.out, args.format, url_prefix=prefix,
            model_version=f"lost-reg {args.backbone} {method.describe()}")
     errors = errors_file(args.out)
     if outcome.errors:

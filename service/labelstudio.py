@@ -1,0 +1,180 @@
+"""Label Studio's ML-backend protocol on the service: live pre-annotations from LOST or TokenCut.
+
+In Label Studio, *Settings → Model → Connect model* with ``http://HOST:8000/labelstudio`` (and, when
+the service has an API key, *Basic Auth* with that key as the password). Label Studio then calls:
+
+``GET /health``    the model is loaded (else 503).
+``POST /setup``    answers the ``model_version``: backbone, method and options.
+``POST /predict``  ``{"tasks": […], "label_config": "<View>…"}`` → ``{"results": [one prediction per task]}``:
+                   a ``rectanglelabels`` box in percent with ``original_width/height``, its score and the
+                   model version, for the first ``<RectangleLabels>`` of the config and the ``<Image>`` it
+                   labels (names read from the config), with its first label.
+``POST /webhook``  acknowledged (this model does not train).
+
+Task images are URLs: relative ones (``/data/upload/…``, ``/data/local-files/?d=…``) are read from
+``LOST_REG_LABEL_STUDIO_URL`` with ``LOST_REG_LABEL_STUDIO_API_KEY``; absolute ones only when they are on
+that same origin, never anywhere else (no server-side request forgery); redirects are not followed; the
+service's size and pixel limits apply. A task whose image cannot be fetched or read gets an empty result
+and a logged reason, never a failed batch. Images go through the service's one inference worker, so
+they are micro-batched with ``/v1/boxes`` traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from defusedxml.ElementTree import fromstring
+from fastapi import APIRouter, Depends, Request
+
+from lost_reg.export import DiscoveredObject, ImageRecord, labelstudio_prediction
+from lost_reg.recipes import resolve_prep
+
+from .errors import ServiceError
+from .runtime import Runtime
+from .settings import Settings
+from .uploads import decode_upload
+from .worker import InferenceWorker
+
+log = logging.getLogger("service")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where predictions go in a project: the RectangleLabels control, the Image it labels, a label."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    """The task data field holding the image URL (``$image`` → ``image``)."""
+    label: str
+
+
+def target_of(label_config: str) -> Target:
+    """The first ``<RectangleLabels>`` whose ``toName`` is an ``<Image>`` of the config (ValueError if none)."""
+    root = fromstring(label_config)
+    images = {e.get("name"): e.get("value", "") for e in root.iter() if e.tag == "Image"}
+    for control in root.iter():
+        if control.tag == "RectangleLabels" and control.get("toName") in images:
+            labels = [e.get("value") for e in control if e.tag == "Label" and e.get("value")]
+            if not labels:
+                raise ValueError(f"<RectangleLabels name={control.get('name')!r}> has no <Label>")
+            to_name = control.get("toName")
+            return Target(control.get("name"), to_name, images[to_name].lstrip("$"), labels[0])
+    raise ValueError("the label config has no <RectangleLabels> labelling an <Image>")
+
+
+def image_url(url: str, settings: Settings) -> str:
+    """The absolute URL to fetch, or ValueError when it is not on the configured Label Studio."""
+    if not settings.label_studio_url:
+        raise ValueError("LOST_REG_LABEL_STUDIO_URL is not set: the service does not know where Label Studio is")
+    base = settings.label_studio_url.rstrip("/") + "/"
+    absolute = urljoin(base, url.lstrip("/")) if url.startswith("/") else url
+    allowed, wanted = urlsplit(base), urlsplit(absolute)
+    if (wanted.scheme, wanted.hostname, wanted.port) != (allowed.scheme, allowed.hostname, allowed.port):
+        raise ValueError(f"{url} is not on the Label Studio at {settings.label_studio_url}: not fetched")
+    return absolute
+
+
+async def fetch(client: httpx.AsyncClient, url: str, settings: Settings) -> bytes:
+    """The image's bytes, read in chunks and given up past ``max_file_bytes``; no redirects."""
+    headers = {}
+    if settings.label_studio_api_key:
+        headers["Authorization"] = f"Token {settings.label_studio_api_key.get_secret_value()}"
+    async with client.stream("GET", url, headers=headers, follow_redirects=False) as response:
+        if response.status_code != 200:
+            raise ValueError(f"{url}: Label Studio answered {response.status_code}")
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > settings.max_file_bytes:
+                raise ValueError(f"{url}: larger than the {settings.max_file_mb:g} MB limit per file")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def router(runtime: Runtime, settings: Settings) -> APIRouter:
+    """The ``/labelstudio`` routes, behind the service's API key (Bearer, or Basic with the key as password)."""
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    api = APIRouter(prefix="/labelstudio", include_in_schema=False,  # Label Studio's protocol, not this API's
+                    dependencies=[Depends(_auth(key))] if key else [])
+
+    def model_version() -> str:
+        loc = runtime.require_ready().localizer
+        return f"lost-reg {loc.backbone.name} {loc.method.describe()}"
+
+    @api.get("/health", summary="Label Studio: is the model loaded")
+    async def health() -> dict[str, str]:
+        runtime.require_ready()
+        return {"status": "UP", "model_class": "lost-reg"}
+
+    @api.post("/setup", summary="Label Studio: connect a project")
+    async def setup() -> dict[str, str]:
+        return {"model_version": model_version()}
+
+    @api.post("/webhook", summary="Label Studio: project events (acknowledged; nothing is trained)")
+    async def webhook() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.post("/predict", summary="Label Studio: one box per task, as a pre-annotation")
+    async def predict(request: Request) -> dict[str, Any]:
+        worker = runtime.require_ready()
+        try:
+            body = await request.json()
+            tasks, target = body["tasks"], target_of(body["label_config"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {e}") from None
+        version = model_version()
+        async with httpx.AsyncClient(timeout=settings.timeout_s) as client:
+            results = await asyncio.gather(*(_one(task, target, version, client, worker) for task in tasks))
+        return {"results": results}
+
+    async def _one(task: dict, target: Target, version: str, client: httpx.AsyncClient,
+                   worker: InferenceWorker) -> dict[str, Any]:
+        loc = worker.localizer
+        task_id = task.get("id")
+        try:
+            url = image_url(str(task["data"][target.data_key]), settings)
+            data = await fetch(client, url, settings)
+            prep = resolve_prep(loc.backbone.name, loc.method, settings.prep)
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                runtime.pool, decode_upload, data, url, loc.patch_size, settings.max_side, settings.max_pixels, prep)
+            found = await asyncio.wrap_future(worker.submit(prepared, worker.default_key).future)
+        except (ServiceError, ValueError, KeyError, TypeError, httpx.HTTPError) as e:
+            reason = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
+            log.warning("Label Studio task %s: no prediction (%s)", task_id, reason)
+            return {"result": [], "score": 0.0, "model_version": version}
+        det = found.detection
+        record = ImageRecord(str(task_id), "", det.width, det.height,
+                             [DiscoveredObject(box=det.box, score=found.score, seed=det.seed)])
+        return labelstudio_prediction(record, version, target.from_name, target.to_name, target.label)
+
+    return api
+
+
+def _auth(secret: str):
+    """401 unless ``Authorization`` carries the key: ``Bearer KEY``, or ``Basic`` with KEY as the password
+    (what Label Studio sends when *Basic Auth* is chosen for the model)."""
+    expected = secret.encode()
+
+    async def check(request: Request) -> None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        given = b""
+        if scheme.lower() == "bearer":
+            given = value.strip().encode()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+            except ValueError:
+                given = b""
+        if not hmac.compare_digest(given, expected):
+            raise ServiceError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>', "
+                               "or Basic auth with the key as the password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
