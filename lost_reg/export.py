@@ -4,29 +4,38 @@ Every writer takes the same :class:`ImageRecord` list (one per image, boxes in o
 and writes atomically, file by file (a temporary file then ``os.replace``), so a crash never
 leaves half a label file. All boxes carry the category ``object`` (LOST finds objects, not
 classes). Paths inside the outputs are :attr:`ImageRecord.file_name`: the image's path relative
-to the folder it was found in, with ``/`` separators — what the tools match images on.
-
-Formats and how to load them:
+to the folder it was found in, with ``/`` separators — what the tools match images on. Each
+format below was loaded by the named tools as written (``tests/test_export_tools.py``).
 
 ``coco`` (one JSON file)
     ``images`` (id, file_name, width, height), ``annotations`` (bbox [x, y, w, h] in pixels,
-    ``score``, area, iscrowd 0, category_id 1) and ``categories`` [object]. Loads with
-    ``pycocotools.coco.COCO(path)``. CVAT: create a task from the same images, then *Actions →
-    Upload annotations → COCO 1.0* with this file. Label Studio: convert with
-    ``label-studio-converter import coco`` or use the ``labelstudio`` format below.
+    ``score``, area, iscrowd 0, ``segmentation: []``, category_id 1) and ``categories`` [object].
+    pycocotools: ``COCO(path)``. CVAT: *Upload annotations → COCO 1.0* with this file. Datumaro
+    wants a dataset folder: ``DATASET/annotations/instances_default.json`` (this file) beside
+    ``DATASET/images/`` (the image folder, or a link to it).
+``coco-results`` (one JSON file)
+    COCO's result format, what ``COCO.loadRes`` and ``COCOeval`` read: a list of ``{"image_id",
+    "category_id", "bbox", "score"}``. Image ids and category are the ``coco`` export's (1), or
+    the ground truth's (:func:`coco_image_ids` matches file names; its first category): the
+    boxes are class-agnostic, so run ``COCOeval`` with ``params.useCats = 0``.
 ``jsonl`` (one JSON file, one line per image)
     ``{"image_id", "file_name", "width", "height", "objects": [{"box": [x0, y0, x1, y1],
     "score", "seed": [row, col]}]}``; boxes max-exclusive in pixels, seed on the patch grid.
 ``yolo`` (a folder, CVAT's *YOLO 1.1* layout)
     ``obj_train_data/<file_name minus extension>.txt`` per image with ``0 cx cy w h`` lines
     normalised to [0, 1] (an empty file for an image without box), ``obj.names`` and
-    ``classes.txt`` (``object``), ``obj.data`` and ``train.txt``. CVAT: zip the folder's content
-    (``cd OUT && zip -r ../labels.zip .``) and upload it as *YOLO 1.1*. Ultralytics tools read the
-    txt files directly; YOLO has no score column.
+    ``classes.txt`` (``object``), ``obj.data`` and ``train.txt`` (CVAT, Datumaro), ``data.yaml``
+    (Ultralytics, supervision: ``names: [object]``, ``train``/``val``: ``obj_train_data``) and
+    ``images.meta`` (Datumaro: each image's height and width, so it needs no image). CVAT:
+    ``zip -r labels.zip obj.data obj.names train.txt obj_train_data``, upload as *YOLO 1.1*.
+    Ultralytics wants the images beside their labels in ``obj_train_data/``; supervision reads
+    one flat image folder against ``obj_train_data/``. YOLO has no score column.
 ``voc`` (a folder)
     ``Annotations/<file_name minus extension>.xml`` per image (Pascal VOC: 1-based inclusive
-    pixel corners, so ``xmin = x0 + 1``, ``xmax = x1``) and ``ImageSets/Main/default.txt``.
-    CVAT: zip the folder's content and upload it as *Pascal VOC 1.1*. VOC has no score field.
+    pixel corners, so ``xmin = x0 + 1``, ``xmax = x1``), ``ImageSets/Main/default.txt`` and
+    ``labelmap.txt`` (declares ``object``; Datumaro and CVAT refuse undeclared labels). CVAT:
+    ``zip -r labels.zip Annotations ImageSets labelmap.txt``, upload as *Pascal VOC 1.1*. VOC has
+    no score field.
 ``labelstudio`` (one JSON file)
     Label Studio's task import format: ``[{"data": {"image": URL}, "predictions": [{"model_version",
     "score", "result": [{"type": "rectanglelabels", "from_name": "label", "to_name": "image",
@@ -34,10 +43,10 @@ Formats and how to load them:
     "rectanglelabels": ["object"]}, "score"}]}]}]`` with x, y, width, height in percent of the
     image. ``from_name``/``to_name`` match the *Object Detection with Bounding Boxes* template
     (``<RectangleLabels name="label" toName="image">`` with a label ``object``). URL is
-    ``url_prefix + file_name`` (percent-encoded); :func:`local_files_prefix` gives the prefix for Label Studio's local
-    files (checked with Label Studio 1.23.2): start it with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true``
-    and ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = the folder *above* the image folder (a storage
-    on the document root itself is refused), add a *Local files* storage on the image folder (do not
+    ``url_prefix + file_name`` (percent-encoded); :func:`local_files_prefix` gives the prefix for
+    Label Studio's local files: start it with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = the folder *above* the image folder (a storage on
+    the document root itself is refused), add a *Local files* storage on the image folder (do not
     *Sync* it: that adds a second, unlabelled copy of every task), then *Import* the JSON. Use
     another prefix (e.g. a bucket URL) for images served elsewhere.
 """
@@ -46,14 +55,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-FORMATS = ("coco", "jsonl", "yolo", "voc", "labelstudio")
-FOLDER_FORMATS = ("yolo", "voc")
 CATEGORY = "object"
 LABEL_STUDIO_PREFIX = "/data/local-files/?d="
 
@@ -95,22 +103,26 @@ class ImageRecord:
                    height=int(d["height"]), objects=objects)
 
 
-def export(records: Sequence[ImageRecord], out: Path, fmt: str, *, url_prefix: str = LABEL_STUDIO_PREFIX,
-           model_version: str = "lost-reg") -> None:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What some formats need beyond the boxes."""
+
+    url_prefix: str = LABEL_STUDIO_PREFIX
+    """labelstudio: put before each image's file name to make its URL."""
+    model_version: str = "lost-reg"
+    """labelstudio: the predictions' model version."""
+    image_ids: Mapping[str, int] | None = None
+    """coco-results: file name → the ground truth's image id (default: the ``coco`` export's ids)."""
+    category_id: int = 1
+    """coco-results: the boxes' category; one of the ground truth's, so that ``COCOeval`` with
+    ``useCats = 0`` (which still only reads categories in ``params.catIds``) sees them."""
+
+
+def export(records: Sequence[ImageRecord], out: Path, fmt: str, options: ExportOptions = ExportOptions()) -> None:
     """Write ``records`` to ``out`` (a file, or a folder for ``yolo`` and ``voc``) in format ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    records = sorted(records, key=lambda r: r.file_name)
-    if fmt == "coco":
-        _write_text(out, json.dumps(to_coco(records)))
-    elif fmt == "jsonl":
-        _write_text(out, "".join(json.dumps(r.to_json()) + "\n" for r in records))
-    elif fmt == "labelstudio":
-        _write_text(out, json.dumps(to_labelstudio(records, url_prefix, model_version), indent=1))
-    elif fmt == "yolo":
-        write_yolo(records, out)
-    else:
-        write_voc(records, out)
+    FORMATS[fmt](sorted(records, key=lambda r: r.file_name), out, options)
 
 
 def to_coco(records: Sequence[ImageRecord]) -> dict:
@@ -122,10 +134,38 @@ def to_coco(records: Sequence[ImageRecord]) -> dict:
             x0, y0, x1, y1 = o.box
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                                "iscrowd": 0, "score": round(o.score, 6)})
+                                "iscrowd": 0, "segmentation": [], "score": round(o.score, 6)})
     return {"info": {"description": "boxes discovered by lost-reg (LOST, unsupervised)"},
             "images": images, "annotations": annotations,
             "categories": [{"id": 1, "name": CATEGORY, "supercategory": CATEGORY}]}
+
+
+def to_coco_results(records: Sequence[ImageRecord], image_ids: Mapping[str, int] | None = None,
+                    category_id: int = 1) -> list[dict]:
+    """COCO detection results; images missing from ``image_ids`` are a KeyError naming them."""
+    if image_ids is not None:
+        missing = [r.file_name for r in records if r.file_name not in image_ids]
+        if missing:
+            raise KeyError(f"{len(missing)} images are not in the ground truth, e.g. {', '.join(missing[:3])}")
+    ids = image_ids or {r.file_name: i for i, r in enumerate(records, start=1)}
+    return [{"image_id": ids[r.file_name], "category_id": category_id, "bbox": [x0, y0, x1 - x0, y1 - y0],
+             "score": round(o.score, 6)}
+            for r in records for o in r.objects for x0, y0, x1, y1 in [o.box]]
+
+
+def coco_image_ids(ground_truth: dict, file_names: Sequence[str]) -> dict[str, int]:
+    """Each file name's image id in a COCO ground truth: by ``file_name``, else by base name when unique."""
+    exact = {img["file_name"]: img["id"] for img in ground_truth["images"]}
+    by_base: dict[str, list[int]] = {}
+    for img in ground_truth["images"]:
+        by_base.setdefault(PurePosixPath(img["file_name"]).name, []).append(img["id"])
+    ids = {}
+    for name in file_names:
+        if name in exact:
+            ids[name] = exact[name]
+        elif len(by_base.get(PurePosixPath(name).name, ())) == 1:
+            ids[name] = by_base[PurePosixPath(name).name][0]
+    return ids
 
 
 def labelstudio_prediction(record: ImageRecord, model_version: str, from_name: str = "label",
@@ -157,6 +197,26 @@ def local_files_prefix(paths: Sequence[str | Path]) -> str:
     return LABEL_STUDIO_PREFIX
 
 
+def load_hint(fmt: str, out: Path, paths: Sequence[str | Path]) -> str:
+    """One line on how to open what :func:`export` wrote (printed by ``lost-reg discover``)."""
+    folder = Path(paths[0]).resolve() if len(paths) == 1 and Path(paths[0]).is_dir() else None
+    if fmt == "labelstudio" and folder:
+        return (f"Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={shlex.quote(str(folder.parent))}, add a Local files storage "
+                f"on {folder} (do not Sync it), then import {out}")
+    hints = {"coco": f"pycocotools: COCO({str(out)!r}); Datumaro: name it DATASET/annotations/instances_default.json "
+                     "beside DATASET/images/",
+             "coco-results": f"pycocotools: COCO(ground_truth).loadRes({str(out)!r}); COCOeval with params.useCats = 0",
+             "yolo": f"CVAT: cd {shlex.quote(str(out))} && zip -r ../labels.zip obj.data obj.names train.txt "
+                     "obj_train_data (YOLO 1.1); Ultralytics: "
+                     f"{out / 'data.yaml'} with the images copied into obj_train_data/",
+             "voc": f"CVAT: cd {shlex.quote(str(out))} && zip -r ../labels.zip Annotations ImageSets labelmap.txt "
+                    "(Pascal VOC 1.1); "
+                    f"Datumaro: Dataset.import_from({str(out)!r}, 'voc')",
+             "labelstudio": "Label Studio: serve the images where the tasks' URLs point, then import the file"}
+    return hints.get(fmt, "")
+
+
 def to_labelstudio(records: Sequence[ImageRecord], url_prefix: str = LABEL_STUDIO_PREFIX,
                    model_version: str = "lost-reg") -> list[dict]:
     """Label Studio tasks with one prediction each (percent coordinates)."""
@@ -175,8 +235,8 @@ def yolo_lines(record: ImageRecord) -> list[str]:
     return lines
 
 
-def write_yolo(records: Sequence[ImageRecord], out: Path) -> None:
-    """CVAT's YOLO 1.1 layout in ``out`` (see the module docstring)."""
+def write_yolo(records: Sequence[ImageRecord], out: Path, options: ExportOptions = ExportOptions()) -> None:
+    """CVAT's YOLO 1.1 layout in ``out``, with Ultralytics' ``data.yaml`` and Datumaro's ``images.meta``."""
     for r in records:
         labels = "".join(f"{line}\n" for line in yolo_lines(r))
         _write_text(out / "obj_train_data" / _with_suffix(r.file_name, ".txt"), labels)
@@ -184,6 +244,11 @@ def write_yolo(records: Sequence[ImageRecord], out: Path) -> None:
     _write_text(out / "classes.txt", f"{CATEGORY}\n")
     _write_text(out / "obj.data", "classes = 1\nnames = obj.names\ntrain = train.txt\n")
     _write_text(out / "train.txt", "".join(f"obj_train_data/{r.file_name}\n" for r in records))
+    _write_text(out / "data.yaml", "# lost-reg boxes, one class-agnostic category. Ultralytics: put the images beside "
+                                   "their labels in obj_train_data/.\n"
+                                   f"train: obj_train_data\nval: obj_train_data\nnc: 1\nnames: [{CATEGORY}]\n")
+    _write_text(out / "images.meta", "".join(f"{shlex.quote(_with_suffix(r.file_name, ''))} {r.height} {r.width}\n"
+                                             for r in records))
 
 
 def voc_xml(record: ImageRecord) -> str:
@@ -204,12 +269,13 @@ def voc_xml(record: ImageRecord) -> str:
     )
 
 
-def write_voc(records: Sequence[ImageRecord], out: Path) -> None:
-    """``Annotations/*.xml`` and ``ImageSets/Main/default.txt`` in ``out``."""
+def write_voc(records: Sequence[ImageRecord], out: Path, options: ExportOptions = ExportOptions()) -> None:
+    """``Annotations/*.xml``, ``ImageSets/Main/default.txt`` and ``labelmap.txt`` in ``out``."""
     for r in records:
         _write_text(out / "Annotations" / _with_suffix(r.file_name, ".xml"), voc_xml(r))
     names = "".join(f"{_with_suffix(r.file_name, '')}\n" for r in records)
     _write_text(out / "ImageSets" / "Main" / "default.txt", names)
+    _write_text(out / "labelmap.txt", f"# label:color_rgb:parts:actions\n{CATEGORY}:128,0,0::\n")
 
 
 def _with_suffix(file_name: str, suffix: str) -> str:
@@ -226,3 +292,19 @@ def _write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _json(render: Callable[[Sequence[ImageRecord], ExportOptions], object], indent: int | None = None):
+    """A writer of one JSON file from ``render``."""
+    return lambda records, out, options: _write_text(out, json.dumps(render(records, options), indent=indent))
+
+
+FORMATS: dict[str, Callable[[Sequence[ImageRecord], Path, ExportOptions], None]] = {
+    "coco": _json(lambda records, o: to_coco(records)),
+    "coco-results": _json(lambda records, o: to_coco_results(records, o.image_ids, o.category_id)),
+    "jsonl": lambda records, out, o: _write_text(out, "".join(json.dumps(r.to_json()) + "\n" for r in records)),
+    "yolo": write_yolo,
+    "voc": write_voc,
+    "labelstudio": _json(lambda records, o: to_labelstudio(records, o.url_prefix, o.model_version), indent=1),
+}
+"""Every export format by name: a writer of ``records`` to a file, or to a folder for yolo and voc."""

@@ -107,6 +107,36 @@ def test_other_formats(photos, tmp_path, fmt):
             "/data/local-files/?d=astronaut.jpg", "/data/local-files/?d=cat.jpg", "/data/local-files/?d=rocket.jpg"]
 
 
+def test_one_folder_gets_label_studio_local_files_urls_and_a_set_up_hint(photos, tmp_path, capsys):
+    (photos / "more" / "a b&c.jpg").write_bytes((photos / "more" / "rocket.jpg").read_bytes())
+    out = tmp_path / "tasks.json"
+    assert main(["discover", str(photos / "more"), "--out", str(out), "--format", "labelstudio", *TINY_ARGS]) == 0
+    assert sorted(t["data"]["image"] for t in json.loads(out.read_text())) == [
+        "/data/local-files/?d=more/a%20b%26c.jpg", "/data/local-files/?d=more/astronaut.jpg",
+        "/data/local-files/?d=more/rocket.jpg"]
+    printed = capsys.readouterr().out
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={photos}" in printed and f"storage on {photos / 'more'}" in printed
+
+
+def test_coco_results_take_ids_from_the_ground_truth(photos, tmp_path, capsys):
+    gt = {"images": [{"id": 7, "file_name": "cat.jpg"}, {"id": 9, "file_name": "coffee.png"},
+                     {"id": 11, "file_name": "astronaut.jpg"}, {"id": 12, "file_name": "rocket.jpg"},
+                     {"id": 13, "file_name": "broken.jpg"}],
+          "annotations": [], "categories": [{"id": 5, "name": "cat"}, {"id": 3, "name": "cup"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    out = tmp_path / "results.json"
+    args = ["discover", str(photos), "--out", str(out), "--format", "coco-results", *TINY_ARGS]
+    assert main([*args, "--coco-gt", str(tmp_path / "gt.json")]) == 0
+    results = json.loads(out.read_text())
+    assert sorted({r["image_id"] for r in results}) == [7, 9, 11, 12] and {r["category_id"] for r in results} == {3}
+    gt["images"].pop()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert main([*args, "--coco-gt", str(tmp_path / "gt.json")]) == 2
+    assert "1 of 5 images are not in it" in capsys.readouterr().err
+    assert main([*args, "--format", "coco", "--coco-gt", str(tmp_path / "gt.json")]) == 2
+    assert "--coco-gt is for --format coco-results" in capsys.readouterr().err
+
+
 def test_bad_options_are_one_line_errors(photos, tmp_path, capsys):
     assert main(["discover", str(photos), "--out", str(tmp_path / "x.json"), "--max-objects", "0", *TINY_ARGS]) == 2
     assert capsys.readouterr().err.startswith("error: --max-objects")

@@ -1,4 +1,5 @@
-"""Every export format round-trips: COCO through pycocotools, YOLO and VOC re-parsed, Label Studio's shape."""
+"""Every export format round-trips: COCO through pycocotools, YOLO and VOC re-parsed, Label Studio's shape.
+(Loaded by Datumaro, supervision and Label Studio themselves: test_export_tools.py, test_labelstudio.py.)"""
 
 import json
 import xml.etree.ElementTree as ET
@@ -6,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from lost_reg.evaluation import load_predictions
-from lost_reg.export import DiscoveredObject, ImageRecord, export
+from lost_reg.export import DiscoveredObject, ExportOptions, ImageRecord, coco_image_ids, export
 
 RECORDS = [
     ImageRecord("b.jpg", "b.jpg", 640, 480, [DiscoveredObject((10, 20, 110, 220), 0.25, (1, 0)),
@@ -39,6 +40,45 @@ def test_coco_loads_in_pycocotools(tmp_path):
     assert len({a["id"] for a in coco.dataset["annotations"]}) == 3
     # detections in the same file also load as results against themselves
     assert len(coco.loadRes(coco.dataset["annotations"]).getAnnIds()) == 3
+    assert all(a["segmentation"] == [] for a in coco.dataset["annotations"])
+
+
+def test_coco_results_take_the_ground_truths_image_ids(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    # a ground truth with other ids, base names only, and exactly the exported boxes as objects
+    gt = {"images": [{"id": 10 * (i + 1), "file_name": r.file_name.split("/")[-1], "width": r.width, "height": r.height}
+                     for i, r in enumerate(RECORDS)],
+          "annotations": [{"id": 100 * (i + 1) + k, "image_id": 10 * (i + 1), "category_id": 7, "iscrowd": 0,
+                           "bbox": [o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]],
+                           "area": (o.box[2] - o.box[0]) * (o.box[3] - o.box[1])}
+                          for i, r in enumerate(RECORDS) for k, o in enumerate(r.objects)],
+          "categories": [{"id": 7, "name": "thing"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    ids = coco_image_ids(gt, [r.file_name for r in RECORDS])
+    assert ids == {"b.jpg": 10, "sub/a.png": 20, "c.jpeg": 30}
+    out = tmp_path / "results.json"
+    export(RECORDS, out, "coco-results", ExportOptions(image_ids=ids, category_id=7))
+    truth = COCO(str(tmp_path / "gt.json"))
+    results = truth.loadRes(str(out))
+    assert sorted((a["image_id"], tuple(a["bbox"]), a["score"]) for a in results.dataset["annotations"]) == sorted(
+        (ids[r.file_name], (o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]), o.score)
+        for r in RECORDS for o in r.objects)
+    evaluation = COCOeval(truth, results, "bbox")
+    evaluation.params.useCats = 0  # class-agnostic: the boxes are "object"
+    evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)  # AP: every box is its own ground truth
+    with pytest.raises(KeyError, match="not in the ground truth"):
+        export(RECORDS, out, "coco-results", ExportOptions(image_ids={"b.jpg": 10}))
+
+
+def test_coco_results_default_to_the_coco_exports_ids(tmp_path):
+    export(RECORDS, tmp_path / "coco.json", "coco")
+    export(RECORDS, tmp_path / "results.json", "coco-results")
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in coco["annotations"]] == results
 
 
 def test_jsonl_round_trips(tmp_path):
@@ -55,6 +95,8 @@ def test_yolo_files_parse_back_to_the_boxes(tmp_path):
     export(RECORDS, out, "yolo")
     assert (out / "obj.names").read_text() == "object\n" == (out / "classes.txt").read_text()
     assert "names = obj.names" in (out / "obj.data").read_text()
+    assert "names: [object]" in (out / "data.yaml").read_text() and "train: obj_train_data" in (out / "data.yaml").read_text()
+    assert sorted((out / "images.meta").read_text().splitlines()) == ["b 480 640", "c 50 100", "sub/a 500 333"]
     assert sorted((out / "train.txt").read_text().split()) == sorted(f"obj_train_data/{r.file_name}" for r in RECORDS)
     for r in RECORDS:
         txt = out / "obj_train_data" / (r.file_name.rsplit(".", 1)[0] + ".txt")
@@ -71,6 +113,7 @@ def test_voc_xml_parses_back_to_the_boxes(tmp_path):
     out = tmp_path / "voc"
     export(RECORDS, out, "voc")
     assert sorted((out / "ImageSets/Main/default.txt").read_text().split()) == ["b", "c", "sub/a"]
+    assert (out / "labelmap.txt").read_text().splitlines()[1] == "object:128,0,0::"
     for r in RECORDS:
         root = ET.parse(out / "Annotations" / (r.file_name.rsplit(".", 1)[0] + ".xml")).getroot()
         assert root.findtext("filename") == r.file_name.split("/")[-1]
@@ -83,7 +126,7 @@ def test_voc_xml_parses_back_to_the_boxes(tmp_path):
 
 def test_labelstudio_tasks_have_percent_rectangles(tmp_path):
     out = tmp_path / "tasks.json"
-    export(RECORDS, out, "labelstudio", url_prefix="s3://bucket/photos/", model_version="lost-reg test")
+    export(RECORDS, out, "labelstudio", ExportOptions(url_prefix="s3://bucket/photos/", model_version="lost-reg test"))
     tasks = json.loads(out.read_text())
     assert [t["data"]["image"] for t in tasks] == ["s3://bucket/photos/b.jpg", "s3://bucket/photos/c.jpeg",
                                                   "s3://bucket/photos/sub/a.png"]

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
-from ..engines import ENGINES
+from ..engines import ENGINES, file_name
 from ..errors import LostRegError
-from ..export import FORMATS, LABEL_STUDIO_PREFIX, export, local_files_prefix
+from ..export import FORMATS, LABEL_STUDIO_PREFIX, ExportOptions, coco_image_ids, export, load_hint, local_files_prefix
 from ..scores import DEFAULT_SCORE, SCORES
 from .common import (
     add_backbone_arguments,
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="output file (coco, jsonl, labelstudio) or folder (yolo, voc)")
-    o.add_argument("--format", choices=FORMATS, default="coco", help="output format (see README: discover)")
+    o.add_argument("--format", choices=list(FORMATS), default="coco", help="output format (see README: discover)")
     o.add_argument("--max-objects", type=int, default=1,
                    help="boxes per image: after each box its patches leave the graph and the method looks again")
     o.add_argument("--min-score", type=float, default=None,
@@ -52,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--image-url-prefix", default=None,
                    help="labelstudio: prefix of each task's image URL, before the image's path relative to its folder "
                         f"(default: Label Studio's local files, {LABEL_STUDIO_PREFIX}FOLDER/ for one folder)")
+    o.add_argument("--coco-gt", type=Path, default=None, metavar="JSON",
+                   help="coco-results: take image ids from this COCO ground truth, matching file names")
     add_backbone_arguments(p)
     add_method_arguments(p)
     r = add_run_arguments(p)
@@ -105,10 +108,13 @@ def main(args: argparse.Namespace) -> int:
         raise LostRegError("--max-objects must be at least 1")
     samples = [s for s in dataset if in_shard(s.image_id, args.shard)]
     method = method_from_args(args)  # checked before any image is read, on any engine
+    if args.coco_gt and args.format != "coco-results":
+        raise LostRegError("--coco-gt is for --format coco-results")
+    image_ids, category = ground_truth_ids(args.coco_gt, [file_name(s) for s in samples]) if args.coco_gt else (None, 1)
     outcome = run(args.engine, args, samples)
     prefix = local_files_prefix(args.paths) if args.image_url_prefix is None else args.image_url_prefix
-    export(outcome.records, args.out, args.format, url_prefix=prefix,
-           model_version=f"lost-reg {args.backbone} {method.describe()}")
+    options = ExportOptions(prefix, f"lost-reg {args.backbone} {method.describe()}", image_ids, category)
+    export(outcome.records, args.out, args.format, options)
     errors = errors_file(args.out)
     if outcome.errors:
         write_json(errors, {"images_failed": len(outcome.errors), "errors": outcome.errors})
@@ -119,4 +125,22 @@ def main(args: argparse.Namespace) -> int:
     empty = sum(not r.objects for r in outcome.records)
     print(f"{len(outcome.records)} images, {boxes} boxes ({empty} images without a box) -> {args.out} ({args.format}); "
           f"{outcome.summary}")
+    hint = load_hint(args.format, args.out, args.paths)
+    if hint:
+        print(hint)
     return 0
+
+
+def ground_truth_ids(path: Path, file_names: list[str]) -> tuple[dict[str, int], int]:
+    """File name → image id in the COCO ground truth at ``path`` (every image must be in it), and its first category."""
+    try:
+        ground_truth = json.loads(path.read_text(encoding="utf-8"))
+        ids = coco_image_ids(ground_truth, file_names)
+        category = min(c["id"] for c in ground_truth["categories"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LostRegError(f"--coco-gt {path}: not a readable COCO annotation file ({e})") from None
+    missing = [n for n in file_names if n not in ids]
+    if missing:
+        raise LostRegError(f"--coco-gt {path}: {len(missing)} of {len(file_names)} images are not in it "
+                           f"(by file name or unique base name), e.g. {', '.join(missing[:3])}")
+    return ids, category
