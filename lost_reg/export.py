@@ -120,9 +120,17 @@ class ExportOptions:
 
 def export(records: Sequence[ImageRecord], out: Path, fmt: str, options: ExportOptions = ExportOptions()) -> None:
     """Write ``records`` to ``out`` (a file, or a folder for ``yolo`` and ``voc``) in format ``fmt``."""
-    if fmt not in FORMATS:
+    if fmt in FOLDER_WRITERS:
+        FOLDER_WRITERS[fmt](sorted(records, key=lambda r: r.file_name), out, options)
+    else:
+        _write_text(out, render(records, fmt, options))
+
+
+def render(records: Sequence[ImageRecord], fmt: str, options: ExportOptions = ExportOptions()) -> str:
+    """The text of a one-file format (coco, coco-results, jsonl, labelstudio), images sorted by file name."""
+    if fmt not in RENDERERS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    FORMATS[fmt](sorted(records, key=lambda r: r.file_name), out, options)
+    return RENDERERS[fmt](sorted(records, key=lambda r: r.file_name), options)
 
 
 def to_coco(records: Sequence[ImageRecord]) -> dict:
@@ -294,17 +302,16 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
-def _json(render: Callable[[Sequence[ImageRecord], ExportOptions], object], indent: int | None = None):
-    """A writer of one JSON file from ``render``."""
-    return lambda records, out, options: _write_text(out, json.dumps(render(records, options), indent=indent))
-
-
-FORMATS: dict[str, Callable[[Sequence[ImageRecord], Path, ExportOptions], None]] = {
-    "coco": _json(lambda records, o: to_coco(records)),
-    "coco-results": _json(lambda records, o: to_coco_results(records, o.image_ids, o.category_id)),
-    "jsonl": lambda records, out, o: _write_text(out, "".join(json.dumps(r.to_json()) + "\n" for r in records)),
+RENDERERS: dict[str, Callable[[Sequence[ImageRecord], ExportOptions], str]] = {
+    "coco": lambda records, o: json.dumps(to_coco(records)),
+    "coco-results": lambda records, o: json.dumps(to_coco_results(records, o.image_ids, o.category_id)),
+    "jsonl": lambda records, o: "".join(json.dumps(r.to_json()) + "\n" for r in records),
+    "labelstudio": lambda records, o: json.dumps(to_labelstudio(records, o.url_prefix, o.model_version), indent=1),
+}
+"""The one-file formats: their text."""
+FOLDER_WRITERS: dict[str, Callable[[Sequence[ImageRecord], Path, ExportOptions], None]] = {
     "yolo": write_yolo,
     "voc": write_voc,
-    "labelstudio": _json(lambda records, o: to_labelstudio(records, o.url_prefix, o.model_version), indent=1),
 }
-"""Every export format by name: a writer of ``records`` to a file, or to a folder for yolo and voc."""
+"""The folder formats: their writers."""
+FORMATS = (*RENDERERS, *FOLDER_WRITERS)

@@ -12,13 +12,16 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.params import Depends as DependsParam
+from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
@@ -28,6 +31,7 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from lost_reg import __version__
+from lost_reg.export import DiscoveredObject, ExportOptions, ImageRecord, render
 from lost_reg.methods import all_option_specs
 from lost_reg.pipeline import Localizer
 from lost_reg.recipes import resolve_method, resolve_prep
@@ -40,6 +44,7 @@ from .schemas import (
     BoxesResponse,
     BoxOptions,
     ErrorResponse,
+    ExportRequest,
     FileError,
     ModelInfo,
     boxes_request_schema,
@@ -50,6 +55,9 @@ from .worker import InferenceWorker, RunKey
 
 MAX_OPTION_FIELDS = 16
 MAX_OPTION_BYTES = 64 * 1024
+MAX_EXPORT_BYTES = 32 * 2**20
+STATIC = Path(__file__).parent / "static"
+"""The web page at ``/``: plain HTML, CSS and JavaScript, no build step, nothing from a CDN."""
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in [
     (400, "not a complete multipart/form-data body, or more than 16 option fields"),
     (401, "missing or wrong bearer token"),
@@ -120,6 +128,34 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
                     "max_pixels": settings.max_pixels, "timeout_s": settings.timeout_s},
         )
 
+    @app.post("/v1/export", dependencies=protected, response_class=Response, summary="Boxes as an export file",
+              responses={200: {"content": {"application/json": {}, "application/x-ndjson": {}},
+                               "description": "the file, as an attachment"},
+                         **{k: v for k, v in ERRORS.items() if k in (401, 413, 422)}})
+    async def export_boxes(request: Request) -> Response:
+        """Boxes (what ``/v1/boxes`` answered, e.g. the web page's session) as a COCO, COCO results, JSON lines or
+        Label Studio file, written by the same code as ``lost-reg discover --format``."""
+        body = await _read_body(request, MAX_EXPORT_BYTES)
+        try:
+            wanted = ExportRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise ServiceError(422, "invalid_request", "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+        records = [ImageRecord(i.file_name, i.file_name, i.width, i.height,
+                               [DiscoveredObject(o.box, o.score) for o in i.objects]) for i in wanted.images]
+        loc = runtime.require_ready().localizer
+        version = wanted.model_version or f"lost-reg {loc.backbone.name} {loc.method.describe()}"
+        text = render(records, wanted.format, ExportOptions(wanted.image_url_prefix, version))
+        name, media = ("boxes.jsonl", "application/x-ndjson") if wanted.format == "jsonl" else (
+            f"boxes-{wanted.format}.json", "application/json")
+        return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/metrics", dependencies=protected, response_class=Response, summary="Prometheus metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -153,6 +189,10 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         method = loc.method.name if loc else settings.resolved().method.name
         schema["paths"]["/v1/boxes"]["post"]["requestBody"] = boxes_request_schema(
             settings.max_files, (patch, settings.max_side), method)
+        export = ExportRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema["components"]["schemas"].update(export.pop("$defs", {}), ExportRequest=export)
+        schema["paths"]["/v1/export"]["post"]["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}}
         if loc is not None:
             app.openapi_schema = schema
         return schema
@@ -172,6 +212,21 @@ def _bearer_auth(secret: str) -> DependsParam:
                                headers={"WWW-Authenticate": "Bearer"})
 
     return Depends(check)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 once it passes ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    too_large = ServiceError(413, "request_too_large", f"request body over {limit / 2**20:g} MB")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _read_form(request: Request, settings: Settings) -> FormData:
@@ -250,7 +305,8 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     except ValueError as e:
         raise ServiceError(422, "invalid_option", str(e)) from None
     prep = resolve_prep(worker.localizer.backbone.name, method, settings.prep)
-    return BoxRequest(RunKey(options.features or defaults.features, method), max_side, prep, options.return_mask)
+    return BoxRequest(RunKey(options.features or defaults.features, method), max_side, prep, options.return_mask,
+                      options.return_heat)
 
 
 app = create_app()

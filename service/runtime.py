@@ -4,12 +4,14 @@ and the per-file path of a request (read and decode in the pool → inference qu
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from starlette.datastructures import UploadFile
@@ -17,6 +19,7 @@ from starlette.datastructures import UploadFile
 from lost_reg.images import Prepared, prepare
 from lost_reg.models import create_backbone
 from lost_reg.pipeline import Localizer, ScoredDetection
+from lost_reg.vis import heat
 
 from .errors import ServiceError
 from .metrics import Metrics
@@ -56,6 +59,7 @@ class BoxRequest:
     max_side: int
     prep: str
     return_mask: bool
+    return_heat: bool = False
 
 
 class Runtime:
@@ -126,17 +130,22 @@ class Runtime:
             log.exception("%s: localisation failed", name)
             return Failed(name, ServiceError(500, "inference_failed",
                                              f"{name}: localisation failed ({type(e).__name__}); see the server log"))
-        return _result(name, detection, prepared, (job.finished - start) * 1000, request.return_mask,
+        return _result(name, detection, prepared, (job.finished - start) * 1000, request,
                        self.worker.localizer.patch_size)
 
 
-def _result(name: str, found: ScoredDetection, prepared: Prepared, ms: float, return_mask: bool,
+def _result(name: str, found: ScoredDetection, prepared: Prepared, ms: float, request: BoxRequest,
             patch_size: int) -> BoxResult:
     det = found.detection
-    mask: dict[str, Any] = {}
-    if return_mask:
+    extra: dict[str, Any] = {}
+    if request.return_mask or request.return_heat:
+        extra = {"grid": det.result.mask.shape, "cell_px": tuple(patch_size / s for s in prepared.scale)}
+    if request.return_mask:
         rle = mask_utils.encode(np.asfortranarray(det.result.mask.astype(np.uint8)))
-        mask = {"mask": Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii")),
-                "grid": det.result.mask.shape, "cell_px": tuple(patch_size / s for s in prepared.scale)}
+        extra["mask"] = Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii"))
+    if request.return_heat:
+        rows, cols = det.result.mask.shape
+        coloured = cv2.cvtColor(heat(det.result.heat, (cols, rows)), cv2.COLOR_RGB2BGR)
+        extra["heat"] = base64.b64encode(cv2.imencode(".png", coloured)[1].tobytes()).decode("ascii")
     return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, score=round(found.score, 4),
-                     seed=det.seed, ms=round(ms, 2), **mask)
+                     seed=det.seed, ms=round(ms, 2), **extra)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
 
 from lost_reg.backbone import FeatureKind
+from lost_reg.export import LABEL_STUDIO_PREFIX, RENDERERS
 from lost_reg.methods import METHODS, all_option_specs
 
 
@@ -31,6 +32,7 @@ class _BoxOptions(BaseModel):
     max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this (from the "
                                                          "patch size to the server's max_side)")
     return_mask: bool = Field(False, description="add the object's patch-grid mask as COCO RLE")
+    return_heat: bool = Field(False, description="add the method's heat map on the patch grid as a PNG")
 
 
 _PYDANTIC = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt", "pattern": "pattern"}
@@ -81,14 +83,18 @@ class BoxResult(BaseModel):
     filename: str
     width: int
     height: int
-    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
+    box: tuple[JsonInt, JsonInt, JsonInt, JsonInt] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
     score: float = Field(description="the box's ncut score in [0, 1] (README, Scores): higher = more object-like")
     seed: tuple[int, int] = Field(description="row, col of the seed patch the object grew from")
     ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")
     mask: Mask | None = Field(None, description="with return_mask: the object's patches on the grid")
-    grid: tuple[int, int] | None = Field(None, description="with return_mask: rows, cols of the patch grid")
-    cell_px: tuple[float, float] | None = Field(None, description="with return_mask: original pixels per grid cell, "
-                                                                  "(width, height)")
+    heat: str | None = Field(None, description="with return_heat: base64 PNG, one pixel per grid cell, the method's "
+                                               "evidence in TURBO colours (LOST: 1/degree; TokenCut: the eigenvector; "
+                                               "bright = object-like), scaled between its 1st and 99th percentiles")
+    grid: tuple[int, int] | None = Field(None, description="with return_mask or return_heat: rows, cols of the "
+                                                           "patch grid (it may reach past the image: padding)")
+    cell_px: tuple[float, float] | None = Field(None, description="with return_mask or return_heat: original pixels "
+                                                                  "per grid cell, (width, height)")
 
 
 class FileError(BaseModel):
@@ -114,3 +120,51 @@ class ModelInfo(BaseModel):
     defaults: dict[str, Any] = Field(description="method, method options, features and max_side used when a "
                                                  "request sets none")
     limits: dict[str, Any] = Field(description="request limits")
+
+
+def _json_integer(value: Any) -> Any:
+    """Refuse what JSON Schema's "integer" refuses (true, "5") before pydantic's lax int would take it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]  # 4272.0 is an integer in JSON Schema; 4272.5 is not
+JsonNumber = Annotated[float, Strict()]  # an int or a float, never true or "0.5"
+
+
+class ExportedObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    box: tuple[JsonInt, JsonInt, JsonInt, JsonInt] = Field(description="x0, y0, x1, y1 in pixels, max exclusive, inside the image")
+    score: JsonNumber = Field(0.0, ge=0, le=1)
+
+
+class ExportedImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file_name: str = Field(min_length=1, max_length=1024)
+    width: JsonInt = Field(ge=1, le=1_000_000)
+    height: JsonInt = Field(ge=1, le=1_000_000)
+    objects: list[ExportedObject] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _boxes_inside(self) -> ExportedImage:
+        for o in self.objects:
+            x0, y0, x1, y1 = o.box
+            if not (0 <= x0 < x1 <= self.width and 0 <= y0 < y1 <= self.height):
+                raise ValueError(f"{self.file_name}: box {list(o.box)} is not inside the {self.width}×{self.height} image")
+        return self
+
+
+class ExportRequest(BaseModel):
+    """Boxes (e.g. a session of the web page) to turn into a file of one of the one-file export formats."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[tuple(RENDERERS)] = Field(description="as lost-reg discover --format")  # type: ignore[valid-type]
+    images: list[ExportedImage] = Field(min_length=1, max_length=10_000)
+    image_url_prefix: str = Field(LABEL_STUDIO_PREFIX, max_length=1024,
+                                  description="labelstudio: put before each file name to make its image URL")
+    model_version: str | None = Field(None, max_length=1024, description="labelstudio: the predictions' model "
+                                                                          "version (default: the server's model)")

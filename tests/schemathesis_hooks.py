@@ -1,4 +1,4 @@
-"""Schemathesis hooks (``SCHEMATHESIS_HOOKS=tests.schemathesis_hooks``) for ``POST /v1/boxes``.
+"""Schemathesis hooks (``SCHEMATHESIS_HOOKS=tests.schemathesis_hooks``) for ``POST /v1/boxes`` and ``/v1/export``.
 
 - Real images for the ``images`` parts. The schema says they are PNG or JPEG files; random bytes never
   decode, so every schema-valid request would be refused as "not an image". These strategies draw real
@@ -8,6 +8,9 @@
   array is no part at all, so what goes over the wire is a valid request (the option left out), which the
   server rightly accepts; schemathesis would count that as a schema-violating request accepted. Arrays
   with values are kept: they become repeated fields, which the server refuses (422).
+- ``/v1/export``: a box must lie inside its image, which JSON Schema cannot say (it relates two fields).
+  Well-typed boxes are moved inside their well-typed image; anything else is left as drawn, so negative
+  examples keep their violation.
 """
 
 from __future__ import annotations
@@ -36,3 +39,30 @@ def filter_body(ctx, body) -> bool:
     fields = getattr(body, "body", body)  # a form with per-part content types wraps the fields
     return not (isinstance(fields, dict) and any(k != "images" and v == [] for k, v in fields.items()))
 
+
+def _inside(box: list[int], width: int, height: int) -> list[int]:
+    """A box inside a width × height image, made from any four integers."""
+    x0, y0 = box[0] % width, box[1] % height
+    return [x0, y0, x0 + 1 + box[2] % (width - x0), y0 + 1 + box[3] % (height - y0)]
+
+
+def _is_int(v, low: float = -float("inf"), high: float = float("inf")) -> bool:
+    """An integer as JSON Schema counts them (4.0 is one; true is not)."""
+    return (type(v) is int or (type(v) is float and v.is_integer())) and low <= v <= high
+
+
+@schemathesis.hook
+def map_case(ctx, case):
+    """Move well-typed export boxes inside their images (see above); a case hook, so every phase gets it."""
+    body = case.body
+    if case.operation.path != "/v1/export" or not isinstance(body, dict) or not isinstance(body.get("images"), list):
+        return case
+    for image in body["images"]:
+        if not (isinstance(image, dict) and _is_int(image.get("width"), 1, 1_000_000)
+                and _is_int(image.get("height"), 1, 1_000_000) and isinstance(image.get("objects"), list)):
+            continue
+        for obj in image["objects"]:
+            box = obj.get("box") if isinstance(obj, dict) else None
+            if isinstance(box, list) and len(box) == 4 and all(_is_int(v) for v in box):
+                obj["box"] = _inside([int(v) for v in box], int(image["width"]), int(image["height"]))
+    return case
