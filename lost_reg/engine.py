@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,14 +55,20 @@ class _Decoded(Dataset):
     def __getitem__(self, i: int) -> Item:
         index = self.indices[i]
         sample = self.dataset[index]
-        try:
-            image = decode_image(sample.path, name=sample.image_id, max_pixels=self.max_pixels)
-            return Item(index, sample, prepared=prepare(image, self.patch_size, self.max_side, self.prep,
-                                                        name=sample.image_id))
-        except LostRegError as e:
-            return Item(index, sample, error=str(e))
-        except Exception as e:  # a decoder crash on one file must not end a 10k-image run
-            return Item(index, sample, error=f"{sample.image_id}: {type(e).__name__}: {e}")
+        got = read_prepared(sample.path, sample.image_id, self.patch_size, self.max_side, self.prep, self.max_pixels)
+        return Item(index, sample, error=got) if isinstance(got, str) else Item(index, sample, prepared=got)
+
+
+def read_prepared(path: str | Path, image_id: str, patch_size: int, max_side: int | None, prep: str,
+                  max_pixels: int | None) -> Prepared | str:
+    """An image file decoded and put on the patch grid, or why it could not be (every engine's decoding)."""
+    try:
+        return prepare(decode_image(path, name=image_id, max_pixels=max_pixels), patch_size, max_side, prep,
+                       name=image_id)
+    except LostRegError as e:
+        return str(e)
+    except Exception as e:  # a decoder crash on one file must not end a 10k-image run
+        return f"{image_id}: {type(e).__name__}: {e}"
 
 
 def _single(item: Item) -> Item:

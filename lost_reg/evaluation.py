@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torchvision.ops import box_iou
 
 from .datasets import Sample
+from .files import atomic_write
 
 IOU_THRESHOLD = 0.5
 
@@ -181,17 +181,15 @@ def _parse_record(line: str) -> dict | None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` in one step (temp file in the same folder, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    """Replace ``path`` by ``text`` in one step, flushed to disk first: the resumable predictions file."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_predictions(path: str | Path) -> list[dict]:

@@ -54,13 +54,14 @@ format below was loaded by the named tools as written (``tests/test_export_tools
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 from xml.sax.saxutils import escape
+
+from .files import write_text
 
 CATEGORY = "object"
 LABEL_STUDIO_PREFIX = "/data/local-files/?d="
@@ -121,9 +122,9 @@ class ExportOptions:
 def export(records: Sequence[ImageRecord], out: Path, fmt: str, options: ExportOptions = ExportOptions()) -> None:
     """Write ``records`` to ``out`` (a file, or a folder for ``yolo`` and ``voc``) in format ``fmt``."""
     if fmt in FOLDER_WRITERS:
-        FOLDER_WRITERS[fmt](sorted(records, key=lambda r: r.file_name), out, options)
+        FOLDER_WRITERS[fmt](sorted(records, key=lambda r: r.file_name), out)
     else:
-        _write_text(out, render(records, fmt, options))
+        write_text(out, render(records, fmt, options))
 
 
 def render(records: Sequence[ImageRecord], fmt: str, options: ExportOptions = ExportOptions()) -> str:
@@ -143,7 +144,7 @@ def to_coco(records: Sequence[ImageRecord]) -> dict:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
                                 "iscrowd": 0, "segmentation": [], "score": round(o.score, 6)})
-    return {"info": {"description": "boxes discovered by lost-reg (LOST, unsupervised)"},
+    return {"info": {"description": "boxes discovered by lost-reg (unsupervised, class-agnostic)"},
             "images": images, "annotations": annotations,
             "categories": [{"id": 1, "name": CATEGORY, "supercategory": CATEGORY}]}
 
@@ -243,19 +244,19 @@ def yolo_lines(record: ImageRecord) -> list[str]:
     return lines
 
 
-def write_yolo(records: Sequence[ImageRecord], out: Path, options: ExportOptions = ExportOptions()) -> None:
+def write_yolo(records: Sequence[ImageRecord], out: Path) -> None:
     """CVAT's YOLO 1.1 layout in ``out``, with Ultralytics' ``data.yaml`` and Datumaro's ``images.meta``."""
     for r in records:
         labels = "".join(f"{line}\n" for line in yolo_lines(r))
-        _write_text(out / "obj_train_data" / _with_suffix(r.file_name, ".txt"), labels)
-    _write_text(out / "obj.names", f"{CATEGORY}\n")
-    _write_text(out / "classes.txt", f"{CATEGORY}\n")
-    _write_text(out / "obj.data", "classes = 1\nnames = obj.names\ntrain = train.txt\n")
-    _write_text(out / "train.txt", "".join(f"obj_train_data/{r.file_name}\n" for r in records))
-    _write_text(out / "data.yaml", "# lost-reg boxes, one class-agnostic category. Ultralytics: put the images beside "
+        write_text(out / "obj_train_data" / _with_suffix(r.file_name, ".txt"), labels)
+    write_text(out / "obj.names", f"{CATEGORY}\n")
+    write_text(out / "classes.txt", f"{CATEGORY}\n")
+    write_text(out / "obj.data", "classes = 1\nnames = obj.names\ntrain = train.txt\n")
+    write_text(out / "train.txt", "".join(f"obj_train_data/{r.file_name}\n" for r in records))
+    write_text(out / "data.yaml", "# lost-reg boxes, one class-agnostic category. Ultralytics: put the images beside "
                                    "their labels in obj_train_data/.\n"
                                    f"train: obj_train_data\nval: obj_train_data\nnc: 1\nnames: [{CATEGORY}]\n")
-    _write_text(out / "images.meta", "".join(f"{shlex.quote(_with_suffix(r.file_name, ''))} {r.height} {r.width}\n"
+    write_text(out / "images.meta", "".join(f"{shlex.quote(_with_suffix(r.file_name, ''))} {r.height} {r.width}\n"
                                              for r in records))
 
 
@@ -277,29 +278,17 @@ def voc_xml(record: ImageRecord) -> str:
     )
 
 
-def write_voc(records: Sequence[ImageRecord], out: Path, options: ExportOptions = ExportOptions()) -> None:
+def write_voc(records: Sequence[ImageRecord], out: Path) -> None:
     """``Annotations/*.xml``, ``ImageSets/Main/default.txt`` and ``labelmap.txt`` in ``out``."""
     for r in records:
-        _write_text(out / "Annotations" / _with_suffix(r.file_name, ".xml"), voc_xml(r))
+        write_text(out / "Annotations" / _with_suffix(r.file_name, ".xml"), voc_xml(r))
     names = "".join(f"{_with_suffix(r.file_name, '')}\n" for r in records)
-    _write_text(out / "ImageSets" / "Main" / "default.txt", names)
-    _write_text(out / "labelmap.txt", f"# label:color_rgb:parts:actions\n{CATEGORY}:128,0,0::\n")
+    write_text(out / "ImageSets" / "Main" / "default.txt", names)
+    write_text(out / "labelmap.txt", f"# label:color_rgb:parts:actions\n{CATEGORY}:128,0,0::\n")
 
 
 def _with_suffix(file_name: str, suffix: str) -> str:
     return str(PurePosixPath(file_name).with_suffix(suffix))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 RENDERERS: dict[str, Callable[[Sequence[ImageRecord], ExportOptions], str]] = {
@@ -309,7 +298,7 @@ RENDERERS: dict[str, Callable[[Sequence[ImageRecord], ExportOptions], str]] = {
     "labelstudio": lambda records, o: json.dumps(to_labelstudio(records, o.url_prefix, o.model_version), indent=1),
 }
 """The one-file formats: their text."""
-FOLDER_WRITERS: dict[str, Callable[[Sequence[ImageRecord], Path, ExportOptions], None]] = {
+FOLDER_WRITERS: dict[str, Callable[[Sequence[ImageRecord], Path], None]] = {
     "yolo": write_yolo,
     "voc": write_voc,
 }

@@ -142,11 +142,9 @@ class Prepared:
 
     def to_original(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """A box (x0, y0, x1, y1) in network-input pixels → original pixels, clipped to the image."""
-        vh, vw = self.valid
         (sx, sy), (w, h) = self.scale, self.size
         x0, y0, x1, y1 = box
-        return (int(round(x0 / sx)), int(round(y0 / sy)), min(w, int(round(min(x1, vw) / sx))),
-                min(h, int(round(min(y1, vh) / sy))))
+        return int(round(x0 / sx)), int(round(y0 / sy)), min(w, int(round(x1 / sx))), min(h, int(round(y1 / sy)))
 
 
 def grid_size(width: int, height: int, patch_size: int, max_side: int | None = None,

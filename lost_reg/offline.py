@@ -10,11 +10,9 @@ maps it to timm's layout. The result is cached as safetensors, so the 100 MB ONN
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import BackboneError
+from .files import atomic_write, sha256_file, write_text
 
 if TYPE_CHECKING:
     import onnx
@@ -152,8 +151,8 @@ def load_imgfocus_state_dict(cache_dir: Path | None = None) -> dict[str, torch.T
         return load_file(cached)
     state = convert_imgfocus_onnx(onnx_path)
     try:
-        _atomic(root, cached.name, lambda tmp: save_file(state, tmp, metadata={"source": str(onnx_path),
-                                                                                 "onnx_sha256": digest}))
+        atomic_write(cached, lambda tmp: save_file(state, str(tmp), metadata={"source": str(onnx_path),
+                                                                                "onnx_sha256": digest}))
         for old in root.glob(f"{CACHE_STEM}-*.safetensors"):
             if old != cached:
                 old.unlink(missing_ok=True)
@@ -176,25 +175,9 @@ def _content_hash(path: Path, index: Path) -> str:
             return known["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
-    digest = sha.hexdigest()
+    digest = sha256_file(path)
     try:
-        _atomic(index.parent, index.name, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "sha256": digest})))
+        write_text(index, json.dumps({"key": key, "sha256": digest}))
     except OSError:
         pass  # a read-only cache still works: the hash is computed again next time
     return digest
-
-
-def _atomic(root: Path, name: str, write) -> None:
-    """Write ``root/name`` through a temporary file in the same folder, then rename it."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, root / name)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -113,7 +113,7 @@ class Localizer:
         results = self.method(features.patches, features.grid)
         self.timings.discovery += time.perf_counter() - mid
         self.timings.images += len(batch)
-        return [self._detection(p, r) for p, r in zip(batch, results)]
+        return [detection(p, r, self.patch_size) for p, r in zip(batch, results)]
 
     def localize_prepared_multi(
         self, batch: Sequence[Prepared], max_objects: int = 1, min_score: float | None = None,
@@ -130,7 +130,7 @@ class Localizer:
                              min_score=min_score, kind=score)
         self.timings.discovery += time.perf_counter() - mid
         self.timings.images += len(batch)
-        return [[ScoredDetection(self._detection(p, r), s) for r, s in objects] for p, objects in zip(batch, found)]
+        return [[ScoredDetection(detection(p, r, self.patch_size), s) for r, s in objects] for p, objects in zip(batch, found)]
 
     def forward_taps(self, batch: Sequence[Prepared], taps: Sequence[Tap]) -> dict[Tap, Features]:
         """Features of several (kind, layer) taps of prepared images of one padded shape, from one forward
@@ -152,9 +152,6 @@ class Localizer:
             torch.cuda.synchronize(self.device)
         self.timings.forward += time.perf_counter() - start
         return out if run else _concat(out)
-
-    def _detection(self, p: Prepared, r: Discovery) -> Detection:
-        return detection(p, r, self.patch_size)
 
 
 def _concat(parts: list[Features]) -> Features:

@@ -23,7 +23,6 @@ and the gated product for SwiGLU/GLU MLPs alike.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -36,6 +35,7 @@ from torch import nn
 
 from .artifacts import analyse, collect
 from .errors import BackboneError
+from .files import write_text
 
 PRESETS = {"dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m"}
 """Published register neurons shipped as data (``preset:NAME``): ``lost_reg/presets/NAME.json``."""
@@ -65,9 +65,7 @@ class RegisterNeurons:
     def save(self, path: Path) -> None:
         data = asdict(self)
         data["layers"] = {str(k): v for k, v in sorted(self.layers.items())}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, source: str | Path) -> RegisterNeurons:

@@ -39,6 +39,7 @@ from .evaluation import (
     load_predictions,
     summarize,
 )
+from .files import atomic_write
 from .images import MAX_PIXELS, Prepared
 from .methods import METHODS, Method, all_option_specs, option_specs
 from .pipeline import Localizer, detection
@@ -438,7 +439,5 @@ def chart(rows: list[Row], path: Path, title: str, top: int = 40) -> None:
     ax.set_xlim(0, 100)
     ax.set_title(title if len(rows) <= top else f"{title} (top {top} of {len(rows)})", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    tmp.replace(path)

@@ -16,7 +16,6 @@ forward pass for the attention, so it is a per-image callback for ``discover`` a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .backbone import prefix_attention
+from .files import atomic_write
 from .images import decode_image, normalize
 from .methods import Discovery
 from .pipeline import Detection, Localizer, ScoredDetection
@@ -175,13 +175,10 @@ def figure(image: np.ndarray, valid: tuple[int, int], results: Sequence[Discover
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
     """Write an RGB image as PNG, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"cannot encode {path}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data.tobytes()))
 
 
 class Visualizer:

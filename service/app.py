@@ -139,12 +139,10 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         try:
             wanted = ExportRequest.model_validate_json(body)
         except ValidationError as e:
-            raise ServiceError(422, "invalid_request", "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+            raise ServiceError(422, "invalid_request", _problems(e)) from None
         records = [ImageRecord(i.file_name, i.file_name, i.width, i.height,
                                [DiscoveredObject(o.box, o.score) for o in i.objects]) for i in wanted.images]
-        loc = runtime.require_ready().localizer
-        version = wanted.model_version or f"lost-reg {loc.backbone.name} {loc.method.describe()}"
+        version = wanted.model_version or runtime.model_version()
         text = render(records, wanted.format, ExportOptions(wanted.image_url_prefix, version))
         name, media = ("boxes.jsonl", "application/x-ndjson") if wanted.format == "jsonl" else (
             f"boxes-{wanted.format}.json", "application/json")
@@ -212,6 +210,11 @@ def _bearer_auth(secret: str) -> DependsParam:
                                headers={"WWW-Authenticate": "Bearer"})
 
     return Depends(check)
+
+
+def _problems(e: ValidationError) -> str:
+    """pydantic's errors in one line: ``where: what; …``."""
+    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -282,15 +285,14 @@ def _uploads(form: FormData) -> list[UploadFile]:
 
 def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) -> BoxRequest:
     """The request's options, checked, with the server's defaults for those it leaves out."""
-    given = [k for k, _ in form.multi_items() if k != "images"]
-    twice = sorted({k for k in given if given.count(k) > 1})
+    sent = [k for k, _ in form.multi_items() if k != "images"]
+    twice = sorted({k for k in sent if sent.count(k) > 1})
     if twice:
         raise ServiceError(422, "invalid_option", f"{', '.join(twice)}: given more than once")
     try:
         options = BoxOptions.model_validate({k: v for k, v in form.multi_items() if k != "images"})
     except ValidationError as e:
-        raise ServiceError(422, "invalid_option", "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+        raise ServiceError(422, "invalid_option", _problems(e)) from None
     max_side = options.max_side or settings.max_side
     if max_side > settings.max_side:
         raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")

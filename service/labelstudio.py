@@ -105,10 +105,6 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/labelstudio", include_in_schema=False,  # Label Studio's protocol, not this API's
                     dependencies=[Depends(_auth(key))] if key else [])
 
-    def model_version() -> str:
-        loc = runtime.require_ready().localizer
-        return f"lost-reg {loc.backbone.name} {loc.method.describe()}"
-
     @api.get("/health", summary="Label Studio: is the model loaded")
     async def health() -> dict[str, str]:
         runtime.require_ready()
@@ -116,7 +112,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
 
     @api.post("/setup", summary="Label Studio: connect a project")
     async def setup() -> dict[str, str]:
-        return {"model_version": model_version()}
+        return {"model_version": runtime.model_version()}
 
     @api.post("/webhook", summary="Label Studio: project events (acknowledged; nothing is trained)")
     async def webhook() -> dict[str, str]:
@@ -124,25 +120,25 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
 
     @api.post("/predict", summary="Label Studio: one box per task, as a pre-annotation")
     async def predict(request: Request) -> dict[str, Any]:
-        worker = runtime.require_ready()
         try:
             body = await request.json()
             tasks, target = body["tasks"], target_of(body["label_config"])
         except (ValueError, KeyError, TypeError) as e:
             raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {e}") from None
-        version = model_version()
+        worker = runtime.admit(len(tasks))
+        version = runtime.model_version()
+        prep = resolve_prep(worker.localizer.backbone.name, worker.localizer.method, settings.prep)
         async with httpx.AsyncClient(timeout=settings.timeout_s) as client:
-            results = await asyncio.gather(*(_one(task, target, version, client, worker) for task in tasks))
+            results = await asyncio.gather(*(_one(task, target, version, prep, client, worker) for task in tasks))
         return {"results": results}
 
-    async def _one(task: dict, target: Target, version: str, client: httpx.AsyncClient,
+    async def _one(task: dict, target: Target, version: str, prep: str, client: httpx.AsyncClient,
                    worker: InferenceWorker) -> dict[str, Any]:
         loc = worker.localizer
         task_id = task.get("id")
         try:
             url = image_url(str(task["data"][target.data_key]), settings)
             data = await fetch(client, url, settings)
-            prep = resolve_prep(loc.backbone.name, loc.method, settings.prep)
             prepared = await asyncio.get_running_loop().run_in_executor(
                 runtime.pool, decode_upload, data, url, loc.patch_size, settings.max_side, settings.max_pixels, prep)
             found = await asyncio.wrap_future(worker.submit(prepared, worker.default_key).future)

@@ -100,12 +100,22 @@ class Runtime:
                                "retry shortly", headers={"Retry-After": "5"})
         return self.worker
 
-    async def localize(self, uploads: list[UploadFile], request: BoxRequest) -> list[BoxResult | Failed]:
-        """A box or a failure per file, in upload order; 503 when the queue is full, 504 on timeout."""
+    def admit(self, images: int) -> InferenceWorker:
+        """The worker, if it is ready and its queue has room for ``images`` more; else 503."""
         worker = self.require_ready()
-        if worker.depth + len(uploads) > self.settings.max_queue:
+        if worker.depth + images > self.settings.max_queue:
             raise ServiceError(503, "busy", f"{worker.depth} images are waiting already; retry shortly",
                                headers={"Retry-After": "1"})
+        return worker
+
+    def model_version(self) -> str:
+        """What made the boxes: backbone, method and its options (Label Studio's ``model_version``)."""
+        loc = self.require_ready().localizer
+        return f"lost-reg {loc.backbone.name} {loc.method.describe()}"
+
+    async def localize(self, uploads: list[UploadFile], request: BoxRequest) -> list[BoxResult | Failed]:
+        """A box or a failure per file, in upload order; 503 when the queue is full, 504 on timeout."""
+        self.admit(len(uploads))
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 return await asyncio.gather(*(self._one(i, u, request) for i, u in enumerate(uploads)))
@@ -120,8 +130,8 @@ class Runtime:
         start = time.perf_counter()
         try:
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self.pool, load_upload, upload.file, name, s.max_file_bytes, self.worker.localizer.patch_size,
-                request.max_side, s.max_pixels, request.prep)
+                self.pool, load_upload, upload.file, name, self.worker.localizer.patch_size, request.max_side,
+                s.max_pixels, request.prep)
             job = self.worker.submit(prepared, request.key)
             detection = await asyncio.wrap_future(job.future)
         except ServiceError as e:

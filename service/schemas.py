@@ -83,7 +83,7 @@ class BoxResult(BaseModel):
     filename: str
     width: int
     height: int
-    box: tuple[JsonInt, JsonInt, JsonInt, JsonInt] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
     score: float = Field(description="the box's ncut score in [0, 1] (README, Scores): higher = more object-like")
     seed: tuple[int, int] = Field(description="row, col of the seed patch the object grew from")
     ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")

@@ -19,7 +19,6 @@ from .errors import ServiceError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 """Formats accepted (PIL names); others, e.g. EPS (which would run Ghostscript), are refused."""
-CHUNK = 1 << 20
 
 
 class FileTooLarge(MultiPartException):
@@ -65,24 +64,13 @@ class LimitedMultiPartParser(MultiPartParser):
         self.complete = True
 
 
-def load_upload(file: BinaryIO, name: str, limit: int, patch_size: int, max_side: int, max_pixels: int,
-                prep: str) -> Prepared:
-    """An uploaded file as a prepared image, or a ServiceError saying why not."""
-    return decode_upload(read_upload(file, name, limit), name, patch_size, max_side, max_pixels, prep)
-
-
-def read_upload(file: BinaryIO, name: str, limit: int) -> bytes:
-    """The file's bytes, read in chunks and given up as soon as they pass ``limit``."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := file.read(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(413, "file_too_large", f"{name}: larger than the {limit / 2**20:g} MB limit per file")
-        chunks.append(chunk)
-    if not size:
+def load_upload(file: BinaryIO, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
+    """An uploaded file (its size already held to the limit by :class:`LimitedMultiPartParser`) as a prepared
+    image, or a ServiceError saying why not."""
+    data = file.read()
+    if not data:
         raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
-    return b"".join(chunks)
+    return decode_upload(data, name, patch_size, max_side, max_pixels, prep)
 
 
 def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,3 +108,13 @@ def running(command: list[str], port: int, log: Path, env: dict[str, str], ready
             proc.kill()
             proc.wait()
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-5000:]  # uvicorn re-raises the signal
+
+
+@contextmanager
+def serving(log: Path, env: dict[str, str], *uvicorn_args: str) -> Iterator[str]:
+    """The service (``uvicorn service.app:app``) on a free local port with ``env``, as :func:`running`."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
+               *uvicorn_args]
+    with running(command, port, log, env) as base:
+        yield base

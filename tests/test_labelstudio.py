@@ -8,7 +8,6 @@ compared with what ``lost-reg discover`` writes for the same photos with the sam
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from lost_reg.cli import main
 
-from .conftest import ROOT, external_tool, free_port, running
+from .conftest import ROOT, external_tool, free_port, running, serving
 from .test_service_server import TINY_ENV
 
 LABEL_STUDIO = ROOT / ".venv-labelstudio" / "bin" / "label-studio"
@@ -110,10 +109,8 @@ def test_ml_backend_gives_every_task_the_discover_box(label_studio, tmp_path):
 
     env = {**TINY_ENV, "LOST_REG_API_KEY": SERVICE_KEY, "LOST_REG_LABEL_STUDIO_URL": ls.url,
            "LOST_REG_LABEL_STUDIO_API_KEY": TOKEN}
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
     service_log = tmp_path / "service.log"
-    with running(command, port, service_log, env) as service:
+    with serving(service_log, env) as service:
         assert httpx.post(f"{service}/labelstudio/setup", json={}).status_code == 401  # the service's key applies
         connect = {"url": f"{service}/labelstudio", "project": project, "title": "lost-reg",
                    "auth_method": "BASIC_AUTH", "basic_auth_user": "label-studio", "basic_auth_pass": SERVICE_KEY}

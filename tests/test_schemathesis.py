@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, free_port, running
+from .conftest import ROOT, serving
 from .test_service_server import TINY_ENV
 
 pytest.importorskip("schemathesis")
@@ -22,10 +22,7 @@ pytest.importorskip("schemathesis")
 
 @pytest.mark.parametrize("method", ["lost", "tokencut"])
 def test_schemathesis_finds_nothing(tmp_path, method):
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
-               "--no-access-log"]
-    with running(command, port, tmp_path / "server.log", {**TINY_ENV, "LOST_REG_METHOD": method}) as base:
+    with serving(tmp_path / "server.log", {**TINY_ENV, "LOST_REG_METHOD": method}, "--no-access-log") as base:
         st = [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
               "run", f"{base}/openapi.json", "--checks", "all", "--max-examples", "150", "--seed", "20261121",
               "--workers", "1", "--no-color"]

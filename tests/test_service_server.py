@@ -7,9 +7,11 @@ import json
 import socket
 import sys
 
+from urllib.parse import urlsplit
+
 import httpx
 
-from .conftest import TINY, free_port, running
+from .conftest import TINY, free_port, running, serving
 from .test_service import encode, photo
 
 TINY_ENV = {
@@ -35,14 +37,11 @@ async def burst(base: str, images: list[bytes], requests: int, concurrency: int)
 
 
 def test_uvicorn_serves_a_concurrent_burst(tmp_path):
-    port = free_port()
     env = {**TINY_ENV, "LOST_REG_MAX_BATCH": "8", "LOST_REG_MAX_WAIT_MS": "5"}
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
-               "--no-access-log"]
     sizes = [(112, 84), (140, 140), (98, 126), (200, 150)]
     images = [encode(photo(w, h, i)) for i, (w, h) in enumerate(sizes)]
     log = tmp_path / "server.log"
-    with running(command, port, log, env) as base:
+    with serving(log, env, "--no-access-log") as base:
         answers = asyncio.run(burst(base, images, requests=200, concurrency=16))
         total = 0
         for i, response in answers:
@@ -82,16 +81,14 @@ def test_lost_reg_serve_with_api_key(tmp_path):
 
 def test_an_oversize_file_is_refused_while_it_streams_in(tmp_path):
     """A 6 MB file against a 1 MB limit: the 413 comes after 2 MB were sent, and the rest is never needed."""
-    port = free_port()
     env = {**TINY_ENV, "LOST_REG_MAX_FILE_MB": "1"}
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
     boundary = "lostregboundary"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"big.png\"\r\n"
             "Content-Type: image/png\r\n\r\n").encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     size = 6 * 2**20
-    with running(command, port, tmp_path / "server.log", env) as _:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with serving(tmp_path / "server.log", env) as base:
+        with socket.create_connection(("127.0.0.1", urlsplit(base).port), timeout=10) as s:
             s.sendall((f"POST /v1/boxes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                        f"boundary={boundary}\r\nContent-Length: {len(head) + size + len(tail)}\r\n\r\n").encode())
             s.sendall(head)

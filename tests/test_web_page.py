@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from .conftest import external_tool, free_port, running
+from .conftest import external_tool, serving
 from .test_service_server import TINY_ENV
 
 pytest.importorskip("playwright")
@@ -54,9 +53,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     env = {**TINY_ENV, "LOST_REG_API_KEY": KEY, "LOST_REG_MAX_FILE_MB": "1", "LOST_REG_MAX_PIXELS": "4000000"}
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, port, tmp_path_factory.mktemp("page-service") / "service.log", env) as base:
+    with serving(tmp_path_factory.mktemp("page-service") / "service.log", env) as base:
         yield base
 
 

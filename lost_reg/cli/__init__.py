@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
 from ..errors import LostRegError
 
 COMMANDS = {
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lost-reg", description="Unsupervised object discovery (LOST, TokenCut) on register-aware ViTs."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f".{name}_cmd", __name__)
@@ -43,12 +44,6 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, [], argparse.SUPPRESS):
             return action.help or ""
         return super()._get_help_string(action)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,11 @@ import timm
 import torch
 from tqdm import tqdm
 
+from .. import __version__
 from ..backbone import FEATURES
 from ..datasets import DATASETS, Dataset, build_dataset
 from ..errors import LostRegError
+from ..files import write_text
 from ..images import MAX_PIXELS, PREPS, decode_image, prepare
 from ..methods import METHODS, Method, all_option_specs
 from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
@@ -152,22 +154,16 @@ def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
                      "prep": localizer.prep,
                      "device": str(localizer.device), "dtype": localizer.dtype},
-        "versions": {"lost_reg": _version(), "torch": torch.__version__, "timm": timm.__version__,
+        "versions": {"lost_reg": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
     }
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
 def whole_patch_images(dataset: Dataset, limit: int, patch_size: int, max_side: int | None, max_pixels: int,
-                       errors: list[dict], progress: bool = True) -> list[torch.Tensor]:
+                       errors: list[dict], progress: bool = True) -> Iterator[torch.Tensor]:
     """uint8 [3, H, W] crops of the first ``limit`` images onto whole patches (no padding: it would skew token
-    norms), for the token analyses (``artifacts``, ``registers find``); unreadable images go to ``errors``."""
-    out = []
+    norms), one at a time, for the token analyses (``artifacts``, ``registers find``); unreadable images go to
+    ``errors``."""
     for i in tqdm(range(limit), unit="img", disable=not progress, dynamic_ncols=True):
         sample = dataset[i]
         try:
@@ -178,12 +174,9 @@ def whole_patch_images(dataset: Dataset, limit: int, patch_size: int, max_side: 
             tqdm.write(f"skipped {e}")
             continue
         vh, vw = (v // patch_size * patch_size for v in p.valid)
-        out.append(p.pixels[:, :vh, :vw])
-    return out
+        yield p.pixels[:, :vh, :vw]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically so a crash never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")

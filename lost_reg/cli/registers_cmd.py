@@ -50,8 +50,8 @@ def find_main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = bb.model.to(device)
     errors: list[dict] = []
-    crops = whole_patch_images(dataset, min(args.limit, len(dataset)), bb.patch_size, args.max_side,
-                               args.max_pixels, errors, progress=not args.quiet)
+    crops = list(whole_patch_images(dataset, min(args.limit, len(dataset)), bb.patch_size, args.max_side,
+                                    args.max_pixels, errors, progress=not args.quiet))  # kept: the search passes over them more than once
     if not crops:
         raise LostRegError("no calibration image could be read")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-from dataclasses import asdict
 from pathlib import Path
 
 from ..backbone import FEATURES
@@ -81,10 +80,10 @@ def main(args: argparse.Namespace) -> int:
     kwargs = model_kwargs(args.model_arg)
     cache = None
     if args.cache is not None:
-        ttr = None if args.test_time_registers is None else asdict(RegisterNeurons.load(args.test_time_registers))
+        n = None if args.test_time_registers is None else RegisterNeurons.load(args.test_time_registers)
         cache = FeatureCache(args.cache, {"backbone": args.backbone, "weights": weights_identity(args.backbone,
                              args.weights), "model_args": kwargs, "max_side": args.max_side, "dtype": args.dtype,
-                             "test_time_registers": ttr and {"layers": ttr["layers"], "weights": ttr["weights"]}},
+                             "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
                              args.cache_dtype)
     backbone = None
 

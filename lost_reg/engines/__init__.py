@@ -32,8 +32,6 @@ class Outcome:
     """One per image with a result (this run's and earlier ones'), in input order."""
     errors: list[dict] = field(default_factory=list)
     """Unreadable images: ``{"image_id", "path", "error"}``."""
-    processed: int = 0
-    """Images localised in this run."""
     summary: str = ""
     """A line about the run (speed, workers)."""
 

@@ -56,4 +56,4 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     records = sorted((ImageRecord.from_json(r) for r in load_predictions(partial) if r["image_id"] in order),
                      key=lambda r: order[r.image_id])
     speed = f"{stats.processed / wall:.2f} images/s" if wall and stats.processed else "nothing to do"
-    return Outcome(records, stats.errors, stats.processed, f"local engine on {localizer.device}: {speed}")
+    return Outcome(records, stats.errors, f"local engine on {localizer.device}: {speed}")

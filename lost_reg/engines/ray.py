@@ -37,21 +37,17 @@ def state_folder(out: Path) -> Path:
 
 def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, max_pixels: int) -> dict:
     """CPU task: image files → uint8 pixels on the patch grid, or the reason they could not be read."""
-    from ..errors import LostRegError as Error
-    from ..images import decode_image, prepare
+    from ..engine import read_prepared
 
     columns = ("pixels", "valid_h", "valid_w", "width", "height", "error")
     out: dict[str, list] = {k: [] for k in columns}
     for image_id, path in zip(batch["image_id"], batch["path"]):
-        try:
-            p = prepare(decode_image(str(path), name=str(image_id), max_pixels=max_pixels), patch_size, max_side,
-                        prep, name=str(image_id))
+        # never raises: one bad file must not fail the task (Ray would retry it, then the job)
+        p = read_prepared(str(path), str(image_id), patch_size, max_side, prep, max_pixels)
+        if isinstance(p, str):
+            values = (np.zeros((3, patch_size, patch_size), np.uint8), 0, 0, 0, 0, p)
+        else:
             values = (p.pixels.numpy(), *p.valid, *p.size, "")
-        except Error as e:
-            values = (np.zeros((3, patch_size, patch_size), np.uint8), 0, 0, 0, 0, str(e))
-        except Exception as e:  # one bad file must not fail the task (Ray would retry it, then the job)
-            values = (np.zeros((3, patch_size, patch_size), np.uint8), 0, 0, 0, 0,
-                      f"{image_id}: {type(e).__name__}: {e}")
         for key, value in zip(columns, values):
             out[key].append(value)
     return {**{k: list(v) for k, v in batch.items()}, **out}
@@ -165,7 +161,7 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     errors = [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in rows if r["error"]]
     speed = f"{processed / wall / max(args.actors, 1):.2f} images/s per actor" if processed else "nothing to do"
     ray.shutdown()
-    return Outcome(records, errors, processed, f"ray engine, {args.actors} actor(s) with {gpus} GPU(s) each: {speed}")
+    return Outcome(records, errors, f"ray engine, {args.actors} actor(s) with {gpus} GPU(s) each: {speed}")
 
 
 def _start_ray(ray, args: argparse.Namespace) -> None:

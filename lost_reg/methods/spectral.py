@@ -44,34 +44,36 @@ class Fiedler:
     """[B, 2] λ₂ ≤ λ₃ (Lanczos: Ritz values, λ₃ converged less)."""
     degree: torch.Tensor
     """[B, N] the diagonal of D: row sums of W."""
-    steps: int
-    """Lanczos steps taken (0 for eigh)."""
 
 
 def fiedler(w: torch.Tensor, solver: str = "lanczos", tol: float = 1e-6, max_steps: int = 300) -> Fiedler:
     """Second-smallest generalised eigenpairs of symmetric non-negative graphs ``w`` [B, N, N]."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    check_solver(solver)
     w = w.float()
     d = w.sum(-1)
     kept = d > 0
     s = torch.where(kept, d.clamp_min(1e-30).rsqrt(), 0.0)
     top = torch.nn.functional.normalize(d.sqrt(), dim=-1)  # M's eigenvector of eigenvalue 1
     if solver == "eigh":
-        y, mu, steps = _eigh(w, s, kept)
+        y, mu = _eigh(w, s, kept)
     else:
-        y, mu, steps = _lanczos(w, s, top, kept, tol, max_steps)
-    return Fiedler(vector=y * s, eigenvalues=1 - mu, degree=d, steps=steps)
+        y, mu = _lanczos(w, s, top, kept, tol, max_steps)
+    return Fiedler(vector=y * s, eigenvalues=1 - mu, degree=d)
 
 
-def _eigh(w: torch.Tensor, s: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+
+
+def _eigh(w: torch.Tensor, s: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense: the 2nd and 3rd largest eigenpairs of M; removed patches sit at eigenvalue −2."""
     m = w.mul(s[:, :, None]).mul_(s[:, None, :])
     m.diagonal(dim1=1, dim2=2).sub_(2.0 * ~kept)
     values, vectors = torch.linalg.eigh(m)
     n = m.shape[-1]
     second, third = -min(2, n), -min(3, n)  # a graph of 1 or 2 patches has no 3rd (or 2nd) eigenpair
-    return vectors[..., second], values[..., [second, third]], 0
+    return vectors[..., second], values[..., [second, third]]
 
 
 def _start(n: int, step: int, like: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,7 @@ def _orthogonalize(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Tensor, tol: float,
-             max_steps: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+             max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The top two eigenpairs of M = S W S (S = D^-1/2, never formed: M v = s · W (s · v)) on top⊥,
     by Lanczos with full reorthogonalisation.
 
@@ -131,7 +133,7 @@ def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Te
             mu[active[new]] = ritz[new][:, [-1, -2]] if ritz.shape[1] > 1 else ritz[new][:, [-1, -1]]
             go = ~new
             if not go.any():
-                return y, mu, j + 1
+                return y, mu
             active, m, s, q, v, kept = active[go], m[go], s[go], q[go], v[go], kept[go]
             alphas, betas = [a[go] for a in alphas], [x[go] for x in betas]
-    return y, mu, steps
+    return y, mu

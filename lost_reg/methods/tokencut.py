@@ -30,7 +30,7 @@ import torch
 
 from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
-from .spectral import SOLVERS, fiedler
+from .spectral import SOLVERS, check_solver, fiedler
 
 
 @dataclass
@@ -125,8 +125,7 @@ class TokenCut(Method):
             raise ValueError(f"tau is a cosine threshold in [-1, 1], got {self.tau}")
         if not (math.isfinite(self.eps) and 0 < self.eps < 1):
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        check_solver(self.solver)
         check_components(self.components)
 
     def __call__(self, features: torch.Tensor, grid: tuple[int, int],
