@@ -12,6 +12,7 @@ import contextlib
 import glob
 import io
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -156,26 +157,63 @@ def _voc_size(annotation: Element) -> tuple[int, int] | None:
 class COCO20kDataset(Dataset):
     """LOST's COCO20k: the 19,817 COCO 2014 train images listed in ``list_file``, in list order.
 
-    ``root`` holds ``train2014/`` and ``annotations/instances_train2014.json`` (or give
-    ``annotations``). Ground truth is every non-crowd box, rounded to integers as in LOST.
+    ``root`` holds a COCO 2014 or 2017 download: ``annotations/instances_train2014.json`` and
+    ``train2014/``, or ``annotations/instances_train2017.json`` and ``train2017/`` (found in that
+    order; or give ``annotations`` and ``images``). COCO 2017's train split holds the same photos
+    under the same ids with the same annotations as 2014's train, renamed (``000000000036.jpg`` for
+    ``COCO_train2014_000000000036.jpg``), so list names are matched by id and every image keeps
+    its list name as ``image_id``: both layouts give the same samples, boxes and CorLoc, and runs
+    resume and compare across them. Ground truth is every non-crowd box, rounded as in LOST.
     """
 
-    def __init__(self, root: str | Path, list_file: str | Path, annotations: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, list_file: str | Path, annotations: str | Path | None = None,
+                 images: str | Path | None = None) -> None:
         root = Path(root)
         names = [PurePath(line.replace("\\", "/")).name
                  for line in _read_lines(Path(list_file), what=f"COCO20k list (get it from {COCO20K_LIST_SOURCE})")]
-        coco = _load_coco(Path(annotations) if annotations else root / "annotations" / "instances_train2014.json")
-        by_name = {img["file_name"]: img for img in coco.imgs.values()}
+        annotations = Path(annotations) if annotations else _find_coco_annotations(root)
+        coco = _load_coco(annotations)
+        images = Path(images) if images else _find_coco_images(root, annotations)
         samples, skipped = [], []
         for name in _unique(names, skipped, image_id=lambda name: PurePath(name).stem):
-            img = by_name.get(name)
+            image_id = PurePath(name).stem
+            img = coco.imgs.get(_coco_id(name))
             if img is None:
-                skipped.append((PurePath(name).stem, f"{name} is not in the annotation file"))
+                skipped.append((image_id, f"not in the annotation file {annotations.name}"))
                 continue
             boxes = coco_boxes(coco.imgToAnns.get(img["id"], []))
             size = (int(img["width"]), int(img["height"])) if img.get("width") and img.get("height") else None
-            samples.append(Sample(PurePath(name).stem, root / "train2014" / name, boxes, size))
+            samples.append(Sample(image_id, images / img["file_name"], boxes, size))
         super().__init__("coco20k", samples, skipped)
+
+
+COCO_YEARS = ("2014", "2017")
+"""COCO downloads whose train split holds the COCO20k photos, in the order they are looked for."""
+
+
+def _find_coco_annotations(root: Path) -> Path:
+    for year in COCO_YEARS:
+        if (path := root / "annotations" / f"instances_train{year}.json").is_file():
+            return path
+    raise DataError(f"no COCO annotation file under {root / 'annotations'}: expected instances_train2014.json "
+                    f"or instances_train2017.json (a COCO 2014 or 2017 download), or pass --coco-annotations")
+
+
+def _find_coco_images(root: Path, annotations: Path) -> Path:
+    """``train<year>/`` of the annotation file's year, else whichever of ``train2014/``, ``train2017/`` exists."""
+    year = re.search(r"(\d{4})", annotations.name)
+    candidates = [root / f"train{y}" for y in ([year.group(1)] if year else []) + list(COCO_YEARS)]
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        raise DataError(f"no COCO train images under {root}: expected {candidates[0].name}/ next to annotations/, "
+                        f"or pass --coco-images")
+    return found
+
+
+def _coco_id(name: str) -> int | None:
+    """The COCO image id in a 2014 or 2017 file name (``COCO_train2014_000000000036.jpg`` → 36)."""
+    digits = re.search(r"(\d+)$", PurePath(name).stem)
+    return int(digits.group(1)) if digits else None
 
 
 def _load_coco(path: Path):
@@ -183,8 +221,8 @@ def _load_coco(path: Path):
     from pycocotools.coco import COCO
 
     if not path.is_file():
-        raise DataError(f"no COCO annotation file at {path}: expected instances_train2014.json "
-                        f"(ROOT/annotations/ or --coco-annotations)")
+        raise DataError(f"no COCO annotation file at {path}: expected instances_train2014.json or "
+                        f"instances_train2017.json (ROOT/annotations/ or --coco-annotations)")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return COCO(str(path))
@@ -323,6 +361,7 @@ class DatasetOptions:
 
     coco20k_list: str | Path | None = None
     coco_annotations: str | Path | None = None
+    coco_images: str | Path | None = None
     no_hard: bool = False
     split: str = "trainval"
 
@@ -338,7 +377,8 @@ def _build_coco20k(root: str | Path, options: DatasetOptions) -> Dataset:
     if options.coco20k_list is None:
         raise DataError("coco20k needs its image list (--coco20k-list): "
                         f"coco_20k_filenames.txt from {COCO20K_LIST_SOURCE}")
-    return COCO20kDataset(root, options.coco20k_list, annotations=options.coco_annotations)
+    return COCO20kDataset(root, options.coco20k_list, annotations=options.coco_annotations,
+                          images=options.coco_images)
 
 
 def _build_folder(root: str | Path | Sequence[str | Path], options: DatasetOptions) -> Dataset:
@@ -355,11 +395,11 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 
 
 def build_dataset(name: str, root: str | Path | Sequence[str | Path], *, coco20k_list: str | Path | None = None,
-                  coco_annotations: str | Path | None = None, no_hard: bool = False,
-                  split: str = "trainval") -> Dataset:
+                  coco_annotations: str | Path | None = None, coco_images: str | Path | None = None,
+                  no_hard: bool = False, split: str = "trainval") -> Dataset:
     """The dataset called ``name`` in :data:`DATASETS`; DataError for unknown names or missing options."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    options = DatasetOptions(coco20k_list=coco20k_list, coco_annotations=coco_annotations, no_hard=no_hard,
-                             split=split)
+    options = DatasetOptions(coco20k_list=coco20k_list, coco_annotations=coco_annotations, coco_images=coco_images,
+                             no_hard=no_hard, split=split)
     return DATASETS[name](root, options)

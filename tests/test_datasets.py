@@ -110,6 +110,7 @@ def coco_json(path: Path) -> Path:
 
 def test_coco20k_keeps_list_order_drops_crowd_and_reports_missing(tmp_path):
     coco_json(tmp_path / "annotations" / "instances_train2014.json")
+    (tmp_path / "train2014").mkdir()
     listing = tmp_path / "list.txt"
     listing.write_text("train2014/COCO_train2014_000000000025.jpg\n\nCOCO_train2014_000000000009.jpg\n"
                        "COCO_train2014_000000000077.jpg\nCOCO_train2014_000000000009.jpg\n")
@@ -128,14 +129,46 @@ def test_coco20k_needs_its_list_and_annotations(tmp_path):
     listing.write_text("COCO_train2014_000000000009.jpg\n")
     with pytest.raises(DataError, match="coco20k-list"):
         build_dataset("coco20k", tmp_path)
-    with pytest.raises(DataError, match="instances_train2014.json"):
+    with pytest.raises(DataError, match="instances_train2014.json or instances_train2017.json"):
         build_dataset("coco20k", tmp_path, coco20k_list=listing)
     other = coco_json(tmp_path / "elsewhere.json")
+    with pytest.raises(DataError, match="no COCO train images under .*train2014/.*--coco-images"):
+        build_dataset("coco20k", tmp_path, coco20k_list=listing, coco_annotations=other)
+    (tmp_path / "train2014").mkdir()
     ds = build_dataset("coco20k", tmp_path, coco20k_list=listing, coco_annotations=other)
     assert len(ds) == 1
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DataError, match="unreadable"):
         build_dataset("coco20k", tmp_path, coco20k_list=listing, coco_annotations=tmp_path / "broken.json")
+
+
+def coco2017_json(path: Path) -> Path:
+    """The same images under COCO 2017's names (``000000000009.jpg``), with one 2017-only image."""
+    data = json.loads(coco_json(path).read_text())
+    for image in data["images"]:
+        image["file_name"] = f"{image['id']:012d}.jpg"
+    data["images"].append({"id": 139, "file_name": "000000000139.jpg", "width": 640, "height": 426})
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco20k_from_a_coco_2017_download_is_the_same_dataset(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("COCO_train2014_000000000025.jpg\nCOCO_train2014_000000000009.jpg\nCOCO_train2014_000000000077.jpg\n")
+    old, new = tmp_path / "coco2014", tmp_path / "coco2017"
+    coco_json(old / "annotations" / "instances_train2014.json")
+    coco2017_json(new / "annotations" / "instances_train2017.json")
+    (old / "train2014").mkdir()
+    (new / "train2017").mkdir()
+    a, b = COCO20kDataset(old, listing), COCO20kDataset(new, listing)
+    assert [s.image_id for s in a] == [s.image_id for s in b] == ["COCO_train2014_000000000025",
+                                                                  "COCO_train2014_000000000009"]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.gt_boxes, y.gt_boxes)
+        assert x.size == y.size
+    assert b[1].path == new / "train2017" / "000000000009.jpg"
+    assert a.skipped == [("COCO_train2014_000000000077", "not in the annotation file instances_train2014.json")]
+    assert b.skipped == [("COCO_train2014_000000000077", "not in the annotation file instances_train2017.json")]
 
 
 def touch_images(root: Path, *names: str) -> None:
@@ -197,3 +230,22 @@ def test_shipped_sample_voc_parses():
         x0, y0, x1, y1 = sample.gt_boxes.T
         assert len(sample.gt_boxes) and (x0 >= 0).all() and (y0 >= 0).all()
         assert (x1 <= sample.size[0]).all() and (y1 <= sample.size[1]).all() and (x0 < x1).all() and (y0 < y1).all()
+
+
+def test_the_real_coco20k_list_against_a_partial_annotation_file_prints_one_line(tmp_path):
+    from lost_reg.cli.common import skipped_lines
+
+    listing = ROOT.parent / "shared" / "data" / "coco_20k_filenames.txt"
+    if not listing.is_file():
+        pytest.skip(f"the COCO20k list is not at {listing}")
+    names = listing.read_text().split()
+    ids = [int(Path(n).stem.rsplit("_", 1)[1]) for n in names[:13]]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "train2017").mkdir()
+    (tmp_path / "annotations" / "instances_train2017.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480} for i in ids],
+        "annotations": [], "categories": []}))
+    ds = build_dataset("coco20k", tmp_path, coco20k_list=listing)
+    assert len(ds) == 13 and len(ds.skipped) == len(names) - 13 == 19_804
+    (line,) = skipped_lines(ds.skipped)
+    assert line.startswith(f"skipped {len(ds.skipped):,} images, not in the annotation file instances_train2017.json: ")

@@ -161,3 +161,49 @@ def test_eval_with_tokencut_records_the_method_and_rejects_foreign_options(tmp_p
     assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / "bad"), "--quiet",
                  "--method", "lost", "--tau", "0.3", *TINY_ARGS]) == 2
     assert "tau does not apply to method lost" in capsys.readouterr().err
+
+
+def make_coco(root: Path, year: str, ids: list[int]) -> Path:
+    """A COCO ``year`` download of real photos (scikit-image's): annotations/instances_train<year>.json and
+    train<year>/, the files named as that year names them; image 9 has two boxes, one crowd."""
+    from skimage import data
+
+    photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+    (root / f"train{year}").mkdir(parents=True)
+    images, anns = [], []
+    for n, i in enumerate(ids):
+        photo = cv2.resize(photos[n % len(photos)], None, fx=0.3, fy=0.3)
+        name = f"COCO_train2014_{i:012d}.jpg" if year == "2014" else f"{i:012d}.jpg"
+        cv2.imwrite(str(root / f"train{year}" / name), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        h, w = photo.shape[:2]
+        images.append({"id": i, "file_name": name, "width": w, "height": h})
+        anns.append({"id": 10 * i, "image_id": i, "bbox": [w / 5, h / 6, w / 2, h / 2], "iscrowd": 0,
+                     "category_id": 1, "area": 1.0})
+    anns.append({"id": 1, "image_id": ids[0], "bbox": [0, 0, 5, 5], "iscrowd": 1, "category_id": 1, "area": 1.0})
+    (root / "annotations").mkdir()
+    (root / "annotations" / f"instances_train{year}.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+    return root
+
+
+def test_coco20k_gives_the_same_run_from_a_2014_or_a_2017_download(tmp_path, capsys):
+    ids = [9, 25, 30, 36]
+    listing = tmp_path / "coco_20k_filenames.txt"
+    listing.write_text("".join(f"train2014/COCO_train2014_{i:012d}.jpg\n" for i in [*ids, 77, 78, 79, 80]))
+    runs = {}
+    for year in ("2014", "2017"):
+        root = make_coco(tmp_path / f"coco{year}", year, ids)
+        out = tmp_path / f"run{year}"
+        capsys.readouterr()
+        assert main(["eval", "--dataset", "coco20k", "--root", str(root), "--coco20k-list", str(listing),
+                     "--out", str(out), "--quiet", *TINY_ARGS]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        skipped = [line for line in printed if line.startswith("skipped")]
+        assert skipped == [f"skipped 4 images, not in the annotation file instances_train{year}.json: "
+                           "COCO_train2014_000000000077, COCO_train2014_000000000078, COCO_train2014_000000000079… "
+                           "(all in summary.json)"]
+        runs[year] = (read_jsonl(out / "predictions.jsonl"), json.loads((out / "summary.json").read_text()))
+    (preds14, sum14), (preds17, sum17) = runs["2014"], runs["2017"]
+    assert preds14 == preds17 and sorted(p["image_id"] for p in preds14) == [f"COCO_train2014_{i:012d}" for i in ids]
+    assert (sum14["corloc"], sum14["found"], sum14["total"]) == (sum17["corloc"], sum17["found"], sum17["total"])
+    assert len(sum17["annotations_skipped"]) == 4

@@ -31,10 +31,15 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=[d for d in DATASETS if d != "folder"])
     g.add_argument("--root", type=Path, required=True,
-                   help="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: folder holding train2014/ and annotations/")
+                   help="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: a COCO 2014 or 2017 download (folder "
+                        "holding annotations/ and train2014/ or train2017/)")
     g.add_argument("--coco20k-list", type=Path, help="COCO20k file list (coco_20k_filenames.txt from the LOST repo)")
     g.add_argument("--coco-annotations", type=Path,
-                   help="instances_train2014.json (default: ROOT/annotations/instances_train2014.json)")
+                   help="instances_train2014.json or instances_train2017.json (default: the first of them in "
+                        "ROOT/annotations/)")
+    g.add_argument("--coco-images", type=Path,
+                   help="folder of the COCO train images (default: ROOT/train2014/ or ROOT/train2017/, as the "
+                        "annotation file)")
     g.add_argument("--no-hard", action="store_true",
                    help="VOC: drop truncated/difficult boxes and images left without a box")
     g.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
@@ -43,16 +48,27 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
     """The dataset of :func:`add_dataset_arguments`; annotations it had to skip are printed."""
     dataset = build_dataset(args.dataset, args.root, coco20k_list=args.coco20k_list,
-                            coco_annotations=args.coco_annotations, no_hard=args.no_hard)
-    for image_id, reason in dataset.skipped:
-        print(f"skipped {image_id}: {reason}")
+                            coco_annotations=args.coco_annotations, coco_images=args.coco_images,
+                            no_hard=args.no_hard)
+    for line in skipped_lines(dataset.skipped):
+        print(line)
     return dataset
+
+
+def skipped_lines(skipped: list[tuple[str, str]], first: int = 3) -> list[str]:
+    """One line per reason: an image's own, or how many share it and the first few (summary.json has all)."""
+    by_reason: dict[str, list[str]] = {}
+    for image_id, reason in skipped:
+        by_reason.setdefault(reason, []).append(image_id)
+    return [f"skipped {ids[0]}: {reason}" if len(ids) == 1 else
+            f"skipped {len(ids):,} images, {reason}: {', '.join(ids[:first])}… (all in summary.json)"
+            for reason, ids in by_reason.items()]
 
 
 def dataset_args(args: argparse.Namespace) -> list[str]:
     """The command-line flags of :func:`add_dataset_arguments` that ``args`` holds (to print commands)."""
     out = ["--dataset", args.dataset, "--root", str(args.root)]
-    for flag in ("coco20k_list", "coco_annotations", "limit"):
+    for flag in ("coco20k_list", "coco_annotations", "coco_images", "limit"):
         if getattr(args, flag) is not None:
             out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return out + (["--no-hard"] if args.no_hard else [])
