@@ -53,7 +53,7 @@ def main() -> int:
     device = resolve_device(args.device)
     bb = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer).to(device)
     samples = list(VOCDataset(args.voc_root, args.year))[: args.limit]
-    steps = {"lost": resolve_method(bb.name, "lost"), "tokencut_lanczos": TokenCut(tau=args.tau),
+    steps = {"lost": resolve_method(bb.family, "lost"), "tokencut_lanczos": TokenCut(tau=args.tau),
              "tokencut_eigh": TokenCut(tau=args.tau, solver="eigh")}
 
     def sync() -> None:

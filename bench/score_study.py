@@ -107,8 +107,8 @@ def main() -> None:
     args = ap.parse_args()
 
     bb = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer)
-    method = method_from_args(args)
-    prep = resolve_prep(bb.name, method, args.prep)
+    method = method_from_args(args, bb.family)
+    prep = resolve_prep(bb.family, method, args.prep)
     rng = np.random.default_rng(0)
     rows = []  # (round, correct, {score: value}, GT boxes in the image)
     hits = np.zeros(args.max_objects, int)  # GT boxes first matched at round j

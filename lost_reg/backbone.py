@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,7 +36,8 @@ class Features:
 class Backbone(nn.Module):
     """Wraps a timm VisionTransformer to return :class:`Features` of one layer."""
 
-    def __init__(self, model: nn.Module, features: FeatureKind = "k", layer: int = -1, name: str = "") -> None:
+    def __init__(self, model: nn.Module, features: FeatureKind = "k", layer: int = -1, name: str = "",
+                 family: str = "other", source: dict[str, Any] | None = None) -> None:
         super().__init__()
         if features not in FEATURES:
             raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
@@ -47,6 +48,10 @@ class Backbone(nn.Module):
             raise ValueError(f"layer {layer} out of range for a {len(blocks)}-block model")
         self.model = model.eval()
         self.name = name or type(model).__name__
+        self.family = family
+        """The recipe family of the weights (:mod:`lost_reg.recipes`)."""
+        self.source = source or {"name": self.name, "pos_resample": getattr(model, "pos_resample", "timm")}
+        """Where the model and its weights came from (:meth:`lost_reg.models.Source.describe`)."""
         self.features = features
         self.layer = layer % len(blocks)
         self.num_heads = blocks[self.layer].attn.num_heads

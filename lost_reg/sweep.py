@@ -109,12 +109,12 @@ class SweepSetting:
         return args
 
 
-def expand_settings(backbone: str, methods: Sequence[str], options: dict[str, list[Any]], features: Sequence[str],
+def expand_settings(family: str, methods: Sequence[str], options: dict[str, list[Any]], features: Sequence[str],
                     layers: Sequence[int], preps: Sequence[str]) -> list[SweepSetting]:
     """Every combination: each method with the product of its own option lists (unset options as
     ``eval`` would set them: the recipe's for the recipe's method), × preparations × features × layers.
     ``auto`` values resolve as in ``eval``."""
-    names = list(dict.fromkeys(recipe_for(backbone).method if m == AUTO else m for m in methods))
+    names = list(dict.fromkeys(recipe_for(family).method if m == AUTO else m for m in methods))
     for name in names:
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}: use auto or one of {', '.join(METHODS)}")
@@ -126,9 +126,9 @@ def expand_settings(backbone: str, methods: Sequence[str], options: dict[str, li
     for name in names:
         own = [s.name for s in option_specs(METHODS[name]) if s.name in options]
         for combo in itertools.product(*(options[o] for o in own)):
-            method = resolve_method(backbone, name, dict(zip(own, combo)))
+            method = resolve_method(family, name, dict(zip(own, combo)))
             for prep, kind, layer in itertools.product(preps, features, layers):
-                setting = SweepSetting(resolve_prep(backbone, method, prep), kind, layer, method)
+                setting = SweepSetting(resolve_prep(family, method, prep), kind, layer, method)
                 if setting not in out:
                     out.append(setting)
     return out

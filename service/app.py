@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         loc = runtime.worker.localizer if runtime.ready and runtime.worker else None
         patch = loc.patch_size if loc else 1
-        method = loc.method.name if loc else settings.resolved().method.name
+        method = loc.method.name if loc else settings.resolved("other").method.name  # provisional: not kept
         schema["paths"]["/v1/boxes"]["post"]["requestBody"] = boxes_request_schema(
             settings.max_files, (patch, settings.max_side), method)
         export = ExportRequest.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -303,10 +303,10 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     base = defaults.method.options() if name == defaults.method.name else {}  # else the recipe's, as in the CLI
     given = {k: getattr(options, k) for k in all_option_specs() if getattr(options, k) is not None}
     try:
-        method = resolve_method(worker.localizer.backbone.name, name, {**base, **given})
+        method = resolve_method(worker.localizer.backbone.family, name, {**base, **given})
     except ValueError as e:
         raise ServiceError(422, "invalid_option", str(e)) from None
-    prep = resolve_prep(worker.localizer.backbone.name, method, settings.prep)
+    prep = resolve_prep(worker.localizer.backbone.family, method, settings.prep)
     return BoxRequest(RunKey(options.features or defaults.features, method), max_side, prep, options.return_mask,
                       options.return_heat)
 

@@ -127,7 +127,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
             raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {e}") from None
         worker = runtime.admit(len(tasks))
         version = runtime.model_version()
-        prep = resolve_prep(worker.localizer.backbone.name, worker.localizer.method, settings.prep)
+        prep = resolve_prep(worker.localizer.backbone.family, worker.localizer.method, settings.prep)
         async with httpx.AsyncClient(timeout=settings.timeout_s) as client:
             results = await asyncio.gather(*(_one(task, target, version, prep, client, worker) for task in tasks))
         return {"results": results}

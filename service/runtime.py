@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from starlette.datastructures import UploadFile
 
 from lost_reg.images import Prepared, prepare
-from lost_reg.models import create_backbone
+from lost_reg import pipeline
 from lost_reg.pipeline import Localizer, ScoredDetection
 from lost_reg.vis import heat
 
@@ -35,12 +35,11 @@ WARMUP_SIDE = 224
 
 def build_localizer(settings: Settings) -> Localizer:
     """The configured backbone on its device (downloads pretrained weights if needed)."""
-    s = settings.resolved()
-    backbone = create_backbone(settings.backbone, settings.weights, features=s.features, layer=s.layer,
-                               test_time_registers=settings.test_time_registers,
-                               **settings.model_args)
-    return Localizer(backbone, s.method, prep=s.prep, max_side=settings.max_side, device=settings.device,
-                     dtype=settings.dtype)
+    s = settings
+    return pipeline.build_localizer(
+        s.backbone, s.weights, method=s.method, options=s.method_options(), features=s.features, layer=s.layer,
+        prep=s.prep, pos_resample=s.pos_resample, test_time_registers=s.test_time_registers,
+        model_kwargs=s.model_args, max_side=s.max_side, device=s.device, dtype=s.dtype)
 
 
 @dataclass

@@ -19,7 +19,8 @@ from lost_reg.backbone import FeatureKind
 from lost_reg.images import PREPS
 from lost_reg.methods import METHODS, all_option_specs
 from lost_reg.models import DEFAULT_BACKBONE
-from lost_reg.recipes import Setting, resolve
+from lost_reg.posembed import POS_RESAMPLES
+from lost_reg.recipes import RECIPES, Setting, resolve
 
 from . import MAX_SIDE
 
@@ -31,8 +32,12 @@ class _Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True)
 
-    backbone: str = DEFAULT_BACKBONE
-    weights: str | None = Field(None, description="weights file instead of the pretrained download; 'random' for none")
+    backbone: str | None = Field(None, description=f"timm, Meta torch.hub or Hugging Face name; unset: the "
+                                                   f"architecture in weights, else {DEFAULT_BACKBONE}")
+    weights: str | None = Field(None, description="weights file or folder instead of the pretrained download; "
+                                                  "'random' for none")
+    pos_resample: Literal[("auto", *POS_RESAMPLES)] = Field(  # type: ignore[valid-type]
+        "auto", description="position-table resampling; auto: as the code the weights were published with")
     test_time_registers: str | None = Field(None, description="register neurons (neurons.json or preset:NAME) "
                                                                "for a test-time register")
     model_args: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model keywords")
@@ -72,7 +77,8 @@ class _Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_method(self) -> _Settings:
-        self.resolved()  # raises ValueError (so a ValidationError) on a bad option
+        for family in RECIPES:  # whichever family the weights turn out to be; raises ValueError on a bad option
+            self.resolved(family)
         return self
 
     @property
@@ -84,10 +90,14 @@ class _Settings(BaseSettings):
         """Largest acceptable body: every file at its limit plus 1 MB of multipart framing and options."""
         return self.max_files * self.max_file_bytes + MB
 
-    def resolved(self) -> Setting:
-        """Method (with the options that are set), features, layer and preparation, ``auto`` resolved."""
-        given = {name: getattr(self, name) for name in all_option_specs() if getattr(self, name) is not None}
-        return resolve(self.backbone, self.method, given, self.features, self.layer, self.prep)
+    def method_options(self) -> dict[str, Any]:
+        """The method options that are set."""
+        return {name: getattr(self, name) for name in all_option_specs() if getattr(self, name) is not None}
+
+    def resolved(self, family: str) -> Setting:
+        """Method (with the options that are set), features, layer and preparation, ``auto`` resolved for
+        weights of ``family`` (:mod:`lost_reg.recipes`)."""
+        return resolve(family, self.method, self.method_options(), self.features, self.layer, self.prep)
 
 
 Settings = create_model(

@@ -98,7 +98,9 @@ def test_unknown_names_get_the_closest_vit_names():
     with pytest.raises(BackboneError, match=r"closest names: vit_small_patch14_reg4_dinov2, "):
         create_backbone("vit_small_patch14_reg4_dinov3")
     with pytest.raises(BackboneError, match="closest names: dinov2_vits14_imgfocus"):
-        create_backbone("dinov2_vits14")
+        create_backbone("dinov2_vits14_imgfocux")
+    with pytest.raises(BackboneError, match="closest names: dinov2_vits14_reg, "):
+        create_backbone("dinov2_vits14_rag")
     with pytest.raises(BackboneError, match=r"no pretrained tag 'lvd142x'; it has: vit_small_patch14_reg4_dinov2\.lvd142m"):
         create_backbone("vit_small_patch14_reg4_dinov2.lvd142x")
 

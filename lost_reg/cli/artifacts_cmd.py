@@ -62,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
     dataset = ImageFolder(args.paths)
     layer = -1 if args.layer is None else args.layer  # the layer whose outliers are compared: the last by default
     backbone = create_backbone(args.backbone, args.weights, features=args.features, layer=layer,
-                               test_time_registers=args.test_time_registers, **model_kwargs(args.model_arg))
+                               test_time_registers=args.test_time_registers, pos_resample=args.pos_resample,
+                               **model_kwargs(args.model_arg))
     localizer = Localizer(backbone, device=args.device, dtype=args.dtype)
     bb = localizer.backbone
     ps = bb.patch_size

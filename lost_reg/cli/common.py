@@ -21,9 +21,11 @@ from ..errors import LostRegError
 from ..files import write_text
 from ..images import MAX_PIXELS, PREPS, decode_image, prepare
 from ..methods import METHODS, Method, all_option_specs
-from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
+from .. import pipeline
+from ..models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, Source, resolve_source
 from ..pipeline import DTYPES, Localizer
-from ..recipes import AUTO, resolve, resolve_method
+from ..posembed import POS_RESAMPLES
+from ..recipes import AUTO, resolve_method
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,11 +79,18 @@ def dataset_args(args: argparse.Namespace) -> list[str]:
 def add_backbone_arguments(p: argparse.ArgumentParser, features: bool = True) -> None:
     """Which model and where it runs; with ``features``, also the one features kind and layer to read."""
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help=f"timm ViT name (with or without registers), or {OFFLINE_BACKBONE} (no network needed)")
+    g.add_argument("--backbone", default=None,
+                   help="timm ViT name (with or without registers), Meta's torch.hub name (dinov2_vits14_reg, "
+                        "dino_vits16…), Hugging Face repo (facebook/dinov2-with-registers-small), or "
+                        f"{OFFLINE_BACKBONE} (no network needed); default: the architecture in --weights, "
+                        f"else {DEFAULT_BACKBONE}")
     g.add_argument("--weights", default=None,
-                   help="local weights (.safetensors/.pth; timm, DINO or DINOv2 layout) instead of the "
-                        "pretrained download; 'random' for an untrained model")
+                   help="local weights instead of the pretrained download: a file or a Hugging Face folder, in "
+                        "timm, DINO, DINOv2 (also training checkpoints) or transformers layout (README, Backbones "
+                        "and weights); 'random' for an untrained model")
+    g.add_argument("--pos-resample", choices=[AUTO, *POS_RESAMPLES], default=AUTO,
+                   help="how the position table is resampled to other grids: auto = as the code the weights "
+                        "were published with (README, Fidelity); timm, dino or hf to override")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model keyword, e.g. depth=2 (repeatable)")
     if features:
@@ -119,9 +128,14 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in all_option_specs() if getattr(args, name, None) is not None}
 
 
-def method_from_args(args: argparse.Namespace) -> Method:
-    """The method named by ``--method`` (``auto``: the backbone's recipe) with the options given."""
-    return resolve_method(args.backbone, args.method, method_options(args))
+def source_from_args(args: argparse.Namespace) -> Source:
+    """Where ``--backbone`` / ``--weights`` come from, and how they resample positions."""
+    return resolve_source(args.backbone, args.weights, args.pos_resample, **model_kwargs(args.model_arg))
+
+
+def method_from_args(args: argparse.Namespace, family: str | None = None) -> Method:
+    """The method named by ``--method`` (``auto``: the recipe of the weights' family) with the options given."""
+    return resolve_method(family or source_from_args(args).family, args.method, method_options(args))
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -151,10 +165,10 @@ def model_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 
 def build_localizer(args: argparse.Namespace) -> Localizer:
-    s = resolve(args.backbone, args.method, method_options(args), args.features, args.layer, args.prep)
-    backbone = create_backbone(args.backbone, args.weights, features=s.features, layer=s.layer,
-                               test_time_registers=args.test_time_registers, **model_kwargs(args.model_arg))
-    return Localizer(backbone, s.method, prep=s.prep, max_side=args.max_side, device=args.device, dtype=args.dtype)
+    return pipeline.build_localizer(
+        args.backbone, args.weights, method=args.method, options=method_options(args), features=args.features,
+        layer=args.layer, prep=args.prep, pos_resample=args.pos_resample, test_time_registers=args.test_time_registers,
+        model_kwargs=model_kwargs(args.model_arg), max_side=args.max_side, device=args.device, dtype=args.dtype)
 
 
 def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
@@ -168,6 +182,7 @@ def run_info(args: argparse.Namespace, localizer: Localizer) -> dict[str, Any]:
                      "test_time_registers": bb.test_time_registers,
                      "test_time_register_neurons": getattr(bb.model, "test_time_register_source", None),
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
+                     "source": bb.source,
                      "prep": localizer.prep,
                      "device": str(localizer.device), "dtype": localizer.dtype},
         "versions": {"lost_reg": __version__, "torch": torch.__version__, "timm": timm.__version__,

@@ -31,6 +31,7 @@ from .common import (
     add_method_arguments,
     add_run_arguments,
     method_from_args,
+    source_from_args,
     write_json,
 )
 
@@ -107,13 +108,14 @@ def main(args: argparse.Namespace) -> int:
     if args.max_objects < 1:
         raise LostRegError("--max-objects must be at least 1")
     samples = [s for s in dataset if in_shard(s.image_id, args.shard)]
-    method = method_from_args(args)  # checked before any image is read, on any engine
+    source = source_from_args(args)
+    method = method_from_args(args, source.family)  # checked before any image is read, on any engine
     if args.coco_gt and args.format != "coco-results":
         raise LostRegError("--coco-gt is for --format coco-results")
     image_ids, category = ground_truth_ids(args.coco_gt, [file_name(s) for s in samples]) if args.coco_gt else (None, 1)
     outcome = run(args.engine, args, samples)
     prefix = local_files_prefix(args.paths) if args.image_url_prefix is None else args.image_url_prefix
-    options = ExportOptions(prefix, f"lost-reg {args.backbone} {method.describe()}", image_ids, category)
+    options = ExportOptions(prefix, f"lost-reg {source.name} {method.describe()}", image_ids, category)
     export(outcome.records, args.out, args.format, options)
     errors = errors_file(args.out)
     if outcome.errors:

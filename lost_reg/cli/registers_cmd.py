@@ -46,7 +46,7 @@ def find_main(args: argparse.Namespace) -> int:
     if args.test_time_registers is not None:
         raise LostRegError("--test-time-registers does not apply to `registers find`: it finds them")
     dataset = ImageFolder(args.paths)
-    bb = create_backbone(args.backbone, args.weights, **model_kwargs(args.model_arg))
+    bb = create_backbone(args.backbone, args.weights, pos_resample=args.pos_resample, **model_kwargs(args.model_arg))
     device = resolve_device(args.device)
     model = bb.model.to(device)
     errors: list[dict] = []
@@ -60,8 +60,8 @@ def find_main(args: argparse.Namespace) -> int:
             yield normalize(c[None].to(device), [tuple(c.shape[-2:])], bb.mean, bb.std)
 
     with torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "float32"):
-        neurons = find_register_neurons(model, images, backbone=args.backbone,
-                                        weights=weights_identity(args.backbone, args.weights),
+        neurons = find_register_neurons(model, images, backbone=bb.name,
+                                        weights=weights_identity(bb.name, args.weights),
                                         layer=args.layer, top_k=args.top_k)
     neurons.stats["errors"] = errors
     args.out.parent.mkdir(parents=True, exist_ok=True)

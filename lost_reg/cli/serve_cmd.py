@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..methods import all_option_specs
+from ..models import DEFAULT_BACKBONE
 from .common import add_backbone_arguments, add_method_arguments, model_kwargs
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "LOST_REG_API_KEY"
 LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
-SHARED = ("backbone", "weights", "test_time_registers", "features", "layer", "device", "dtype", "method", "prep",
+SHARED = ("backbone", "weights", "pos_resample", "test_time_registers", "features", "layer", "device", "dtype", "method", "prep",
           "max_side",
           *all_option_specs())
 """Dests of the single-valued options from :mod:`.common` (``--model-arg`` given none is ``[]``)."""
@@ -81,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     if config.api_key is None and args.host not in LOCALHOSTS:
         log.warning("listening on %s without an API key: set %s to require one", args.host, args.api_key_env)
-    log.info("loading %s", config.backbone)
+    log.info("loading %s", config.backbone or config.weights or DEFAULT_BACKBONE)
     app = create_app(config, build_localizer(config))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

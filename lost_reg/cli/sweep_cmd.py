@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..cache import FeatureCache, weights_identity
     from ..models import create_backbone
+    from .common import source_from_args
     from ..pipeline import Localizer
     from ..registers import RegisterNeurons
     from ..sweep import Sweep, expand, expand_settings, write_reports
@@ -65,8 +66,10 @@ def main(args: argparse.Namespace) -> int:
     specs = all_option_specs()
     options = {name: expand(getattr(args, name), specs[name][0].type) for name in specs
                if getattr(args, name) is not None}
-    layers = [recipe_for(args.backbone).layer] if args.layers == AUTO else expand(args.layers, int)
-    features = [recipe_for(args.backbone).features if f == AUTO else f for f in expand(args.features)]
+    source = source_from_args(args)
+    recipe = recipe_for(source.family)
+    layers = [recipe.layer] if args.layers == AUTO else expand(args.layers, int)
+    features = [recipe.features if f == AUTO else f for f in expand(args.features)]
     for kind in features:
         if kind not in FEATURES:
             raise ValueError(f"--features: {kind!r} is not one of {', '.join(FEATURES)}")
@@ -74,15 +77,15 @@ def main(args: argparse.Namespace) -> int:
     for prep in preps:
         if prep not in (AUTO, *PREPS):
             raise ValueError(f"--prep: {prep!r} is not one of auto, {', '.join(PREPS)}")
-    settings = expand_settings(args.backbone, expand(args.method), options, features, layers, preps)
+    settings = expand_settings(source.family, expand(args.method), options, features, layers, preps)
     dataset = dataset_from_args(args)
     indices = list(range(len(dataset) if args.limit is None else min(args.limit, len(dataset))))
     kwargs = model_kwargs(args.model_arg)
     cache = None
     if args.cache is not None:
         n = None if args.test_time_registers is None else RegisterNeurons.load(args.test_time_registers)
-        cache = FeatureCache(args.cache, {"backbone": args.backbone, "weights": weights_identity(args.backbone,
-                             args.weights), "model_args": kwargs, "max_side": args.max_side, "dtype": args.dtype,
+        cache = FeatureCache(args.cache, {"backbone": source.name, "weights": weights_identity(source.name,
+                             args.weights), "pos_resample": source.pos_resample, "model_args": kwargs, "max_side": args.max_side, "dtype": args.dtype,
                              "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
                              args.cache_dtype)
     backbone = None
@@ -90,9 +93,8 @@ def main(args: argparse.Namespace) -> int:
     def localizer_for(prep: str) -> Localizer:
         nonlocal backbone
         if backbone is None:
-            print(f"loading {args.backbone}")
-            backbone = create_backbone(args.backbone, args.weights, test_time_registers=args.test_time_registers,
-                                       **kwargs)
+            print(f"loading {source.name}")
+            backbone = create_backbone(source, test_time_registers=args.test_time_registers)
         return Localizer(backbone, settings[0].method, prep=prep, max_side=args.max_side, device=args.device,
                          dtype=args.dtype)
 
@@ -103,13 +105,14 @@ def main(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
                   max_pixels=args.max_pixels)
     rows = sweep.run()
-    command = ["lost-reg", "eval", *dataset_args(args), "--backbone", args.backbone,
+    command = ["lost-reg", "eval", *dataset_args(args), *(["--backbone", args.backbone] if args.backbone else []),
                *(["--weights", args.weights] if args.weights else []),
+               *(["--pos-resample", args.pos_resample] if args.pos_resample != AUTO else []),
                *(["--test-time-registers", args.test_time_registers] if args.test_time_registers else []),
                *(a for pair in args.model_arg for a in ("--model-arg", pair)),
                *(["--max-side", str(args.max_side)] if args.max_side else []),
                *(["--dtype", args.dtype] if args.dtype != "float32" else []), "--out", str(args.out / "best")]
-    title = f"lost-reg sweep: {args.backbone} on {args.dataset} {args.root} ({len(indices)} images)"
+    title = f"lost-reg sweep: {source.name} on {args.dataset} {args.root} ({len(indices)} images)"
     best = write_reports(rows, args.out, command, title)
     write_json(args.out / "best.json", best)
     st = sweep.stats

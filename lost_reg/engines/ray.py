@@ -105,8 +105,7 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     except ImportError:
         raise LostRegError('--engine ray needs Ray, which lost-reg does not install by default: '
                            'pip install "lost-reg[ray]"') from None
-    from ..cli.common import method_options
-    from ..models import patch_size_of
+    from ..cli.common import method_options, source_from_args
     from ..recipes import resolve
 
     state = state_folder(args.out)
@@ -121,8 +120,9 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     state.mkdir(parents=True, exist_ok=True)
     (state / "plan.json").write_text(json.dumps({"sha256": plan, "chunks": len(chunks), "images": len(samples)}))
 
-    setting = resolve(args.backbone, args.method, method_options(args), "auto", None, args.prep)
-    patch = patch_size_of(args.backbone, args.model_arg)
+    source = source_from_args(args)
+    setting = resolve(source.family, args.method, method_options(args), "auto", None, args.prep)
+    patch = source.patch_size
     _start_ray(ray, args)
     gpus = args.gpus_per_actor
     if gpus is None:
