@@ -181,7 +181,7 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
         dropped = sorted({k.split(".")[0] for k in state if not k.startswith("backbone.")})
-        notes.append("its backbone." + (f" (dropped {', '.join(dropped)})" if dropped else ""))
+        notes.append("its backbone.* keys" + (f" (dropped {', '.join(dropped)})" if dropped else ""))
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     for prefix in ("dinov2.", "vit."):  # transformers' *ForImageClassification around the base model
         if any(k.startswith(prefix + "embeddings.") for k in state):

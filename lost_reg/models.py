@@ -14,7 +14,7 @@ import functools
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -88,10 +88,16 @@ class Source:
     layout: str
     """What the weights were recognised as."""
     publisher: Publisher
-    pos_resample: str
-    """How the position table is resampled (:data:`lost_reg.posembed.POS_RESAMPLES`)."""
     checkpoint: Checkpoint | None = None
     offline: OfflineModel | None = None
+    resample_override: str | None = None
+    """``--pos-resample`` when not ``auto``."""
+
+    @property
+    def pos_resample(self) -> str:
+        """How the position table is resampled (:data:`lost_reg.posembed.POS_RESAMPLES`): the publisher's code's,
+        unless overridden."""
+        return self.resample_override or self.publisher.pos_resample
 
     @property
     def family(self) -> str:
@@ -140,21 +146,21 @@ def resolve_source(name: str | None = None, weights: str | Path | None = None, p
         if weights == "random":
             raise BackboneError(f"{name} is a Hugging Face repo: its architecture comes with its weights; "
                                 "for random weights name a timm model")
-        source = _from_checkpoint(None, weights if weights is not None else _hf_snapshot(name), kwargs)
-        source.name, source.weights = name, weights
+        folder = weights if weights is not None else _hf_snapshot(name)
+        source = replace(_from_checkpoint(None, folder, kwargs), name=name, weights=weights)
     elif weights not in (None, "random"):
         source = _from_checkpoint(name, weights, kwargs)
     elif name in OFFLINE_MODELS:
         off = OFFLINE_MODELS[name]
         source = Source(name, off.arch, {**off.kwargs, **kwargs}, weights,
-                        off.layout if weights is None else "random (seed 0)", PUBLISHERS[off.publisher], "",
+                        off.layout if weights is None else "random (seed 0)", PUBLISHERS[off.publisher],
                         offline=off if weights is None else None)
     else:
         _check_name(name, pretrained=weights is None)
         full = _with_default_tag(name) if weights is None else name
         source = Source(name, full, dict(kwargs), weights, "timm hub" if weights is None else "random (seed 0)",
-                        PUBLISHERS[_tag_publisher(full) or "timm"], "")
-    source.pos_resample = source.publisher.pos_resample if pos_resample == AUTO else pos_resample
+                        PUBLISHERS[_tag_publisher(full) or "timm"])
+    source.resample_override = None if pos_resample == AUTO else pos_resample
     return source
 
 
@@ -168,7 +174,7 @@ def _from_checkpoint(name: str | None, weights: str | Path, kwargs: dict[str, An
         _check_name(arch, pretrained=False)
         arch_kwargs = {**(off.kwargs if off else {}), "img_size": ckpt.arch["img_size"], **kwargs}
     key = ckpt.publisher or (name and _tag_publisher(name)) or ckpt.weak_publisher or "timm"
-    return Source(name or str(weights), arch, arch_kwargs, str(weights), ckpt.layout, PUBLISHERS[key], "",
+    return Source(name or str(weights), arch, arch_kwargs, str(weights), ckpt.layout, PUBLISHERS[key],
                   checkpoint=ckpt)
 
 

@@ -82,9 +82,13 @@ def test_the_three_resamplings_differ_where_it_matters():
 
 @pytest.fixture(scope="module")
 def upstream():
-    """Meta's dinov2 package and DINO's vision_transformer module, read in place."""
     if not (UPSTREAM / "dinov2" / "models").is_dir() or not (UPSTREAM / "dino").is_dir():
         pytest.skip(f"upstream model code not at {UPSTREAM}")
+    return load_upstream()
+
+
+def load_upstream() -> argparse.Namespace:
+    """Meta's dinov2 package and DINO's vision_transformer module, read in place."""
     for path in (str(UPSTREAM), str(UPSTREAM / "dino")):
         if path not in sys.path:
             sys.path.insert(0, path)
@@ -97,29 +101,29 @@ def upstream():
     return argparse.Namespace(DinoVisionTransformer=DinoVisionTransformer, dino=dino_vit)
 
 
-def noisy(model: nn.Module, seed: int) -> nn.Module:
+def noisy(model: nn.Module, seed: int, scale: float = 0.2) -> nn.Module:
     """Seeded weights plus noise on every parameter: zero-initialised tokens and LayerScale matter."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+            p.add_(torch.randn(p.shape, generator=g) * scale)
     return model.eval()
 
 
-def meta_dinov2(upstream, registers: int = 0, **kwargs) -> nn.Module:
+def meta_dinov2(upstream, registers: int = 0, noise: float = 0.2, **kwargs) -> nn.Module:
     """A small Meta DINOv2 ViT as Meta's hub builds it: offset 0.1 and no antialias without registers,
     offset 0 and antialias with them (dinov2/hub/backbones.py)."""
     kw = dict(patch_size=14, img_size=14 * 8, embed_dim=128, depth=2, num_heads=2, init_values=1.0, block_chunks=0,
               num_register_tokens=registers, interpolate_antialias=bool(registers),
               interpolate_offset=0.0 if registers else 0.1)
-    return noisy(upstream.DinoVisionTransformer(**{**kw, **kwargs}), seed=registers + 1)
+    return noisy(upstream.DinoVisionTransformer(**{**kw, **kwargs}), seed=registers + 1, scale=noise)
 
 
-def dino_v1(upstream) -> nn.Module:
+def dino_v1(upstream, noise: float = 0.2, **kwargs) -> nn.Module:
     """A small DINO ViT as dino's vit_small: qkv bias, LayerNorm eps 1e-6 (vision_transformer.py)."""
-    return noisy(upstream.dino.VisionTransformer(img_size=[16 * 6], patch_size=16, embed_dim=128, depth=2,
-                                                 num_heads=2, qkv_bias=True,
-                                                 norm_layer=partial(nn.LayerNorm, eps=1e-6)), seed=7)
+    kw = dict(img_size=[16 * 6], patch_size=16, embed_dim=128, depth=2, num_heads=2)
+    return noisy(upstream.dino.VisionTransformer(**{**kw, **kwargs}, qkv_bias=True,
+                                                 norm_layer=partial(nn.LayerNorm, eps=1e-6)), seed=7, scale=noise)
 
 
 def tapped(model: nn.Module, qkv: str, block: str, prefix: int, run) -> dict[str, torch.Tensor]:
@@ -288,17 +292,19 @@ def test_unknown_layouts_say_what_was_expected(tmp_path):
 transformers = pytest.importorskip("transformers", reason="the Hugging Face comparisons need transformers")
 
 
-def hf_model(kind: str) -> nn.Module:
-    common = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2)
+def hf_model(kind: str, noise: float = 0.2, grid: int | None = None, **config) -> nn.Module:
+    """A small transformers model of ``kind`` (``config`` overrides its size)."""
+    config = {**dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2), **config}
     if kind == "dinov2":
-        model = transformers.Dinov2Model(transformers.Dinov2Config(image_size=14 * 8, patch_size=14, **common))
+        model = transformers.Dinov2Model(transformers.Dinov2Config(image_size=14 * (grid or 8), patch_size=14,
+                                                                   **config))
     elif kind == "dinov2_with_registers":
         model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
-            image_size=14 * 8, patch_size=14, num_register_tokens=4, **common))
+            image_size=14 * (grid or 8), patch_size=14, num_register_tokens=4, **config))
     else:
-        model = transformers.ViTModel(transformers.ViTConfig(image_size=16 * 6, patch_size=16, intermediate_size=512,
-                                                             **common))
-    return noisy(model, seed=len(kind))
+        model = transformers.ViTModel(transformers.ViTConfig(
+            image_size=16 * (grid or 6), patch_size=16, **{"intermediate_size": 4 * config["hidden_size"], **config}))
+    return noisy(model, seed=len(kind), scale=noise)
 
 
 HF_CASES = [("dinov2", 14, 1, "hf"), ("dinov2_with_registers", 14, 5, "timm"), ("vit", 16, 1, "hf")]
