@@ -209,12 +209,7 @@ def create_model(source: Source | str | None = None, weights: str | Path | None 
         model = _from_hub(source.arch, lambda: _create(source.arch, pretrained=True, **timm_kwargs))
     else:
         model = _create(source.arch, pretrained=False, **timm_kwargs)
-        if source.offline is not None:
-            state = source.offline.load()
-        else:
-            assert source.checkpoint is not None
-            state = checkpoint_filter_fn(dict(source.checkpoint.state), model)
-        _load_state_dict(model, state, source)
+        _load_state_dict(model, source)
     posembed.install(model, source.pos_resample)
     log.info("loaded %s (%s; published with %s): position table resampled as %s", source.name, source.layout,
              source.publisher.name, source.pos_resample)
@@ -354,18 +349,34 @@ def _closest(name: str, candidates: list[str], n: int = 5) -> str:
     return ", ".join(difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)) or "none alike"
 
 
-def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: Source) -> None:
-    """Load strictly, except for the classifier head and its norm (the methods use no head)."""
+def _load_state_dict(model: nn.Module, source: Source) -> None:
+    """The source's weights (through timm's checkpoint filter for files) loaded strictly, except for the
+    classifier head and its norm (the methods use no head)."""
     what = f"weights from {source.weights} ({source.layout})"
+    if source.checkpoint is not None:
+        held = _shape(**source.checkpoint.arch)
+        built = _shape(model.patch_embed.patch_size[0], model.embed_dim, len(model.blocks), model.num_reg_tokens)
+        if held != built:
+            raise BackboneError(f"{what} do not fit {source.arch}: they hold a ViT with {held}, the model has "
+                                f"{built}; {_fix(source)}")
     try:
+        if source.offline is not None:
+            state = source.offline.load()
+        else:
+            assert source.checkpoint is not None
+            state = checkpoint_filter_fn(dict(source.checkpoint.state), model)
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, KeyError) as e:
         raise BackboneError(f"{what} do not fit {source.arch}: {_first_line(e)}; {_fix(source)}") from e
     missing = [k for k in result.missing_keys if not k.startswith(HEAD_PREFIXES)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(HEAD_PREFIXES)]
     if missing or unexpected:
         raise BackboneError(f"{what} do not fit {source.arch}: {len(missing)} missing keys {missing[:3]}, "
                             f"{len(unexpected)} unknown keys {unexpected[:3]}; {_fix(source)}")
+
+
+def _shape(patch_size: int, embed_dim: int, depth: int, reg_tokens: int, **_: Any) -> str:
+    return f"patch {patch_size}, width {embed_dim}, {depth} blocks, {reg_tokens} registers"
 
 
 def _fix(source: Source) -> str:

@@ -348,3 +348,15 @@ def test_meta_hub_names_are_aliases():
     assert resolve_source("vit_small_patch14_reg4_dinov2.lvd142m").pos_resample == "timm"
     assert resolve_source("vit_small_patch14_dinov2").arch == "vit_small_patch14_dinov2.lvd142m"  # timm's default tag
     assert resolve_source("vit_small_patch14_dinov2", "random").pos_resample == "timm"
+
+
+def test_a_layout_that_does_not_fit_says_what_it_is_and_what_to_pass(upstream, tmp_path):
+    path = tmp_path / "reg4.pth"
+    torch.save(meta_dinov2(upstream, 4).state_dict(), path)
+    with pytest.raises(BackboneError) as err:  # the name says no registers; the file has four
+        create_backbone("vit_small_patch14_dinov2", path, embed_dim=128, depth=2, num_heads=2)
+    message = str(err.value)
+    assert "(Meta DINOv2 with 4 registers) do not fit vit_small_patch14_dinov2: they hold a ViT with patch 14, " \
+           "width 128, 2 blocks, 4 registers, the model has patch 14, width 128, 2 blocks, 0 registers" in message
+    assert "leave out --backbone to take the architecture from the weights" in message and "\n" not in message
+    assert create_backbone(None, path).num_registers == 4  # which works
