@@ -4,7 +4,7 @@ Three modes, each in a fresh subprocess (so peak memory is per mode and nothing 
 
 ``bare``      the upper bound: a batched backbone forward on images already decoded, padded,
               normalised and on the device; nothing else (on the CPU split into calls of
-              ``pipeline.CPU_CHUNK`` images, as ``Localizer`` does, since that is faster there). Also times the
+              ``devices.CPU_CHUNK`` images, as ``Localizer`` does, since that is faster there). Also times the
               method (``--method``, LOST by default) alone on the resulting features, with both
               connected-component back ends (scipy, torch).
 ``pipeline``  what ``lost-reg eval`` runs: ``engine.inference_on_dataset`` (decoding in DataLoader
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--gen-dir", type=Path, default=Path(tempfile.gettempdir()) / "lost_reg_bench",
                    help="where generated images go (VOC layout; reused across runs)")
     b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--workers", type=int, default=None, help="decoding workers (default: as lost-reg eval, engine.auto_workers)")
+    b.add_argument("--workers", type=int, default=None, help="decoding workers (default: as lost-reg eval, the device plan's)")
     b.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     b.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every mode")
     b.add_argument("--compile", action="store_true",
@@ -218,7 +218,8 @@ def run_bare(args: argparse.Namespace, paths: list[Path]) -> dict:
     import torch
 
     from lost_reg.images import normalize
-    from lost_reg.pipeline import CPU_CHUNK, DTYPES, group_by_shape
+    from lost_reg.devices import CPU_CHUNK
+    from lost_reg.pipeline import DTYPES, group_by_shape
 
     localizer = _setup(args)
     device, backbone = localizer.device, localizer.backbone
@@ -491,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
     import torch
 
-    from lost_reg.engine import auto_workers
+    from lost_reg.devices import DevicePlan
     from lost_reg.methods import all_option_specs
     from lost_reg.pipeline import resolve_device
 
@@ -501,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--device" not in argv:
         argv += ["--device", device]
     if args.workers is None:  # as lost-reg eval
-        args.workers = auto_workers(torch.device(device))
+        args.workers = DevicePlan.of(device).workers
         argv += ["--workers", str(args.workers)]
     load_before = os.getloadavg()
     results: dict[str, dict] = {}

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..devices import plan_for
 from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
 from .spectral import SOLVERS, check_solver, fiedler
@@ -74,21 +75,24 @@ def tokencut(
     exclude: torch.Tensor | None = None,
     solver: str = "lanczos",
     components: str = "scipy",
+    batched: bool | None = None,
 ) -> list[TokenCutResult]:
     """Run TokenCut on a batch of patch features [B, rows*cols, D] that share one grid shape.
 
     ``exclude`` (bool [B, N]) takes patches out of the graph; every image must keep one patch.
-    On the CPU the images go one at a time: one image's N×N graph stays in cache (faster than a
-    batch there) and each box is then exactly independent of the batch, even for a near-degenerate
-    cut. On a GPU the batch is solved at once; only a near-degenerate cut (λ₃ ≈ λ₂, where any
-    answer is as good) may then come out differently than alone.
+    ``batched``: solve the batch's graphs at once, or one image at a time; None: as the plan in force
+    says (:attr:`~lost_reg.devices.DevicePlan.batched_graphs`, by default the features' device's: at
+    once on a GPU, one at a time on the CPU, where one image's N×N graph stays in cache). An image
+    leaves the batched solver as it converges, so it takes the same steps as alone; only rounding
+    differs, which can change a box only where the cut is near-degenerate (λ₃ ≈ λ₂: any answer is
+    as good).
     """
     check_components(components)
     rows, cols = grid
     b, n, _ = features.shape
     if n != rows * cols:
         raise ValueError(f"features hold {n} patches but the grid is {rows}x{cols}")
-    if features.device.type == "cpu" and b > 1:
+    if not (plan_for(features.device).batched_graphs if batched is None else batched) and b > 1:
         return [r for i in range(b) for r in tokencut(features[i:i + 1], grid, tau, eps,
                                                        None if exclude is None else exclude[i:i + 1], solver,
                                                        components)]
