@@ -4,11 +4,14 @@
 memory, synchronising before the clock is read, decoding workers, solving a batch of graphs at once);
 ``Localizer(..., device="cpu", plan=DevicePlan.of("cuda"))`` runs a GPU's branches on the CPU, the
 methods' included (:func:`using`).
-:class:`BatchLimit` halves a batch when the device runs out of memory and goes on.
+:class:`BatchLimit` halves a batch when the device runs out of memory and goes on. :func:`graph_threads`
+gives the methods' graph code its own small thread count, so another busy process on the same cores
+does not stall its many small operations (README, CPU contention).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -27,6 +30,11 @@ CPU_CHUNK = 4
 """Images per backbone call on the CPU. A ViT forward there is compute-bound: larger calls gain
 nothing and lose cache (bench/bench_pipeline.py, ViT-S/14 on 378x504: ~14 % slower per image at 16
 than at 4 on 2 cores); the features are the same either way."""
+
+GRAPH_THREADS = int(os.environ.get("LOST_REG_GRAPH_THREADS", "1"))
+"""torch intra-op threads of the methods' graph code (0: torch's own count). Its operations are small
+(N x N graphs, Lanczos vectors): with several threads each one waits at a barrier for the slowest, and
+when another process holds a core that is a whole time slice (README, CPU contention)."""
 
 
 @dataclass(frozen=True)
@@ -144,3 +152,38 @@ class BatchLimit:
             torch.cuda.empty_cache()  # a no-op without CUDA
             log.warning("out of device memory on a %s of %d: going on with %d", self.what, stop - start, self.size)
         return out
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count at ``n`` inside the block (0: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextmanager
+def graph_threads(n: int) -> Iterator[None]:
+    """The methods' graph code at ``n`` threads inside the block (0: torch's own count), e.g. to compare."""
+    global GRAPH_THREADS
+    before, GRAPH_THREADS = GRAPH_THREADS, n
+    try:
+        yield
+    finally:
+        GRAPH_THREADS = before
+
+
+def graph_code(fn: Callable[..., T]) -> Callable[..., T]:
+    """Runs a method's graph code at :data:`GRAPH_THREADS` torch threads."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs) -> T:
+        with torch_threads(GRAPH_THREADS):
+            return fn(*args, **kwargs)
+
+    return run

@@ -17,6 +17,8 @@ from lost_reg.devices import (
     BatchLimit,
     DevicePlan,
     can_pin,
+    graph_code,
+    graph_threads,
     half_dtype,
     pin,
     plan_for,
@@ -24,6 +26,7 @@ from lost_reg.devices import (
 )
 from lost_reg.engine import inference_on_dataset
 from lost_reg.images import decode_image
+from lost_reg.methods import lost, tokencut
 
 from .conftest import ROOT, tiny_backbone
 
@@ -162,3 +165,14 @@ def test_the_localizer_halves_its_batches_on_out_of_memory_and_gives_the_same_bo
     assert caplog.text.count("out of device memory") == 3  # the limits stay halved: the second batch fits
     multi = small.localize_prepared_multi(batch, max_objects=2)
     assert [m[0].detection.box for m in multi] == [d.box for d in want]
+
+
+def test_graph_code_runs_at_its_own_thread_count():
+    probe = graph_code(torch.get_num_threads)
+    before = torch.get_num_threads()
+    with graph_threads(1):
+        assert probe() == 1
+    with graph_threads(0):
+        assert probe() == before  # 0: torch's own count
+    assert torch.get_num_threads() == before
+    assert tokencut.__wrapped__ and lost.__wrapped__  # both methods' graph code runs under it

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..devices import plan_for
+from ..devices import graph_code, plan_for
 from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
 from .spectral import SOLVERS, check_solver, fiedler
@@ -67,6 +67,7 @@ def cosine_graph(features: torch.Tensor, tau: float, eps: float, keep: torch.Ten
     return w
 
 
+@graph_code
 def tokencut(
     features: torch.Tensor,
     grid: tuple[int, int],
