@@ -113,7 +113,7 @@ class Localizer:
     def localize_prepared(self, batch: Sequence[Prepared]) -> list[Detection]:
         """Boxes for prepared images that share one padded shape."""
         features = self._forward(batch)
-        results = self._discover(features, lambda patches, grid: self.method(patches, grid))
+        results = self._discover(features, self.method)
         return [detection(p, r, self.patch_size) for p, r in zip(batch, results)]
 
     def localize_prepared_multi(
