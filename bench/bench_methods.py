@@ -2,7 +2,7 @@
 
 For every image of a VOC devkit (default: ``../shared/data/voc12_dev``) the backbone runs once;
 then LOST (the backbone recipe's), TokenCut with each solver, and the TokenCut reference's dense scipy solver (the
-faithful statement in tests/test_tokencut_reference.py) run on the same features. Prints ms per
+faithful statement in tests/tokencut_reference.py) run on the same features. Prints ms per
 image (mean and median), each step's share of the forward, the speed-up over the reference, and
 how often the boxes agree with the reference (on images whose λ₂ is not degenerate). Appends a
 JSON record to bench/results.jsonl.
@@ -34,7 +34,7 @@ def main() -> int:
     from lost_reg.images import decode_image, normalize, prepare
     from lost_reg.pipeline import resolve_device
     from lost_reg.recipes import resolve_method
-    from tests.test_tokencut_reference import DEGENERATE, reference_tokencut
+    from tests.tokencut_reference import DEGENERATE, reference_tokencut
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="dinov2_vits14_imgfocus")

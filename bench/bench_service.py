@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -44,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="as lost-reg serve --weights")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="as lost-reg serve")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="as lost-reg serve --dtype")
     p.add_argument("--size", default="320x240", help="image size WxH (JPEG; one shape, so batches fill)")
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
@@ -55,8 +57,8 @@ def parse_args() -> argparse.Namespace:
 
 def server_args(args: argparse.Namespace) -> list[str]:
     if args.backbone == "tiny":
-        return TINY + ["--device", args.device]
-    out = ["--backbone", args.backbone, "--device", args.device]
+        return TINY + ["--device", args.device, "--dtype", args.dtype]
+    out = ["--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype]
     if args.weights:
         out += ["--weights", args.weights]
     return out + [a for kv in args.model_arg for a in ("--model-arg", kv)]
@@ -86,12 +88,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(args: argparse.Namespace, max_batch: int):
-    """``lost-reg serve`` with this batching; yields (base URL, /v1/model)."""
+def server(args: argparse.Namespace, max_batch: int, extra: Sequence[str] = ()):
+    """``lost-reg serve`` with this batching (and ``extra`` flags); yields (base URL, /v1/model, process id)."""
     port = free_port()
     command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve",
                *server_args(args), "--port", str(port), "--max-batch", str(max_batch),
-               "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
+               "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning", *extra]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
@@ -109,14 +111,16 @@ def server(args: argparse.Namespace, max_batch: int):
                 if time.monotonic() > deadline:
                     sys.exit("server not ready in 15 minutes")
                 time.sleep(0.3)
-            yield base, httpx.get(f"{base}/v1/model").json()
+            yield base, httpx.get(f"{base}/v1/model").json(), proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=60)
 
 
-async def measure(base: str, payloads: list[bytes], requests: int, concurrency: int) -> dict[str, float]:
-    """req/s and latency percentiles of ``requests`` single-image POSTs, ``concurrency`` at a time."""
+async def measure(base: str, payloads: list[bytes], requests: int, concurrency: int,
+                  start_at: float | None = None) -> dict:
+    """req/s and latency percentiles of ``requests`` single-image POSTs, ``concurrency`` at a time; with
+    ``start_at`` (a ``time.monotonic()`` instant, for several client processes), they start then."""
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
@@ -134,11 +138,18 @@ async def measure(base: str, payloads: list[bytes], requests: int, concurrency: 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
         await client.post("/v1/boxes", files=[("images", ("warm.jpg", payloads[0], "image/jpeg"))])
-        start = time.perf_counter()
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        start = time.monotonic()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
+        end = time.monotonic()
+    return {**summarize(latencies, end - start), "latencies": latencies, "start": start, "end": end}
+
+
+def summarize(latencies: list[float], wall: float) -> dict[str, float]:
+    """req/s, p50 and p95 (ms) of request latencies (s) over a wall time (s)."""
     ms = sorted(t * 1000 for t in latencies)
-    return {"req_s": round(requests / wall, 2), "p50_ms": round(statistics.median(ms), 1),
+    return {"req_s": round(len(ms) / wall, 2), "p50_ms": round(statistics.median(ms), 1),
             "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1)}
 
 
@@ -167,9 +178,10 @@ def main() -> None:
     rows: list[dict] = []
     load_before = os.getloadavg()
     for max_batch in (int(b) for b in args.max_batch.split(",")):
-        with server(args, max_batch) as (base, model):
+        with server(args, max_batch) as (base, model, _):
             for c in levels:
-                figures = asyncio.run(measure(base, payloads, args.requests, c))
+                figures = {k: v for k, v in asyncio.run(measure(base, payloads, args.requests, c)).items()
+                           if k in ("req_s", "p50_ms", "p95_ms")}
                 rows.append({"max_batch": max_batch, "concurrency": c, **figures})
                 print(f"max_batch {max_batch:>2}  clients {c:>2}: {figures['req_s']:8.2f} req/s  "
                       f"p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms", flush=True)

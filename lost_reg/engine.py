@@ -1,14 +1,15 @@
 """The one inference loop: decode in workers, bucket by padded shape, localise, hand results on.
 
-Images are decoded and padded in DataLoader worker processes (pinned memory on CUDA), then
+Images are decoded and padded in DataLoader worker processes (pinned memory on CUDA: the
+localizer's :class:`~lost_reg.devices.DevicePlan` says how many workers and whether to pin), then
 grouped by padded shape so each backbone call is one batch of one shape. A file that cannot
 be read is reported through ``on_error`` and skipped; the run goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -16,14 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .datasets import Sample
+from .devices import can_pin
 from .errors import LostRegError
 from .images import MAX_PIXELS, Prepared, decode_image, grid_size, prepare
 from .pipeline import Localizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,13 +126,6 @@ def shape_order(dataset: Sequence[Sample], indices: Sequence[int], localizer: Lo
     return sorted(indices, key=key)
 
 
-def auto_workers(device: torch.device) -> int:
-    """Decoding workers when none are asked for: 0 on the CPU, where the forward already keeps
-    every core busy and a worker only interrupts it (bench/bench_pipeline.py, 2 cores: ~15 %
-    slower with one worker in bf16), else min(8, cores − 1) to keep the GPU fed."""
-    return 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
-
-
 @dataclass
 class RunStats:
     """What one pass over a dataset did and how long each stage took (seconds)."""
@@ -166,7 +162,10 @@ def inference_on_dataset(
     ``process``; the default is ``localizer.localize_prepared`` (one :class:`~lost_reg.pipeline.Detection` each).
     """
     localize = localize or localizer.localize_prepared
-    workers = auto_workers(localizer.device) if workers is None else workers
+    plan = localizer.plan
+    workers = plan.workers if workers is None else workers
+    if plan.pin_memory and not can_pin():
+        log.info("pinned memory asked for, but there is no CUDA driver here: decoded images stay pageable")
     stats = RunStats()
     if not indices:
         return stats
@@ -176,7 +175,7 @@ def inference_on_dataset(
         batch_size=None,
         num_workers=workers,
         collate_fn=_single,
-        pin_memory=localizer.device.type == "cuda",
+        pin_memory=plan.pin_memory and can_pin(),
         prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
         persistent_workers=False,
     )

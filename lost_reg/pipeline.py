@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone, Features, Tap
+from .devices import BatchLimit, DevicePlan, autocast_supported, synchronize, using
 from .images import Prepared, normalize, prepare
 from .methods import Discovery, Method
 from .models import create_backbone, resolve_source
@@ -24,10 +25,6 @@ from .recipes import AUTO, resolve, resolve_method, resolve_prep
 from .scores import DEFAULT_SCORE, find_objects
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CPU_CHUNK = 4
-"""Images per backbone call on the CPU. A ViT forward there is compute-bound: larger calls gain
-nothing and lose cache (bench/bench_pipeline.py, ViT-S/14 on 378x504: ~14 % slower per image at 16
-than at 4 on 2 cores); the features are the same either way."""
 
 
 @dataclass
@@ -73,12 +70,15 @@ class Localizer:
     """A backbone on a device, a discovery method, and how images are prepared for them."""
 
     def __init__(self, backbone: Backbone, method: Method | None = None, *, prep: str = AUTO,
-                 max_side: int | None = None, device: str = "auto", dtype: str = "float32") -> None:
+                 max_side: int | None = None, device: str = "auto", dtype: str = "float32",
+                 plan: DevicePlan | None = None) -> None:
         self.device = resolve_device(device)
+        self.plan = plan or DevicePlan.of(self.device)
+        """The device's choices (:class:`~lost_reg.devices.DevicePlan`); tests pass a GPU's to run its branches here."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
-        if dtype == "float16" and self.device.type != "cuda":
-            raise ValueError(f"float16 runs on CUDA only; use float32 or bfloat16 on {self.device.type}")
+        if not autocast_supported(self.device, DTYPES[dtype]):
+            raise ValueError(f"{dtype} autocast does not run on {self.device} with this torch; use float32")
         if max_side is not None and max_side < backbone.patch_size:
             raise ValueError(f"max_side must be at least the patch size ({backbone.patch_size}), got {max_side}")
         self.backbone = backbone.to(self.device)
@@ -89,6 +89,10 @@ class Localizer:
         self.max_side = max_side
         self.dtype = dtype
         self.timings = Timings()
+        self.forward_limit = BatchLimit(self.plan.backbone_chunk, "backbone call")
+        """Images per backbone call; halved for good when the device runs out of memory."""
+        self.method_limit = BatchLimit(None, "method call")
+        """Images per method call (the whole batch until the device runs out of memory)."""
 
     @property
     def patch_size(self) -> int:
@@ -110,10 +114,7 @@ class Localizer:
     def localize_prepared(self, batch: Sequence[Prepared]) -> list[Detection]:
         """Boxes for prepared images that share one padded shape."""
         features = self._forward(batch)
-        mid = time.perf_counter()
-        results = self.method(features.patches, features.grid)
-        self.timings.discovery += time.perf_counter() - mid
-        self.timings.images += len(batch)
+        results = self._discover(features, self.method)
         return [detection(p, r, self.patch_size) for p, r in zip(batch, results)]
 
     def localize_prepared_multi(
@@ -126,11 +127,8 @@ class Localizer:
         from the patches earlier masks left; an image whose box scores below ``min_score`` gets no box.
         """
         features = self._forward(batch)
-        mid = time.perf_counter()
-        found = find_objects(self.method, features.patches, features.grid, max_objects=max_objects,
-                             min_score=min_score, kind=score)
-        self.timings.discovery += time.perf_counter() - mid
-        self.timings.images += len(batch)
+        found = self._discover(features, lambda patches, grid: find_objects(
+            self.method, patches, grid, max_objects=max_objects, min_score=min_score, kind=score))
         return [[ScoredDetection(detection(p, r, self.patch_size), s) for r, s in objects] for p, objects in zip(batch, found)]
 
     def forward_taps(self, batch: Sequence[Prepared], taps: Sequence[Tap]) -> dict[Tap, Features]:
@@ -141,18 +139,31 @@ class Localizer:
 
     def _forward(self, batch: Sequence[Prepared], run: Callable[[torch.Tensor], Any] | None = None) -> Any:
         """Backbone features of prepared images that share one padded shape (timed); with ``run``, what
-        it returns, one item per backbone call (on the CPU calls of :data:`CPU_CHUNK` images)."""
+        it returns, one item per backbone call (calls of at most :attr:`forward_limit` images)."""
         start = time.perf_counter()
         # each (pinned, from the engine) image straight to the device: no pageable staging copy
         pixels = torch.stack([p.pixels.to(self.device, non_blocking=True) for p in batch])
         x = normalize(pixels, [p.valid for p in batch], self.backbone.mean, self.backbone.std)
-        chunks = x.split(CPU_CHUNK) if self.device.type == "cpu" else (x,)
-        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
-            out = [(run or self.backbone)(chunk) for chunk in chunks]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+
+        def call(part: slice) -> Any:
+            with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
+                return (run or self.backbone)(x[part])
+
+        out = self.forward_limit.run(len(x), call)
+        if self.plan.synchronize:
+            synchronize(self.device)
         self.timings.forward += time.perf_counter() - start
         return out if run else _concat(out)
+
+    def _discover(self, features: Features, find: Callable[[torch.Tensor, tuple[int, int]], list]) -> list:
+        """``find(patches, grid)`` over the batch, one result per image (timed), in calls of at most
+        :attr:`method_limit` images."""
+        start = time.perf_counter()
+        with using(self.plan):
+            parts = self.method_limit.run(len(features.patches), lambda part: find(features.patches[part], features.grid))
+        self.timings.discovery += time.perf_counter() - start
+        self.timings.images += len(features.patches)
+        return [r for part in parts for r in part]
 
 
 def _concat(parts: list[Features]) -> Features:

@@ -31,11 +31,11 @@ def test_the_recipe_localises_the_quokka_and_raw_lost_on_keys_returns_the_whole_
     assert found.width == w and found.height == h
 
 
-def test_bfloat16_on_the_cpu_finds_the_same_quokka(offline_backbone, quokka):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_autocast_on_the_cpu_finds_the_same_quokka(offline_backbone, quokka, dtype):
+    # float16 is what GPUs without bfloat16 (T4, V100) get; current torch runs it on the CPU too
     path, gt = quokka
     image = decode_image(path)
     (fp32,) = Localizer(offline_backbone, device="cpu").localize([image])
-    (bf16,) = Localizer(offline_backbone, device="cpu", dtype="bfloat16").localize([image])
-    assert iou(bf16.box, gt) >= 0.5 and iou(bf16.box, fp32.box) >= 0.9, (bf16.box, fp32.box)
-    with pytest.raises(ValueError, match="float16 runs on CUDA only"):
-        Localizer(offline_backbone, device="cpu", dtype="float16")
+    (half,) = Localizer(offline_backbone, device="cpu", dtype=dtype).localize([image])
+    assert iou(half.box, gt) >= 0.5 and iou(half.box, fp32.box) >= 0.9, (half.box, fp32.box)

@@ -37,7 +37,7 @@ def test_the_box_is_the_seeds_4_connected_component():
 
 
 def test_both_solvers_and_the_reference_statement_agree_on_random_graphs():
-    from .test_tokencut_reference import reference_tokencut
+    from .tokencut_reference import reference_tokencut
 
     torch.manual_seed(0)
     f = torch.randn(6, 9 * 11, 16) + 0.5 * torch.randn(6, 1, 16) + torch.randn(1, 1, 16)
@@ -74,15 +74,36 @@ def test_a_graph_without_any_weak_edge_gives_the_whole_image():
         assert r.box == (0, 0, 6, 5) and r.seed == (0, 0) and r.mask.all()
 
 
-def test_batch_equals_single_images():
-    torch.manual_seed(3)
-    f = torch.randn(4, 7 * 9, 12) + torch.randn(1, 1, 12)
-    f[:, 10:20] += 2 * torch.randn(4, 1, 12)
-    batched = tokencut(f, (7, 9), tau=0.4)
-    for i in range(4):
-        (single,) = tokencut(f[i : i + 1], (7, 9), tau=0.4)
-        assert single.box == batched[i].box and single.seed == batched[i].seed
-        np.testing.assert_array_equal(single.mask, batched[i].mask)
+def mixed_batch() -> torch.Tensor:
+    """Seven images of one 8x10 grid whose Lanczos runs converge after different numbers of steps; the
+    last is two perfect clusters, whose Krylov space closes (the solver restarts it)."""
+    torch.manual_seed(0)
+    f = torch.randn(6, 80, 16) * torch.tensor([0.5, 2.0, 4.0, 0.5, 2.0, 4.0])[:, None, None] + torch.randn(1, 1, 16)
+    f[:, 20:35] += 1.5 * torch.randn(6, 1, 16)
+    clusters = torch.nn.functional.pad(feature_map(8, 10, {1: block(2, 3, 3, 4)}), (0, 13))
+    return torch.cat([f, clusters])
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "eigh"])
+def test_a_batch_solved_at_once_equals_one_image_at_a_time(solver):
+    # the GPU's path (batched=True) on the CPU, against the CPU's (batched=False)
+    f = mixed_batch()
+    exclude = torch.zeros(7, 80, dtype=torch.bool)
+    exclude[1, :10] = exclude[4, 30:40] = True
+    for ex in (None, exclude):
+        batched = tokencut(f, (8, 10), tau=0.3, exclude=ex, solver=solver, batched=True)
+        alone = tokencut(f, (8, 10), tau=0.3, exclude=ex, solver=solver, batched=False)
+        for a, b in zip(batched, alone):
+            assert (a.box, a.seed) == (b.box, b.seed)
+            np.testing.assert_array_equal(a.mask, b.mask)
+            np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-5)
+
+
+def test_images_leave_the_lanczos_batch_as_they_converge():
+    w = cosine_graph(mixed_batch(), tau=0.3, eps=1e-5)
+    steps = fiedler(w).steps.tolist()
+    assert steps == [fiedler(w[i : i + 1]).steps.item() for i in range(7)]  # each as many steps as alone
+    assert len(set(steps)) >= 3, steps  # e.g. 8 … 32: the quick ones left the batch early
 
 
 def test_exclude_takes_patches_out_of_the_graph_and_objects_come_one_by_one():

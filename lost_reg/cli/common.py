@@ -104,7 +104,8 @@ def add_backbone_arguments(p: argparse.ArgumentParser, features: bool = True) ->
                         "`lost-reg registers find`, or preset:dinov2_vitl14 (README, Test-time registers)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="backbone autocast precision (float16: CUDA only; bfloat16 on CPUs with AVX512-BF16/AMX)")
+                   help="backbone autocast precision (bfloat16; float16 on GPUs without it; both on CPUs whose torch "
+                        "autocasts to them)")
 
 
 def add_method_arguments(p: argparse.ArgumentParser, max_side_default: str = "no downscaling, as in LOST") -> None:

@@ -70,6 +70,7 @@ class DiscoverActor:
     def __call__(self, batch: dict) -> dict:
         import torch
 
+        from ..devices import pin
         from ..images import Prepared
         from ..pipeline import group_by_shape
         from . import find_objects, image_record
@@ -78,12 +79,10 @@ class DiscoverActor:
         samples = [Sample(str(batch["image_id"][i]), Path(str(batch["path"][i])), None, None) for i in range(n)]
         objects = ["[]"] * n
         ok = [i for i in range(n) if not batch["error"][i]]
-        pin = self.localizer.device.type == "cuda"
         prepared = []
         for i in ok:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][i]))
-            prepared.append(Prepared(pixels.pin_memory() if pin else pixels,
-                                     (int(batch["valid_h"][i]), int(batch["valid_w"][i])),
+            pixels = pin(torch.from_numpy(np.ascontiguousarray(batch["pixels"][i])), self.localizer.plan)
+            prepared.append(Prepared(pixels, (int(batch["valid_h"][i]), int(batch["valid_w"][i])),
                                      (int(batch["width"][i]), int(batch["height"][i]))))
         for indices in group_by_shape(prepared).values():
             group = [prepared[j] for j in indices]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..devices import graph_code
 from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
 
@@ -103,6 +104,7 @@ def _weighted_mean(x: torch.Tensor, w: torch.Tensor, dims: tuple[int, ...] = (1,
     return (x * w).sum(dims, keepdim=True) / w.sum(dims, keepdim=True)
 
 
+@graph_code
 def lost(
     features: torch.Tensor,
     grid: tuple[int, int],

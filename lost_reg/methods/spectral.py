@@ -44,6 +44,8 @@ class Fiedler:
     """[B, 2] λ₂ ≤ λ₃ (Lanczos: Ritz values, λ₃ converged less)."""
     degree: torch.Tensor
     """[B, N] the diagonal of D: row sums of W."""
+    steps: torch.Tensor
+    """[B] Lanczos steps each image took before it left the batch (0 for ``eigh``)."""
 
 
 def fiedler(w: torch.Tensor, solver: str = "lanczos", tol: float = 1e-6, max_steps: int = 300) -> Fiedler:
@@ -55,10 +57,10 @@ def fiedler(w: torch.Tensor, solver: str = "lanczos", tol: float = 1e-6, max_ste
     s = torch.where(kept, d.clamp_min(1e-30).rsqrt(), 0.0)
     top = torch.nn.functional.normalize(d.sqrt(), dim=-1)  # M's eigenvector of eigenvalue 1
     if solver == "eigh":
-        y, mu = _eigh(w, s, kept)
+        (y, mu), steps = _eigh(w, s, kept), torch.zeros(len(w), dtype=torch.long)
     else:
-        y, mu = _lanczos(w, s, top, kept, tol, max_steps)
-    return Fiedler(vector=y * s, eigenvalues=1 - mu, degree=d)
+        y, mu, steps = _lanczos(w, s, top, kept, tol, max_steps)
+    return Fiedler(vector=y * s, eigenvalues=1 - mu, degree=d, steps=steps)
 
 
 def check_solver(solver: str) -> None:
@@ -90,9 +92,9 @@ def _orthogonalize(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Tensor, tol: float,
-             max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+             max_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top two eigenpairs of M = S W S (S = D^-1/2, never formed: M v = s · W (s · v)) on top⊥,
-    by Lanczos with full reorthogonalisation.
+    by Lanczos with full reorthogonalisation, and the steps each image took.
 
     Images leave the working batch as they converge, so a batch costs what each image needs,
     not what its slowest image needs, times the batch size.
@@ -101,6 +103,7 @@ def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Te
     m = w
     y = torch.zeros(b, n, device=m.device)
     mu = torch.zeros(b, 2, device=m.device)
+    taken = torch.zeros(b, dtype=torch.long)
     active = torch.arange(b, device=m.device)  # original index of each image still iterating
     q = top[:, None, :]  # basis so far, [B, k, N]; row 0 is the known top eigenvector
     v = torch.nn.functional.normalize(_orthogonalize(_start(n, 0, m) * kept, q), dim=-1)
@@ -131,9 +134,10 @@ def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Te
         if new.any():
             y[active[new]] = torch.bmm(vectors[new][:, None, :, -1], q[new][:, 1:])[:, 0]
             mu[active[new]] = ritz[new][:, [-1, -2]] if ritz.shape[1] > 1 else ritz[new][:, [-1, -1]]
+            taken[active[new].cpu()] = j + 1
             go = ~new
             if not go.any():
-                return y, mu
+                return y, mu, taken
             active, m, s, q, v, kept = active[go], m[go], s[go], q[go], v[go], kept[go]
             alphas, betas = [a[go] for a in alphas], [x[go] for x in betas]
-    return y, mu
+    return y, mu, taken

@@ -4,7 +4,8 @@ Patches are nodes; two patches are linked (weight 1) when the cosine similarity 
 features exceeds τ, else weakly (weight ε, so the graph stays connected). The normalised cut
 (Shi & Malik) is relaxed to the generalised eigenproblem (D − W) x = λ D x; its second-smallest
 eigenvector x splits the patches at its mean: x > mean(x) is one side. The patch with the largest
-|x| is the *seed* and its side is the foreground (the bipartition is flipped if needed). The
+|x| is the *seed* (patches within :data:`TIE` of it tie; the first wins) and its side is the
+foreground (the bipartition is flipped if needed). The
 object is the 4-connected component of the foreground holding the seed, and its box is the box
 of that component.
 
@@ -28,9 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..devices import graph_code, plan_for
 from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
 from .spectral import SOLVERS, check_solver, fiedler
+
+TIE = 1e-3
+"""Patches whose |x| is within this fraction of the largest tie for the seed; the first (row-major) wins.
+Patches with the same edges get the same x in exact arithmetic, and the solver's rounding (batch size,
+device) must not pick among them: without this, solving the voc12_dev images (and their mirror images)
+in batches moved 6 and 10 seeds of 100 (values, tokens). About the solver's precision (batched and
+one-image Lanczos vectors differ there by 6e-6 of max |x| in the median, 1e-3 at worst), below the
+closest near-tie that moves a box against the reference (3e-3)."""
 
 
 @dataclass
@@ -58,6 +68,7 @@ def cosine_graph(features: torch.Tensor, tau: float, eps: float, keep: torch.Ten
     return w
 
 
+@graph_code
 def tokencut(
     features: torch.Tensor,
     grid: tuple[int, int],
@@ -66,21 +77,24 @@ def tokencut(
     exclude: torch.Tensor | None = None,
     solver: str = "lanczos",
     components: str = "scipy",
+    batched: bool | None = None,
 ) -> list[TokenCutResult]:
     """Run TokenCut on a batch of patch features [B, rows*cols, D] that share one grid shape.
 
     ``exclude`` (bool [B, N]) takes patches out of the graph; every image must keep one patch.
-    On the CPU the images go one at a time: one image's N×N graph stays in cache (faster than a
-    batch there) and each box is then exactly independent of the batch, even for a near-degenerate
-    cut. On a GPU the batch is solved at once; only a near-degenerate cut (λ₃ ≈ λ₂, where any
-    answer is as good) may then come out differently than alone.
+    ``batched``: solve the batch's graphs at once, or one image at a time; None: as the plan in force
+    says (:attr:`~lost_reg.devices.DevicePlan.batched_graphs`, by default the features' device's: at
+    once on a GPU, one at a time on the CPU, where one image's N×N graph stays in cache). An image
+    leaves the batched solver as it converges, so it takes the same steps as alone; only rounding
+    differs, which can change a box only where the cut is near-degenerate (λ₃ ≈ λ₂: any answer is
+    as good).
     """
     check_components(components)
     rows, cols = grid
     b, n, _ = features.shape
     if n != rows * cols:
         raise ValueError(f"features hold {n} patches but the grid is {rows}x{cols}")
-    if features.device.type == "cpu" and b > 1:
+    if not (plan_for(features.device).batched_graphs if batched is None else batched) and b > 1:
         return [r for i in range(b) for r in tokencut(features[i:i + 1], grid, tau, eps,
                                                        None if exclude is None else exclude[i:i + 1], solver,
                                                        components)]
@@ -93,7 +107,9 @@ def tokencut(
 
     mean = x.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
     side = x > mean
-    seed = torch.where(keep, x.abs(), -1.0).argmax(-1)
+    magnitude = torch.where(keep, x.abs(), -1.0)
+    tied = magnitude >= magnitude.amax(-1, keepdim=True) * (1 - TIE)
+    seed = tied.byte().argmax(-1)  # the first of the tied patches, row-major
     flip = ~side.gather(1, seed[:, None])[:, 0]
     fg = torch.where(flip[:, None], ~side, side) & keep
     x = torch.where(flip[:, None], -x, x)
