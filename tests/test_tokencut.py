@@ -94,9 +94,11 @@ def test_a_batch_solved_at_once_equals_one_image_at_a_time(solver):
         batched = tokencut(f, (8, 10), tau=0.3, exclude=ex, solver=solver, batched=True)
         alone = tokencut(f, (8, 10), tau=0.3, exclude=ex, solver=solver, batched=False)
         for a, b in zip(batched, alone):
-            assert (a.box, a.seed) == (b.box, b.seed)
+            assert a.box == b.box
             np.testing.assert_array_equal(a.mask, b.mask)
             np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-5)
+            x = np.abs(b.eigenvector)  # patches with the same features share |x| exactly: rounding picks the seed
+            assert a.seed == b.seed or x[a.seed] >= (1 - 1e-3) * x[b.seed], (a.seed, b.seed)
 
 
 def test_images_leave_the_lanczos_batch_as_they_converge():

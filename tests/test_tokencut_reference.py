@@ -32,6 +32,9 @@ def real_images() -> list[tuple[str, np.ndarray]]:
     return images
 
 
+NEAR_TIE = 1e-3
+"""Seeds of the two paths may differ only between patches whose |x| is this close (relative): the solvers'
+precision (batched and one-image Lanczos vectors differ by ~6e-6 of max |x| in the median)."""
 SETTINGS = [("tokens", 0.2), ("v", 0.5)]
 """The issue's measured setting (output tokens at the paper's τ) and the DINOv2 recipe's default."""
 
@@ -73,7 +76,7 @@ def test_boxes_match_the_reference_on_real_features(offline_backbone, quokka):
               f"{len(degenerate[setting])} degenerate (lambda3 - lambda2 < {DEGENERATE:g}): "
               f"{', '.join(degenerate[setting])}")
         print("\n".join(others[setting]))
-        assert judged >= 5 and same[setting] >= 0.95 * judged, others[setting]
+        assert judged >= 5 and same[setting] == judged, others[setting]
 
 
 def test_a_batch_solved_at_once_equals_one_image_at_a_time_on_real_features(offline_backbone, quokka):
@@ -103,12 +106,15 @@ def test_a_batch_solved_at_once_equals_one_image_at_a_time_on_real_features(offl
                 judged += 1
                 if a.box != b.box:
                     boxes.append(f"{name}: batched {a.box} vs alone {b.box}, gap {gap:.2e}")
-                elif a.seed != b.seed or (a.mask != b.mask).any():
-                    seeds.append(f"{name}: seed {a.seed} vs {b.seed}, {(a.mask != b.mask).sum()} patches of the mask")
+                elif (a.mask != b.mask).any():
+                    boxes.append(f"{name}: {(a.mask != b.mask).sum()} patches of the mask differ, gap {gap:.2e}")
+                elif a.seed != b.seed:  # patches with the same edges share |x| in exact arithmetic: rounding picks
+                    x = np.abs(b.eigenvector)
+                    seeds.append(f"{name}: seed {a.seed} vs {b.seed}, |x| {x[a.seed]:.6g} vs {x[b.seed]:.6g}")
+                    assert x[a.seed] >= (1 - NEAR_TIE) * x[b.seed], seeds[-1]
         print(f"\n{kind}, tau {tau}: {len(by_grid)} grids; identical boxes on {judged - len(boxes)}/{judged} images "
               f"with lambda3 - lambda2 >= {DEGENERATE:g} (of the voc12_dev images: {voc[0]}/{voc[0] + voc[1]}), of which "
               f"{len(seeds)} with another seed or mask; {len(degenerate)} near-degenerate, not judged (of voc12_dev: "
               f"{voc[2]}): {', '.join(degenerate)}")
         print("\n".join(boxes + seeds))
         assert not boxes and judged >= 5 and all(len(items) >= 2 for items in by_grid.values())
-        assert len(seeds) <= judged / 50, seeds  # rounding may move a seed among patches tied within TIE, rarely

@@ -4,8 +4,7 @@ Patches are nodes; two patches are linked (weight 1) when the cosine similarity 
 features exceeds τ, else weakly (weight ε, so the graph stays connected). The normalised cut
 (Shi & Malik) is relaxed to the generalised eigenproblem (D − W) x = λ D x; its second-smallest
 eigenvector x splits the patches at its mean: x > mean(x) is one side. The patch with the largest
-|x| is the *seed* (patches within :data:`TIE` of it tie; the first wins) and its side is the
-foreground (the bipartition is flipped if needed). The
+|x| is the *seed* and its side is the foreground (the bipartition is flipped if needed). The
 object is the 4-connected component of the foreground holding the seed, and its box is the box
 of that component.
 
@@ -33,14 +32,6 @@ from ..devices import graph_code, plan_for
 from .base import Discovery, Method, option
 from .components import COMPONENTS, check_components, mask_box, seed_masks
 from .spectral import SOLVERS, check_solver, fiedler
-
-TIE = 1e-3
-"""Patches whose |x| is within this fraction of the largest tie for the seed; the first (row-major) wins.
-Patches with the same edges get the same x in exact arithmetic, and the solver's rounding (batch size,
-device) must not pick among them: without this, solving the voc12_dev images (and their mirror images)
-in batches moved 6 and 10 seeds of 100 (values, tokens). About the solver's precision (batched and
-one-image Lanczos vectors differ there by 6e-6 of max |x| in the median, 1e-3 at worst), below the
-closest near-tie that moves a box against the reference (3e-3)."""
 
 
 @dataclass
@@ -107,9 +98,7 @@ def tokencut(
 
     mean = x.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
     side = x > mean
-    magnitude = torch.where(keep, x.abs(), -1.0)
-    tied = magnitude >= magnitude.amax(-1, keepdim=True) * (1 - TIE)
-    seed = tied.byte().argmax(-1)  # the first of the tied patches, row-major
+    seed = torch.where(keep, x.abs(), -1.0).argmax(-1)
     flip = ~side.gather(1, seed[:, None])[:, 0]
     fg = torch.where(flip[:, None], ~side, side) & keep
     x = torch.where(flip[:, None], -x, x)
