@@ -1,7 +1,8 @@
 """The inference thread: the one consumer of a queue of prepared images, micro-batching them.
 
-Requests queue images that a thread pool already decoded and padded. The thread takes the first,
-waits up to ``max_wait_s`` for more (``max_batch`` in all), groups them by features, method and
+Requests queue images that a thread pool already decoded and padded, in a :class:`~service.fair.FairQueue`
+(round-robin between requests). The thread takes the first, waits up to ``max_wait_s`` for more
+(``max_batch`` in all), groups them by features, method and
 padded shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
 :meth:`~lost_reg.pipeline.Localizer.localize_prepared_multi` call (one object, scored) per group and
 resolves each image's future. Only this thread touches the model, so it needs no lock.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from lost_reg.images import Prepared
 from lost_reg.methods import Method
 from lost_reg.pipeline import Localizer, ScoredDetection, group_by_shape
 
+from .fair import FairQueue
 from .metrics import Metrics
 
 log = logging.getLogger("service")
@@ -66,10 +68,9 @@ class InferenceWorker:
             for kind in FEATURES
         }
         self._localizer = functools.lru_cache(maxsize=32)(self._make_localizer)
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: FairQueue[Job] = FairQueue()
         self._thread = threading.Thread(target=self._run, name="lost-reg-inference", daemon=True)
-        self._closed = False
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.queue_depth.set_function(lambda: len(self._queue))
 
     @property
     def default_key(self) -> RunKey:
@@ -78,28 +79,32 @@ class InferenceWorker:
     @property
     def depth(self) -> int:
         """Images waiting in the queue."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closed
+        return self._thread.is_alive() and not self._queue.closed
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, prepared: Prepared, key: RunKey, warmup: bool = False) -> Job:
-        """Queue one image; cancelling its future before the batch runs drops it."""
-        if self._closed:
-            raise RuntimeError("the inference worker is shut down")
+    def submit(self, prepared: Prepared, key: RunKey, owner: Hashable = None, warmup: bool = False) -> Job:
+        """Queue one image behind ``owner``'s (its request's) earlier ones; cancelling its future before the
+        batch runs drops it. RuntimeError once closed."""
         job = Job(prepared, key, warmup)
-        self._queue.put(job)
+        self._queue.put(owner, job)
         return job
+
+    def cancel(self, owner: Hashable) -> int:
+        """Drop ``owner``'s queued images (its request timed out or its client left); how many were dropped."""
+        dropped = self._queue.drop(owner)
+        for job in dropped:
+            job.future.cancel()
+        return len(dropped)
 
     def close(self, timeout: float) -> None:
         """Finish the images queued so far, then stop the thread."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
+        self._queue.close()
         self._thread.join(timeout)
 
     def _make_localizer(self, key: RunKey) -> Localizer:
@@ -109,22 +114,15 @@ class InferenceWorker:
                          dtype=self.localizer.dtype)
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:  # None: closed and drained
             batch = [job]
             deadline = time.monotonic() + self.max_wait_s
-            stop = False
             while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
+                more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 if more is None:
-                    stop = True
                     break
                 batch.append(more)
             self._run_batch(batch)
-            if stop:
-                return
 
     def _run_batch(self, jobs: list[Job]) -> None:
         by_key: dict[RunKey, list[Job]] = defaultdict(list)
