@@ -40,7 +40,7 @@ from . import labelstudio, protocol
 from .admission import Ticket
 from .bodies import LimitedReceive, read_body, refuse_declared, require_json, too_large
 from .docs import install_docs
-from .errors import ServiceError, error_response, install_error_handlers
+from .errors import ServiceError, error_response, install_error_handlers, problems
 from .metrics import Metrics
 from .middleware import Observe, SecurityHeaders
 from .runtime import BoxRequest, Failed, Runtime
@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         try:
             wanted = ExportRequest.model_validate_json(body)
         except ValidationError as e:
-            raise ServiceError(422, "invalid_request", _problems(e)) from None
+            raise ServiceError(422, "invalid_request", problems(e)) from None
         records = [ImageRecord(i.file_name, i.file_name, i.width, i.height,
                                [DiscoveredObject(o.box, o.score) for o in i.objects]) for i in wanted.images]
         version = wanted.model_version or runtime.model_version()
@@ -176,7 +176,8 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         form = await _read_form(request, settings, ticket)
         try:
             uploads, options = _uploads(form), _box_request(form, settings, worker)
-            results = await runtime.run(ticket, request.receive, runtime.localize(uploads, options, ticket))
+            results = await runtime.run(ticket, request.receive, runtime.localize(uploads, options, ticket),
+                                        settings.timeout_s)
         finally:
             await form.close()
         failed = [r.error for r in results if isinstance(r, Failed)]
@@ -222,11 +223,6 @@ def _bearer_auth(secret: str) -> DependsParam:
                                headers={"WWW-Authenticate": "Bearer"})
 
     return Depends(check)
-
-
-def _problems(e: ValidationError) -> str:
-    """pydantic's errors in one line: ``where: what; …``."""
-    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
 
 
 async def _read_form(request: Request, settings: Settings, ticket: Ticket) -> FormData:
@@ -277,7 +273,7 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     try:
         options = BoxOptions.model_validate({k: v for k, v in form.multi_items() if k != "images"})
     except ValidationError as e:
-        raise ServiceError(422, "invalid_option", _problems(e)) from None
+        raise ServiceError(422, "invalid_option", problems(e)) from None
     max_side = options.max_side or settings.max_side
     if max_side > settings.max_side:
         raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")

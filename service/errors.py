@@ -8,6 +8,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -36,6 +37,11 @@ class ServiceError(Exception):
     @property
     def body(self) -> ErrorBody:
         return ErrorBody(code=self.code, message=self.message)
+
+
+def problems(e: ValidationError) -> str:
+    """pydantic's errors in one line: ``where: what; …`` (``body`` where it is the whole body, e.g. not JSON)."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
 
 
 def error_response(error: ServiceError) -> JSONResponse:

@@ -21,7 +21,7 @@ they are micro-batched with ``/v1/boxes`` traffic.
 Bounds: the body (``label_studio_max_body_mb``, 413); a request holds ``label_studio_downloads`` places of
 the admission queue and works through its tasks that many at a time (503 when they are not free); at
 most ``label_studio_downloads`` images are downloaded and not yet decoded at once, over all requests;
-each download has ``label_studio_fetch_timeout_s`` in all, the request ``timeout_s`` (504).
+each download has ``label_studio_fetch_timeout_s`` in all, the request ``label_studio_timeout_s`` (504).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from lost_reg.recipes import resolve_prep
 
 from .admission import Ticket
 from .bodies import read_body, require_json
-from .errors import ServiceError
+from .errors import ServiceError, problems
 from .runtime import Runtime
 from .settings import Settings
 from .uploads import decode_upload
@@ -159,8 +159,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
             wanted = PredictRequest.model_validate_json(body)
             target = target_of(wanted.label_config)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
-            raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {problems}") from None
+            raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {problems(e)}") from None
         except ValueError as e:
             raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {e}") from None
         ticket: Ticket = request.state.ticket
@@ -181,7 +180,8 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
                 for _ in range(lanes):
                     group.create_task(lane(client))
 
-        await runtime.run(ticket, request.receive, work())
+        await runtime.run(ticket, request.receive, work(), settings.label_studio_timeout_s,
+                          "LOST_REG_LABEL_STUDIO_TIMEOUT_S")
         return {"results": results}
 
     async def _one(task: dict[str, Any], target: Target, version: str, prep: str, client: httpx.AsyncClient,

@@ -124,14 +124,14 @@ class Runtime:
         loc = self.require_ready().localizer
         return f"lost-reg {loc.backbone.name} {loc.method.describe()}"
 
-    async def run(self, ticket: Ticket, receive: Receive, work: Coroutine[Any, Any, T]) -> T:
-        """``work`` (a request's, its body read) within ``timeout_s`` (else 504) while its client stays (else
-        ClientDisconnect); either way the ticket's queued decodes and images are dropped, not computed."""
+    async def run(self, ticket: Ticket, receive: Receive, work: Coroutine[Any, Any, T], timeout_s: float,
+                  setting: str = "LOST_REG_TIMEOUT_S") -> T:
+        """``work`` (a request's, its body read) within ``timeout_s`` (else 504 naming ``setting``) while its
+        client stays (else ClientDisconnect); either way the ticket's queued decodes and images are dropped."""
         task = asyncio.ensure_future(work)
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            done, _ = await asyncio.wait({task, gone}, timeout=self.settings.timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 return task.result()
         finally:
@@ -143,7 +143,7 @@ class Runtime:
                 log.debug("request abandoned: %d queued decodes and images dropped", dropped)
         if gone in done:
             raise ClientDisconnect()
-        raise ServiceError(504, "timeout", f"no answer within {self.settings.timeout_s:g} s; "
+        raise ServiceError(504, "timeout", f"no answer within {timeout_s:g} s ({setting}); "
                                            "send fewer or smaller images, or retry later")
 
     def cancel(self, ticket: Ticket) -> int:

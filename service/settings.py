@@ -74,6 +74,8 @@ class _Settings(BaseSettings):
                                                              "also the images one /labelstudio/predict holds in flight")
     label_studio_fetch_timeout_s: float = Field(10.0, gt=0, description="whole download of one task image (past it: "
                                                                         "that task's prediction is empty)")
+    label_studio_timeout_s: float = Field(90.0, gt=0, description="from a /labelstudio/predict body to its answer "
+                                                                  "(504 past it); below Label Studio's own 100 s")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS (off when empty)"
     )
