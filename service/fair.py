@@ -42,15 +42,17 @@ class FairQueue(Generic[T]):
             self._size += 1
             self._ready.notify()
 
-    def get(self, timeout: float | None = None) -> T | None:
-        """The next owner's oldest item, waiting up to ``timeout`` s (None: for ever); None on timeout, or once
-        closed and empty."""
+    def get(self, timeout: float | None = None, accept: Callable[[T], bool] | None = None) -> T | None:
+        """The next owner's oldest item, waiting up to ``timeout`` s (None: for ever); None on timeout, once
+        closed and empty, or when ``accept`` refuses that item (it stays first in line)."""
         with self._ready:
             if not self._ready.wait_for(lambda: self._size or self._closed, timeout):
                 return None
             if not self._size:
                 return None
             owner, items = next(iter(self._owners.items()))
+            if accept is not None and not accept(items[0]):
+                return None
             item = items.popleft()
             self._size -= 1
             if items:

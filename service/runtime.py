@@ -1,5 +1,5 @@
 """What lives between start-up and shut-down: the model's worker thread, the decoding pool, admission,
-readiness, and the per-file path of a request (header → pixel budget → decode in the pool → inference
+readiness, and the path of a request's files (headers → pixel budget → decode in the pool → inference
 queue → box), under the request's deadline and cancelled when it passes or the client leaves."""
 
 from __future__ import annotations
@@ -57,10 +57,6 @@ class Failed:
     error: ServiceError
 
 
-class RequestFailed(ServiceError):
-    """An error of one file that fails its whole request (the request's pixel budget), not just that file."""
-
-
 @dataclass
 class BoxRequest:
     """One request's options, resolved against the server defaults."""
@@ -88,7 +84,7 @@ class Runtime:
         """Load the model (off the event loop) unless given, start the worker and warm it up."""
         localizer = localizer or await asyncio.to_thread(build_localizer, self.settings)
         s = self.settings
-        self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics)
+        self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics, s.max_batch_patches)
         self.worker.start()
         self.pool = FairPool(s.decode_workers, "lost-reg-decode")
         self.downloads = asyncio.Semaphore(s.label_studio_downloads)
@@ -168,28 +164,34 @@ class Runtime:
 
     async def localize(self, uploads: list[UploadFile], request: BoxRequest,
                        ticket: Ticket) -> list[BoxResult | Failed]:
-        """A box or a failure per file, in upload order; 413 for the whole request past its pixel budget."""
-        budget = PixelBudget(self.settings.max_request_pixels)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._one(i, u, request, ticket, budget)) for i, u in enumerate(uploads)]
-        except* RequestFailed as failed:
-            raise failed.exceptions[0] from None
-        return [t.result() for t in tasks]
+        """A box or a failure per file, in upload order. The headers are read first: past the request's pixel
+        budget, 413 for the whole request before anything is decoded."""
+        names = [u.filename or f"images[{i}]" for i, u in enumerate(uploads)]
+        sizes = await asyncio.gather(*(self._size(ticket, u, name) for u, name in zip(uploads, names)))
+        budget = self.settings.max_request_pixels
+        if sum(w * h for w, h in (s for s in sizes if not isinstance(s, Failed))) > budget:
+            raise ServiceError(413, "request_pixels",
+                               f"the images of this request add up to over {budget:,} pixels, the budget per "
+                               "request (LOST_REG_MAX_REQUEST_PIXELS); send fewer or smaller images per request")
+        readable = [i for i, size in enumerate(sizes) if not isinstance(size, Failed)]
+        boxes = await asyncio.gather(*(self._one(uploads[i], names[i], request, ticket) for i in readable))
+        found = dict(zip(readable, boxes))
+        return [found.get(i, size) for i, size in enumerate(sizes)]
 
-    async def _one(self, index: int, upload: UploadFile, request: BoxRequest, ticket: Ticket,
-                   budget: PixelBudget) -> BoxResult | Failed:
-        name = upload.filename or f"images[{index}]"
+    async def _size(self, ticket: Ticket, upload: UploadFile, name: str) -> tuple[int, int] | Failed:
+        try:
+            return await self.in_pool(ticket, upload_size, upload.file, name, self.settings.max_pixels)
+        except ServiceError as e:
+            return Failed(name, e)
+
+    async def _one(self, upload: UploadFile, name: str, request: BoxRequest, ticket: Ticket) -> BoxResult | Failed:
         s = self.settings
         patch_size = self.require_ready().localizer.patch_size
         start = time.perf_counter()
         try:
-            budget.spend(*await self.in_pool(ticket, upload_size, upload.file, name, s.max_pixels))
             prepared = await self.in_pool(ticket, load_upload, upload.file, name, patch_size, request.max_side,
                                           s.max_pixels, request.prep)
             detection, finished = await self.infer(ticket, prepared, request.key)
-        except RequestFailed:
-            raise
         except ServiceError as e:
             return Failed(name, e)
         except Exception as e:  # one file's failure must not fail the request's other files
@@ -197,21 +199,6 @@ class Runtime:
             return Failed(name, ServiceError(500, "inference_failed",
                                              f"{name}: localisation failed ({type(e).__name__}); see the server log"))
         return _result(name, detection, prepared, (finished - start) * 1000, request, patch_size)
-
-
-class PixelBudget:
-    """Width × height summed over one request's images, from their headers, against ``max_request_pixels``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.spent = 0
-
-    def spend(self, width: int, height: int) -> None:
-        self.spent += width * height
-        if self.spent > self.limit:
-            raise RequestFailed(413, "request_pixels",
-                                f"the images of this request add up to over {self.limit:,} pixels, the budget per "
-                                "request (LOST_REG_MAX_REQUEST_PIXELS); send fewer or smaller images per request")
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -46,6 +46,9 @@ class _Settings(BaseSettings):
     max_side: int = Field(MAX_SIDE, ge=1, description="longer side of the network input; requests may only lower it")
 
     max_batch: int = Field(16, ge=1, description="images per backbone call")
+    max_batch_patches: int = Field(16 * 24 * 24, ge=1, description="patches per backbone call (a larger image goes "
+                                                                   "alone): large images batched together would "
+                                                                   "hold up every image queued behind them")
     max_wait_ms: float = Field(5.0, ge=0, description="how long the first queued image waits for others")
     max_queue: int = Field(256, ge=1, description="images in flight (from their first byte, or a Label Studio "
                                                   "download, until their answer is sent) before requests get 503")

@@ -2,7 +2,8 @@
 
 Requests queue images that a thread pool already decoded and padded, in a :class:`~service.fair.FairQueue`
 (round-robin between requests). The thread takes the first, waits up to ``max_wait_s`` for more
-(``max_batch`` in all), groups them by features, method and
+(``max_batch`` in all, and no more than ``max_patches`` patches: a large image goes alone, so it holds up
+no more than itself), groups them by features, method and
 padded shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
 :meth:`~lost_reg.pipeline.Localizer.localize_prepared_multi` call (one object, scored) per group and
 resolves each image's future. Only this thread touches the model, so it needs no lock.
@@ -55,10 +56,12 @@ class Job:
 class InferenceWorker:
     """A thread running a Localizer on micro-batches, with every feature kind on the one model."""
 
-    def __init__(self, localizer: Localizer, max_batch: int, max_wait_s: float, metrics: Metrics) -> None:
+    def __init__(self, localizer: Localizer, max_batch: int, max_wait_s: float, metrics: Metrics,
+                 max_patches: int | None = None) -> None:
         self.localizer = localizer
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_patches = max_patches
         self.metrics = metrics
         base = localizer.backbone
         # One hook per feature kind on the shared model: any kind runs without a second copy of the weights.
@@ -113,15 +116,24 @@ class InferenceWorker:
         return Localizer(self._backbones[key.features], key.method, device=str(self.localizer.device),
                          dtype=self.localizer.dtype)
 
+    def _patches(self, job: Job) -> int:
+        height, width = job.prepared.pixels.shape[-2:]
+        return height * width // self.localizer.patch_size ** 2
+
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:  # None: closed and drained
-            batch = [job]
+            batch, patches = [job], self._patches(job)
             deadline = time.monotonic() + self.max_wait_s
+
+            def fits(more: Job) -> bool:
+                return self.max_patches is None or patches + self._patches(more) <= self.max_patches
+
             while len(batch) < self.max_batch:
-                more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()), accept=fits)
                 if more is None:
                     break
                 batch.append(more)
+                patches += self._patches(more)
             self._run_batch(batch)
 
     def _run_batch(self, jobs: list[Job]) -> None:
@@ -130,8 +142,9 @@ class InferenceWorker:
             if job.future.set_running_or_notify_cancel():  # False: its request timed out meanwhile
                 by_key[job.key].append(job)
         for key, same in by_key.items():
-            for indices in group_by_shape([j.prepared for j in same]).values():
-                self._run_group(key, [same[i] for i in indices])
+            groups = group_by_shape([j.prepared for j in same])
+            for shape in sorted(groups, key=lambda hw: hw[0] * hw[1]):  # small images first: they are quick
+                self._run_group(key, [same[i] for i in groups[shape]])
 
     def _run_group(self, key: RunKey, group: list[Job]) -> None:
         start = time.perf_counter()
