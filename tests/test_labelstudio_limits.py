@@ -161,3 +161,22 @@ def test_downloads_are_bounded_and_a_dripping_image_meets_its_deadline(service):
     assert 1 <= files.most <= 2, f"{files.most} downloads at once"
     assert "/drip/slow.png: not downloaded within 3 s" in log.read_text()
     assert metrics(base)["lost_reg_images_in_flight"] == 0
+
+
+def test_a_prediction_request_has_a_deadline_of_its_own(tmp_path):
+    """Downloads that each keep within their own deadline still cannot hold the request past its deadline: 504,
+    naming the setting, and the request's work is dropped."""
+    files = FileServer()
+    env = {**TINY_ENV, "LOST_REG_LABEL_STUDIO_URL": files.url, "LOST_REG_LABEL_STUDIO_FETCH_TIMEOUT_S": "30",
+           "LOST_REG_LABEL_STUDIO_TIMEOUT_S": "3"}
+    try:
+        with serving(tmp_path / "server.log", env, "--no-access-log") as base:
+            tasks = [{"id": i, "data": {"image": f"/drip/{i}.png"}} for i in range(3)]
+            start = time.monotonic()
+            response = predict(base, {"tasks": tasks, "label_config": CONFIG}, timeout=30)
+            assert response.status_code == 504 and time.monotonic() - start < 20
+            assert "LOST_REG_LABEL_STUDIO_TIMEOUT_S" in response.json()["error"]["message"]
+            m = metrics(base)
+            assert m["lost_reg_images_in_flight"] == 0 and m['lost_reg_rejections_total{reason="timeout"}'] == 1
+    finally:
+        files.httpd.shutdown()
