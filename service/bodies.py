@@ -28,9 +28,7 @@ class LimitedReceive:
         self.limit = limit
         self.too_large = too_large
         self.rate = settings.min_upload_kb_s * KB
-        loop = asyncio.get_running_loop()
-        self.clock = loop.time
-        self.start = loop.time() + settings.upload_grace_s
+        self.start = asyncio.get_running_loop().time() + settings.upload_grace_s
         self.received = 0
 
     async def __call__(self) -> Message:
