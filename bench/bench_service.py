@@ -7,6 +7,7 @@ appends one JSON record (date, device, versions, figures) to ``bench/results.jso
     python bench/bench_service.py                                   # tiny random ViT (as the tests)
     python bench/bench_service.py --backbone dinov2_vits14_imgfocus --requests 16
     python bench/bench_service.py --backbone vit_small_patch14_reg4_dinov2.lvd142m --device cuda
+    python bench/bench_service.py --root /tmp/before                # another checkout's service, same client
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ TINY = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--mode
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=ROOT, help="checkout whose service runs (default: this one)")
     p.add_argument("--backbone", default="tiny", help="'tiny' (random 2-block ViT) or any lost-reg backbone")
     p.add_argument("--weights", default=None, help="as lost-reg serve --weights")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="as lost-reg serve")
@@ -94,8 +96,10 @@ def server(args: argparse.Namespace, max_batch: int, extra: Sequence[str] = ()):
     command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve",
                *server_args(args), "--port", str(port), "--max-batch", str(max_batch),
                "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning", *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=args.root, env={**env, "PYTHONPATH": str(args.root.resolve())},
+                                stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 900  # a first run may download weights
@@ -163,6 +167,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def gpu_name(device: str) -> str | None:
     if not device.startswith("cuda"):
         return None
@@ -200,6 +212,7 @@ def main() -> None:
                        "load_avg_after": [round(v, 2) for v in os.getloadavg()]},
             "versions": versions(),
             "backbone": model["backbone"], "server_args": server_args(args), "image_size": args.size,
+            "root": str(args.root.resolve()), "commit": commit(args.root),
             "requests_per_level": args.requests, "max_wait_ms": args.max_wait_ms, "rows": rows,
         }
         with RESULTS.open("a") as f:

@@ -421,7 +421,7 @@ def service_load(ctx: Context) -> Section:
 
     s = ctx.sizes
     ns = argparse.Namespace(backbone=MODELS["ViT-S/14"], weights="random", model_arg=list(s.model_args),
-                            device=str(ctx.device), dtype=ctx.half, max_wait_ms=5.0)
+                            device=str(ctx.device), dtype=ctx.half, max_wait_ms=5.0, root=ROOT)
     extra = ["--max-side", str(s.max_side)] if s.max_side else []
     payloads = [p.read_bytes() for p in ctx.images[:8]]
     rows, figures = [], {}

@@ -2,21 +2,22 @@
 what ``uvicorn service.app:app`` serves. Building an app loads nothing: the model loads and warms up
 in the lifespan start-up (or comes ready-made as ``localizer``, as ``lost-reg serve`` and tests do).
 
-``POST /v1/boxes`` parses its multipart body itself, after authentication and under size limits,
-so an unauthenticated or oversized upload is refused before it is spooled.
+``POST /v1/boxes`` parses its multipart body itself, after authentication and under size and rate limits,
+taking a place for each image as its part starts (:mod:`service.admission`), so an unauthenticated,
+oversized or unadmitted upload is refused before it is spooled.
 """
 
 from __future__ import annotations
 
 import hmac
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import FileResponse
@@ -28,7 +29,6 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.responses import Response
-from starlette.types import Message
 
 from lost_reg import __version__
 from lost_reg.export import DiscoveredObject, ExportOptions, ImageRecord, render
@@ -36,9 +36,13 @@ from lost_reg.methods import all_option_specs
 from lost_reg.pipeline import Localizer
 from lost_reg.recipes import resolve_method, resolve_prep
 
-from . import labelstudio
-from .errors import ServiceError, install_error_handlers
+from . import labelstudio, protocol
+from .admission import Ticket
+from .bodies import LimitedReceive, read_body, refuse_declared, require_json, too_large
+from .docs import install_docs
+from .errors import ServiceError, error_response, install_error_handlers, problems
 from .metrics import Metrics
+from .middleware import Observe, SecurityHeaders
 from .runtime import BoxRequest, Failed, Runtime
 from .schemas import (
     BoxesResponse,
@@ -47,6 +51,7 @@ from .schemas import (
     ExportRequest,
     FileError,
     ModelInfo,
+    Readiness,
     boxes_request_schema,
 )
 from .settings import Settings
@@ -61,10 +66,11 @@ STATIC = Path(__file__).parent / "static"
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in [
     (400, "not a complete multipart/form-data body, or more than 16 option fields"),
     (401, "missing or wrong bearer token"),
-    (413, "request, file or image too large, or too many files"),
-    (415, "a file is not an image"),
+    (408, "the body arrived slower than the minimum upload rate"),
+    (413, "request, file or image too large, too many files, or over the request's pixel budget"),
+    (415, "a file is not an image, or (JSON routes) the body is not declared JSON"),
     (422, "bad option, empty, corrupt or too small image"),
-    (503, "model not ready or queue full"),
+    (503, "model not ready, or no place left for more images (Retry-After)"),
     (504, "no answer within the request timeout"),
 ]}
 
@@ -76,29 +82,26 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     runtime = Runtime(settings, metrics)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, float]]:
         try:
             await runtime.start(localizer)
-            yield
+            yield {protocol.STATE_KEY: settings.header_timeout_s}  # read by the connections' HTTP protocol
         finally:
             runtime.stop()
 
-    app = FastAPI(title="lost-reg", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="lost-reg", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="One object box per image: LOST or TokenCut on a register-aware ViT.")
     app.state.runtime = runtime
     install_error_handlers(app, metrics)
+    install_docs(app)
+    # Added innermost first: Observe sees every answer, the Host check's included.
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization"])
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = getattr(request.scope.get("route"), "path", "unmatched")  # the template keeps labels few
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+                           allow_headers=["Authorization", "Content-Type"])
+    if settings.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(Observe, admission=runtime.admission, metrics=metrics)
 
     protected = [_bearer_auth(settings.api_key.get_secret_value())] if settings.api_key else []
 
@@ -108,10 +111,15 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The model is loaded and warmed up", responses={503: ERRORS[503]})
-    async def readyz() -> dict[str, str]:
-        runtime.require_ready()
-        return {"status": "ready"}
+    @app.get("/readyz", summary="The model is loaded and warmed up, and a place for an image is free",
+             response_model=Readiness, responses={503: ERRORS[503]})
+    async def readyz() -> Readiness | Response:
+        """Overload and start-up are reported, not counted as refused requests: probes poll this."""
+        try:
+            runtime.admit()
+        except ServiceError as e:
+            return error_response(e)
+        return Readiness(status="ready", images_in_flight=runtime.admission.in_flight, max_queue=settings.max_queue)
 
     @app.get("/v1/model", dependencies=protected, responses=ERRORS)
     async def model() -> ModelInfo:
@@ -125,21 +133,23 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             defaults={"method": loc.method.name, **loc.method.options(), "max_side": settings.max_side,
                       "features": bb.features},
             limits={"max_files": settings.max_files, "max_file_bytes": settings.max_file_bytes,
-                    "max_pixels": settings.max_pixels, "timeout_s": settings.timeout_s},
+                    "max_pixels": settings.max_pixels, "max_request_pixels": settings.max_request_pixels,
+                    "max_queue": settings.max_queue, "timeout_s": settings.timeout_s},
         )
 
     @app.post("/v1/export", dependencies=protected, response_class=Response, summary="Boxes as an export file",
               responses={200: {"content": {"application/json": {}, "application/x-ndjson": {}},
                                "description": "the file, as an attachment"},
-                         **{k: v for k, v in ERRORS.items() if k in (401, 413, 422)}})
+                         **{k: v for k, v in ERRORS.items() if k in (401, 408, 413, 415, 422)}})
     async def export_boxes(request: Request) -> Response:
         """Boxes (what ``/v1/boxes`` answered, e.g. the web page's session) as a COCO, COCO results, JSON lines or
         Label Studio file, written by the same code as ``lost-reg discover --format``."""
-        body = await _read_body(request, MAX_EXPORT_BYTES)
+        require_json(request)
+        body = await read_body(request, settings, MAX_EXPORT_BYTES)
         try:
             wanted = ExportRequest.model_validate_json(body)
         except ValidationError as e:
-            raise ServiceError(422, "invalid_request", _problems(e)) from None
+            raise ServiceError(422, "invalid_request", problems(e)) from None
         records = [ImageRecord(i.file_name, i.file_name, i.width, i.height,
                                [DiscoveredObject(o.box, o.score) for o in i.objects]) for i in wanted.images]
         version = wanted.model_version or runtime.model_version()
@@ -161,10 +171,13 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     @app.post("/v1/boxes", dependencies=protected, response_model=BoxesResponse, response_model_exclude_none=True,
               responses=ERRORS, summary="One object box per uploaded image")
     async def boxes(request: Request) -> BoxesResponse:
-        worker = runtime.require_ready()
-        form = await _read_form(request, settings)
+        worker = runtime.admit()
+        ticket: Ticket = request.state.ticket
+        form = await _read_form(request, settings, ticket)
         try:
-            results = await runtime.localize(_uploads(form), _box_request(form, settings, worker))
+            uploads, options = _uploads(form), _box_request(form, settings, worker)
+            results = await runtime.run(ticket, request.receive, runtime.localize(uploads, options, ticket),
+                                        settings.timeout_s)
         finally:
             await form.close()
         failed = [r.error for r in results if isinstance(r, Failed)]
@@ -212,54 +225,22 @@ def _bearer_auth(secret: str) -> DependsParam:
     return Depends(check)
 
 
-def _problems(e: ValidationError) -> str:
-    """pydantic's errors in one line: ``where: what; …``."""
-    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 once it passes ``limit`` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length", "")
-    too_large = ServiceError(413, "request_too_large", f"request body over {limit / 2**20:g} MB")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _read_form(request: Request, settings: Settings) -> FormData:
+async def _read_form(request: Request, settings: Settings, ticket: Ticket) -> FormData:
     """The multipart body, refused with 413 once it passes ``max_request_bytes`` (declared or streamed) or a
-    file passes ``max_file_bytes`` (while streaming: the rest is never read), 400 when it is no complete
-    multipart body."""
+    file passes ``max_file_bytes``, with 503 as soon as a file part finds no place left (admission), with 408
+    when it arrives too slowly (in each case the rest is never read), 400 when it is no complete multipart body."""
     limit = settings.max_request_bytes
-    too_large = ServiceError(413, "request_too_large",
-                             f"request body over {limit / 2**20:g} MB ({settings.max_files} files of "
-                             f"{settings.max_file_mb:g} MB at most)")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        received += len(message.get("body", b""))
-        if received > limit:
-            raise too_large
-        return message
-
+    error = too_large(limit, f" ({settings.max_files} files of {settings.max_file_mb:g} MB at most)")
+    refuse_declared(request, limit, error)
+    receive = LimitedReceive(request, settings, limit, error)
     content_type, _ = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":  # a url-encoded form holds no files: the images are missing (422)
         return await Request(request.scope, receive).form(max_files=0, max_fields=MAX_OPTION_FIELDS,
                                                            max_part_size=MAX_OPTION_BYTES)
     parser = LimitedMultiPartParser(request.headers, Request(request.scope, receive).stream(),
                                     max_files=settings.max_files, max_fields=MAX_OPTION_FIELDS,
-                                    max_part_size=MAX_OPTION_BYTES, max_file_size=settings.max_file_bytes)
+                                    max_part_size=MAX_OPTION_BYTES, max_file_size=settings.max_file_bytes,
+                                    on_file=ticket.take)
     try:
         form = await parser.parse()
     except FileTooLarge as e:
@@ -292,7 +273,7 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     try:
         options = BoxOptions.model_validate({k: v for k, v in form.multi_items() if k != "images"})
     except ValidationError as e:
-        raise ServiceError(422, "invalid_option", _problems(e)) from None
+        raise ServiceError(422, "invalid_option", problems(e)) from None
     max_side = options.max_side or settings.max_side
     if max_side > settings.max_side:
         raise ServiceError(422, "invalid_option", f"max_side: at most {settings.max_side} on this server")

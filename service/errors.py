@@ -8,12 +8,20 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from .metrics import Metrics
 from .schemas import ErrorBody, ErrorResponse
 
 log = logging.getLogger("service")
+
+CLIENT_GONE = 499
+"""Status recorded (nginx's convention; nothing is sent) when the client left before its answer."""
+REJECTIONS = frozenset({"busy", "not_ready", "timeout", "slow_upload", "request_pixels", "request_too_large"})
+"""Error codes counted in ``lost_reg_rejections_total`` too: refusals for load or limits, not for bad input."""
 
 
 class ServiceError(Exception):
@@ -31,6 +39,11 @@ class ServiceError(Exception):
         return ErrorBody(code=self.code, message=self.message)
 
 
+def problems(e: ValidationError) -> str:
+    """pydantic's errors in one line: ``where: what; …`` (``body`` where it is the whole body, e.g. not JSON)."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+
+
 def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(ErrorResponse(error=error.body).model_dump(), status_code=error.status, headers=error.headers)
 
@@ -40,6 +53,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     def respond(error: ServiceError) -> JSONResponse:
         metrics.errors.labels(error.code).inc()
+        if error.code in REJECTIONS:
+            metrics.rejections.labels(error.code).inc()
         return error_response(error)
 
     @app.exception_handler(ServiceError)
@@ -54,6 +69,13 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return respond(ServiceError(422, "invalid_request", str(exc)))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """One log line, no traceback; the work it left is cancelled where it was queued."""
+        log.warning("%s %s: the client left before its answer", request.method, request.url.path)
+        metrics.rejections.labels("client_gone").inc()
+        return Response(status_code=CLIENT_GONE)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:

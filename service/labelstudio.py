@@ -17,6 +17,11 @@ that same origin, never anywhere else (no server-side request forgery); redirect
 service's size and pixel limits apply. A task whose image cannot be fetched or read gets an empty result
 and a logged reason, never a failed batch. Images go through the service's one inference worker, so
 they are micro-batched with ``/v1/boxes`` traffic.
+
+Bounds: the body (``label_studio_max_body_mb``, 413); a request holds ``label_studio_downloads`` places of
+the admission queue and works through its tasks that many at a time (503 when they are not free); at
+most ``label_studio_downloads`` images are downloaded and not yet decoded at once, over all requests;
+each download has ``label_studio_fetch_timeout_s`` in all, the request ``label_studio_timeout_s`` (504).
 """
 
 from __future__ import annotations
@@ -28,15 +33,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from xml.etree.ElementTree import ParseError
 
 import httpx
 from defusedxml.ElementTree import fromstring
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lost_reg.export import DiscoveredObject, ImageRecord, labelstudio_prediction
 from lost_reg.recipes import resolve_prep
 
-from .errors import ServiceError
+from .admission import Ticket
+from .bodies import read_body, require_json
+from .errors import ServiceError, problems
 from .runtime import Runtime
 from .settings import Settings
 from .uploads import decode_upload
@@ -56,9 +65,22 @@ class Target:
     label: str
 
 
+class PredictRequest(BaseModel):
+    """What ``/predict`` needs of Label Studio's body (it sends more: project, params…). A task is any object:
+    one that is not what is needed gets an empty prediction, not a refused batch."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tasks: list[dict[str, Any]]
+    label_config: str
+
+
 def target_of(label_config: str) -> Target:
     """The first ``<RectangleLabels>`` whose ``toName`` is an ``<Image>`` of the config (ValueError if none)."""
-    root = fromstring(label_config)
+    try:
+        root = fromstring(label_config)
+    except ParseError as e:  # a SyntaxError; defusedxml's refusals (entities…) are ValueErrors
+        raise ValueError(f"the label config is not XML ({e})") from None
     images = {e.get("name"): e.get("value", "") for e in root.iter() if e.tag == "Image"}
     for control in root.iter():
         if control.tag == "RectangleLabels" and control.get("toName") in images:
@@ -74,6 +96,8 @@ def image_url(url: str, settings: Settings) -> str:
     """The absolute URL to fetch, or ValueError when it is not on the configured Label Studio."""
     if not settings.label_studio_url:
         raise ValueError("LOST_REG_LABEL_STUDIO_URL is not set: the service does not know where Label Studio is")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError(f"{url!r} holds control characters: not a URL")
     base = settings.label_studio_url.rstrip("/") + "/"
     absolute = urljoin(base, url.lstrip("/")) if url.startswith("/") else url
     allowed, wanted = urlsplit(base), urlsplit(absolute)
@@ -83,19 +107,25 @@ def image_url(url: str, settings: Settings) -> str:
 
 
 async def fetch(client: httpx.AsyncClient, url: str, settings: Settings) -> bytes:
-    """The image's bytes, read in chunks and given up past ``max_file_bytes``; no redirects."""
+    """The image's bytes, read in chunks and given up past ``max_file_bytes`` or, all of it, past
+    ``label_studio_fetch_timeout_s``; no redirects."""
     headers = {}
     if settings.label_studio_api_key:
         headers["Authorization"] = f"Token {settings.label_studio_api_key.get_secret_value()}"
-    async with client.stream("GET", url, headers=headers, follow_redirects=False) as response:
-        if response.status_code != 200:
-            raise ValueError(f"{url}: Label Studio answered {response.status_code}")
-        chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > settings.max_file_bytes:
-                raise ValueError(f"{url}: larger than the {settings.max_file_mb:g} MB limit per file")
-            chunks.append(chunk)
+    deadline = settings.label_studio_fetch_timeout_s
+    try:
+        async with asyncio.timeout(deadline), client.stream("GET", url, headers=headers,
+                                                            follow_redirects=False) as response:
+            if response.status_code != 200:
+                raise ValueError(f"{url}: Label Studio answered {response.status_code}")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > settings.max_file_bytes:
+                    raise ValueError(f"{url}: larger than the {settings.max_file_mb:g} MB limit per file")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ValueError(f"{url}: not downloaded within {deadline:g} s") from None
     return b"".join(chunks)
 
 
@@ -111,40 +141,68 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
         return {"status": "UP", "model_class": "lost-reg"}
 
     @api.post("/setup", summary="Label Studio: connect a project")
-    async def setup() -> dict[str, str]:
+    async def setup(request: Request) -> dict[str, str]:
+        require_json(request)
         return {"model_version": runtime.model_version()}
 
     @api.post("/webhook", summary="Label Studio: project events (acknowledged; nothing is trained)")
-    async def webhook() -> dict[str, str]:
+    async def webhook(request: Request) -> dict[str, str]:
+        require_json(request)
         return {"status": "ok"}
 
     @api.post("/predict", summary="Label Studio: one box per task, as a pre-annotation")
     async def predict(request: Request) -> dict[str, Any]:
+        require_json(request)
+        worker = runtime.admit()
+        body = await read_body(request, settings, settings.label_studio_max_body_bytes)
         try:
-            body = await request.json()
-            tasks, target = body["tasks"], target_of(body["label_config"])
-        except (ValueError, KeyError, TypeError) as e:
+            wanted = PredictRequest.model_validate_json(body)
+            target = target_of(wanted.label_config)
+        except ValidationError as e:
+            raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {problems(e)}") from None
+        except ValueError as e:
             raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {e}") from None
-        worker = runtime.admit(len(tasks))
+        ticket: Ticket = request.state.ticket
+        lanes = min(len(wanted.tasks), settings.label_studio_downloads)
+        ticket.take(lanes)
         version = runtime.model_version()
         prep = resolve_prep(worker.localizer.backbone.family, worker.localizer.method, settings.prep)
-        async with httpx.AsyncClient(timeout=settings.timeout_s) as client:
-            results = await asyncio.gather(*(_one(task, target, version, prep, client, worker) for task in tasks))
+        tasks = iter(enumerate(wanted.tasks))
+        results: list[dict[str, Any]] = [{}] * len(wanted.tasks)
+
+        async def lane(client: httpx.AsyncClient) -> None:
+            for i, task in tasks:  # the lanes share one iterator: each task is taken once
+                results[i] = await _one(task, target, version, prep, client, worker, ticket)
+
+        async def work() -> None:
+            async with httpx.AsyncClient(timeout=settings.label_studio_fetch_timeout_s) as client, \
+                    asyncio.TaskGroup() as group:
+                for _ in range(lanes):
+                    group.create_task(lane(client))
+
+        await runtime.run(ticket, request.receive, work(), settings.label_studio_timeout_s,
+                          "LOST_REG_LABEL_STUDIO_TIMEOUT_S")
         return {"results": results}
 
-    async def _one(task: dict, target: Target, version: str, prep: str, client: httpx.AsyncClient,
-                   worker: InferenceWorker) -> dict[str, Any]:
+    async def _one(task: dict[str, Any], target: Target, version: str, prep: str, client: httpx.AsyncClient,
+                   worker: InferenceWorker, ticket: Ticket) -> dict[str, Any]:
         loc = worker.localizer
         task_id = task.get("id")
         try:
-            url = image_url(str(task["data"][target.data_key]), settings)
-            data = await fetch(client, url, settings)
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                runtime.pool, decode_upload, data, url, loc.patch_size, settings.max_side, settings.max_pixels, prep)
-            found = await asyncio.wrap_future(worker.submit(prepared, worker.default_key).future)
-        except (ServiceError, ValueError, KeyError, TypeError, httpx.HTTPError) as e:
-            reason = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
-            log.warning("Label Studio task %s: no prediction (%s)", task_id, reason)
+            url = image_url(_task_image(task, target), settings)
+            assert runtime.downloads is not None
+            async with runtime.downloads:  # held until decoded: downloaded bytes never pile up
+                data = await fetch(client, url, settings)
+                prepared = await runtime.in_pool(ticket, decode_upload, data, url, loc.patch_size, settings.max_side,
+                                                 settings.max_pixels, prep)
+            del data
+            found, _ = await runtime.infer(ticket, prepared, worker.default_key)
+        except Exception as e:  # this task's loss, never the batch's
+            if isinstance(e, ServiceError | ValueError | httpx.HTTPError | httpx.InvalidURL):
+                reason = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
+                log.warning("Label Studio task %s: no prediction (%s)", task_id, reason)
+            else:  # e.g. inference failing: the traceback is for the server log
+                log.exception("Label Studio task %s: no prediction (localisation failed)", task_id)
             return {"result": [], "score": 0.0, "model_version": version}
         det = found.detection
         record = ImageRecord(str(task_id), "", det.width, det.height,
@@ -152,6 +210,14 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
         return labelstudio_prediction(record, version, target.from_name, target.to_name, target.label)
 
     return api
+
+
+def _task_image(task: dict[str, Any], target: Target) -> str:
+    """The task's image URL (ValueError when it has none)."""
+    data = task.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get(target.data_key), str):
+        raise ValueError(f"the task has no image URL in data.{target.data_key}")
+    return data[target.data_key]
 
 
 def _auth(secret: str):

@@ -28,3 +28,7 @@ class Metrics:
         self.inference = Histogram("lost_reg_inference_seconds", "backbone + discovery time per batch",
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("lost_reg_queue_depth", "images waiting for inference", registry=r)
+        self.in_flight = Gauge("lost_reg_images_in_flight", "images held from their first byte to their answer "
+                               "(what max_queue bounds)", registry=r)
+        self.rejections = Counter("lost_reg_rejections", "requests refused or abandoned for load or limits, by "
+                                  "reason", ["reason"], registry=r)

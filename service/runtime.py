@@ -1,5 +1,6 @@
-"""What lives between start-up and shut-down: the model's worker thread, the decoding pool, readiness,
-and the per-file path of a request (read and decode in the pool → inference queue → box)."""
+"""What lives between start-up and shut-down: the model's worker thread, the decoding pool, admission,
+readiness, and the path of a request's files (headers → pixel budget → decode in the pool → inference
+queue → box), under the request's deadline and cancelled when it passes or the client leaves."""
 
 from __future__ import annotations
 
@@ -7,30 +8,35 @@ import asyncio
 import base64
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from lost_reg.images import Prepared, prepare
 from lost_reg import pipeline
 from lost_reg.pipeline import Localizer, ScoredDetection
 from lost_reg.vis import heat
 
+from .admission import Admission, Ticket
 from .errors import ServiceError
+from .fair import FairPool
 from .metrics import Metrics
 from .schemas import BoxResult, Mask
 from .settings import Settings
-from .uploads import load_upload
+from .uploads import load_upload, upload_size
 from .worker import InferenceWorker, RunKey
 
 log = logging.getLogger("service")
 
 WARMUP_SIDE = 224
+T = TypeVar("T")
 
 
 def build_localizer(settings: Settings) -> Localizer:
@@ -67,17 +73,20 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.admission = Admission(settings.max_queue, metrics)
         self.worker: InferenceWorker | None = None
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: FairPool | None = None
+        self.downloads: asyncio.Semaphore | None = None
         self.ready = False
 
     async def start(self, localizer: Localizer | None) -> None:
         """Load the model (off the event loop) unless given, start the worker and warm it up."""
         localizer = localizer or await asyncio.to_thread(build_localizer, self.settings)
         s = self.settings
-        self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics)
+        self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics, s.max_batch_patches)
         self.worker.start()
-        self.pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="lost-reg-decode")
+        self.pool = FairPool(s.decode_workers, "lost-reg-decode")
+        self.downloads = asyncio.Semaphore(s.label_studio_downloads)
         blank = prepare(np.zeros((WARMUP_SIDE, WARMUP_SIDE, 3), np.uint8), localizer.patch_size)
         await asyncio.wrap_future(self.worker.submit(blank, self.worker.default_key, warmup=True).future)
         self.ready = True
@@ -90,7 +99,7 @@ class Runtime:
         if self.worker is not None:
             self.worker.close(timeout=self.settings.timeout_s)
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown()
 
     def require_ready(self) -> InferenceWorker:
         """The worker, or 503 while loading, after its thread died, or while shutting down."""
@@ -99,12 +108,10 @@ class Runtime:
                                "retry shortly", headers={"Retry-After": "5"})
         return self.worker
 
-    def admit(self, images: int) -> InferenceWorker:
-        """The worker, if it is ready and its queue has room for ``images`` more; else 503."""
+    def admit(self) -> InferenceWorker:
+        """The worker, if it is ready and a place for an image is free; else 503, before anything is read."""
         worker = self.require_ready()
-        if worker.depth + images > self.settings.max_queue:
-            raise ServiceError(503, "busy", f"{worker.depth} images are waiting already; retry shortly",
-                               headers={"Retry-After": "1"})
+        self.admission.check()
         return worker
 
     def model_version(self) -> str:
@@ -112,35 +119,91 @@ class Runtime:
         loc = self.require_ready().localizer
         return f"lost-reg {loc.backbone.name} {loc.method.describe()}"
 
-    async def localize(self, uploads: list[UploadFile], request: BoxRequest) -> list[BoxResult | Failed]:
-        """A box or a failure per file, in upload order; 503 when the queue is full, 504 on timeout."""
-        self.admit(len(uploads))
+    async def run(self, ticket: Ticket, receive: Receive, work: Coroutine[Any, Any, T], timeout_s: float,
+                  setting: str = "LOST_REG_TIMEOUT_S") -> T:
+        """``work`` (a request's, its body read) within ``timeout_s`` (else 504 naming ``setting``) while its
+        client stays (else ClientDisconnect); either way the ticket's queued decodes and images are dropped."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                return await asyncio.gather(*(self._one(i, u, request) for i, u in enumerate(uploads)))
-        except TimeoutError:
-            raise ServiceError(504, "timeout", f"no answer within {self.settings.timeout_s:g} s; "
-                                               "send fewer or smaller images, or retry later") from None
+            done, _ = await asyncio.wait({task, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+        finally:
+            gone.cancel()
+            if not task.done():
+                task.cancel()
+                dropped = self.cancel(ticket)
+                await asyncio.gather(task, return_exceptions=True)
+                log.debug("request abandoned: %d queued decodes and images dropped", dropped)
+        if gone in done:
+            raise ClientDisconnect()
+        raise ServiceError(504, "timeout", f"no answer within {timeout_s:g} s ({setting}); "
+                                           "send fewer or smaller images, or retry later")
 
-    async def _one(self, index: int, upload: UploadFile, request: BoxRequest) -> BoxResult | Failed:
-        name = upload.filename or f"images[{index}]"
+    def cancel(self, ticket: Ticket) -> int:
+        """Drop what ``ticket``'s request still has queued for decoding or inference."""
+        dropped = 0
+        if self.pool is not None:
+            dropped += self.pool.cancel(ticket)
+        if self.worker is not None:
+            dropped += self.worker.cancel(ticket)
+        return dropped
+
+    async def in_pool(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a decoding thread, in turn with other requests' calls (round-robin)."""
+        assert self.pool is not None
+        return await asyncio.wrap_future(self.pool.submit(ticket, fn, *args))
+
+    async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[ScoredDetection, float]:
+        """The image's detection, micro-batched in turn with other requests' images; and when it was ready."""
+        worker = self.require_ready()
+        job = worker.submit(prepared, key, owner=ticket)
+        return await asyncio.wrap_future(job.future), job.finished
+
+    async def localize(self, uploads: list[UploadFile], request: BoxRequest,
+                       ticket: Ticket) -> list[BoxResult | Failed]:
+        """A box or a failure per file, in upload order. The headers are read first: past the request's pixel
+        budget, 413 for the whole request before anything is decoded."""
+        names = [u.filename or f"images[{i}]" for i, u in enumerate(uploads)]
+        sizes = await asyncio.gather(*(self._size(ticket, u, name) for u, name in zip(uploads, names)))
+        budget = self.settings.max_request_pixels
+        if sum(w * h for w, h in (s for s in sizes if not isinstance(s, Failed))) > budget:
+            raise ServiceError(413, "request_pixels",
+                               f"the images of this request add up to over {budget:,} pixels, the budget per "
+                               "request (LOST_REG_MAX_REQUEST_PIXELS); send fewer or smaller images per request")
+        readable = [i for i, size in enumerate(sizes) if not isinstance(size, Failed)]
+        boxes = await asyncio.gather(*(self._one(uploads[i], names[i], request, ticket) for i in readable))
+        found = dict(zip(readable, boxes))
+        return [found.get(i, size) for i, size in enumerate(sizes)]
+
+    async def _size(self, ticket: Ticket, upload: UploadFile, name: str) -> tuple[int, int] | Failed:
+        try:
+            return await self.in_pool(ticket, upload_size, upload.file, name, self.settings.max_pixels)
+        except ServiceError as e:
+            return Failed(name, e)
+
+    async def _one(self, upload: UploadFile, name: str, request: BoxRequest, ticket: Ticket) -> BoxResult | Failed:
         s = self.settings
-        assert self.worker is not None and self.pool is not None
+        patch_size = self.require_ready().localizer.patch_size
         start = time.perf_counter()
         try:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self.pool, load_upload, upload.file, name, self.worker.localizer.patch_size, request.max_side,
-                s.max_pixels, request.prep)
-            job = self.worker.submit(prepared, request.key)
-            detection = await asyncio.wrap_future(job.future)
+            prepared = await self.in_pool(ticket, load_upload, upload.file, name, patch_size, request.max_side,
+                                          s.max_pixels, request.prep)
+            detection, finished = await self.infer(ticket, prepared, request.key)
         except ServiceError as e:
             return Failed(name, e)
         except Exception as e:  # one file's failure must not fail the request's other files
             log.exception("%s: localisation failed", name)
             return Failed(name, ServiceError(500, "inference_failed",
                                              f"{name}: localisation failed ({type(e).__name__}); see the server log"))
-        return _result(name, detection, prepared, (job.finished - start) * 1000, request,
-                       self.worker.localizer.patch_size)
+        return _result(name, detection, prepared, (finished - start) * 1000, request, patch_size)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (the body is read: nothing else can arrive)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _result(name: str, found: ScoredDetection, prepared: Prepared, ms: float, request: BoxRequest,

@@ -107,6 +107,12 @@ class BoxesResponse(BaseModel):
     results: list[BoxResult | FileError] = Field(description="one item per uploaded file, in upload order")
 
 
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    images_in_flight: int = Field(description="images held now, each from its first byte to its answer")
+    max_queue: int = Field(description="images held at most: past it, requests get 503 and so does /readyz")
+
+
 class ModelInfo(BaseModel):
     backbone: str
     patch_size: int

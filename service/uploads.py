@@ -8,6 +8,8 @@ is decoded, so a decompression bomb never gets decoded.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -19,6 +21,8 @@ from .errors import ServiceError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 """Formats accepted (PIL names); others, e.g. EPS (which would run Ghostscript), are refused."""
+HEADER_BYTES = 256 * 1024
+"""Where an image's size is looked for first (a JPEG's EXIF may push it further: then the whole file is read)."""
 
 
 class FileTooLarge(MultiPartException):
@@ -30,13 +34,15 @@ class FileTooLarge(MultiPartException):
 
 class LimitedMultiPartParser(MultiPartParser):
     """Starlette's multipart parser that refuses a file as soon as it passes ``max_file_size`` bytes
-    (raising :class:`FileTooLarge` mid-stream, so the rest of the body is never read or spooled),
-    records whether the body reached its closing boundary (:attr:`complete`), and takes a part with a
-    non-text ``Content-Type`` for a file even without a ``filename`` (RFC 7578 makes it optional)."""
+    (raising :class:`FileTooLarge` mid-stream, so the rest of the body is never read or spooled), calls
+    ``on_file`` as each file part starts (admission: it may raise to refuse the request there), records
+    whether the body reached its closing boundary (:attr:`complete`), and takes a part with a non-text
+    ``Content-Type`` for a file even without a ``filename`` (RFC 7578 makes it optional)."""
 
-    def __init__(self, *args: Any, max_file_size: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_file_size: int, on_file: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_file_size = max_file_size
+        self.on_file = on_file
         self.complete = False
         self._file_bytes = 0
 
@@ -50,6 +56,8 @@ class LimitedMultiPartParser(MultiPartParser):
         if not content_type.lower().startswith(b"text/") and b"filename" not in (part.content_disposition or b""):
             part.content_disposition = (part.content_disposition or b"") + b'; filename=""'
         super().on_headers_finished()
+        if part.file is not None:
+            self.on_file()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._current_part
@@ -64,9 +72,29 @@ class LimitedMultiPartParser(MultiPartParser):
         self.complete = True
 
 
+def upload_size(file: BinaryIO, name: str, max_pixels: int) -> tuple[int, int]:
+    """Width and height of an uploaded file from its header (nothing decoded), or a ServiceError saying why
+    not (413 past ``max_pixels``)."""
+    file.seek(0)
+    head = file.read(HEADER_BYTES)
+    if not head:
+        raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
+    with _as_service_errors():
+        try:
+            size = header_size(head, name, FORMATS)
+        except DataError:
+            if len(head) < HEADER_BYTES:
+                raise
+            file.seek(0)
+            size = header_size(file.read(), name, FORMATS)
+        check_pixels(*size, max_pixels, name)
+    return size
+
+
 def load_upload(file: BinaryIO, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
     """An uploaded file (its size already held to the limit by :class:`LimitedMultiPartParser`) as a prepared
     image, or a ServiceError saying why not."""
+    file.seek(0)
     data = file.read()
     if not data:
         raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
@@ -75,9 +103,16 @@ def load_upload(file: BinaryIO, name: str, patch_size: int, max_side: int, max_p
 
 def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
     """Check the header, decode, and bring onto the patch grid (``prep``, after ``max_side``)."""
-    try:
+    with _as_service_errors():
         check_pixels(*header_size(data, name, FORMATS), max_pixels, name)
         return prepare(decode_image(data, name=name), patch_size, max_side, prep, name=name)
+
+
+@contextmanager
+def _as_service_errors() -> Iterator[None]:
+    """The library's image errors as the statuses a client gets."""
+    try:
+        yield
     except NotAnImage as e:
         raise ServiceError(415, "not_an_image", str(e)) from e
     except TooManyPixels as e:

@@ -1,7 +1,9 @@
 """The inference thread: the one consumer of a queue of prepared images, micro-batching them.
 
-Requests queue images that a thread pool already decoded and padded. The thread takes the first,
-waits up to ``max_wait_s`` for more (``max_batch`` in all), groups them by features, method and
+Requests queue images that a thread pool already decoded and padded, in a :class:`~service.fair.FairQueue`
+(round-robin between requests). The thread takes the first, waits up to ``max_wait_s`` for more
+(``max_batch`` in all, and no more than ``max_patches`` patches: a large image goes alone, so it holds up
+no more than itself), groups them by features, method and
 padded shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
 :meth:`~lost_reg.pipeline.Localizer.localize_prepared_multi` call (one object, scored) per group and
 resolves each image's future. Only this thread touches the model, so it needs no lock.
@@ -11,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ from lost_reg.images import Prepared
 from lost_reg.methods import Method
 from lost_reg.pipeline import Localizer, ScoredDetection, group_by_shape
 
+from .fair import FairQueue
 from .metrics import Metrics
 
 log = logging.getLogger("service")
@@ -53,10 +56,12 @@ class Job:
 class InferenceWorker:
     """A thread running a Localizer on micro-batches, with every feature kind on the one model."""
 
-    def __init__(self, localizer: Localizer, max_batch: int, max_wait_s: float, metrics: Metrics) -> None:
+    def __init__(self, localizer: Localizer, max_batch: int, max_wait_s: float, metrics: Metrics,
+                 max_patches: int | None = None) -> None:
         self.localizer = localizer
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_patches = max_patches
         self.metrics = metrics
         base = localizer.backbone
         # One hook per feature kind on the shared model: any kind runs without a second copy of the weights.
@@ -66,10 +71,9 @@ class InferenceWorker:
             for kind in FEATURES
         }
         self._localizer = functools.lru_cache(maxsize=32)(self._make_localizer)
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: FairQueue[Job] = FairQueue()
         self._thread = threading.Thread(target=self._run, name="lost-reg-inference", daemon=True)
-        self._closed = False
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.queue_depth.set_function(lambda: len(self._queue))
 
     @property
     def default_key(self) -> RunKey:
@@ -78,28 +82,32 @@ class InferenceWorker:
     @property
     def depth(self) -> int:
         """Images waiting in the queue."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closed
+        return self._thread.is_alive() and not self._queue.closed
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, prepared: Prepared, key: RunKey, warmup: bool = False) -> Job:
-        """Queue one image; cancelling its future before the batch runs drops it."""
-        if self._closed:
-            raise RuntimeError("the inference worker is shut down")
+    def submit(self, prepared: Prepared, key: RunKey, owner: Hashable = None, warmup: bool = False) -> Job:
+        """Queue one image behind ``owner``'s (its request's) earlier ones; cancelling its future before the
+        batch runs drops it. RuntimeError once closed."""
         job = Job(prepared, key, warmup)
-        self._queue.put(job)
+        self._queue.put(owner, job)
         return job
+
+    def cancel(self, owner: Hashable) -> int:
+        """Drop ``owner``'s queued images (its request timed out or its client left); how many were dropped."""
+        dropped = self._queue.drop(owner)
+        for job in dropped:
+            job.future.cancel()
+        return len(dropped)
 
     def close(self, timeout: float) -> None:
         """Finish the images queued so far, then stop the thread."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
+        self._queue.close()
         self._thread.join(timeout)
 
     def _make_localizer(self, key: RunKey) -> Localizer:
@@ -108,23 +116,25 @@ class InferenceWorker:
         return Localizer(self._backbones[key.features], key.method, device=str(self.localizer.device),
                          dtype=self.localizer.dtype)
 
+    def _patches(self, job: Job) -> int:
+        height, width = job.prepared.pixels.shape[-2:]
+        return height * width // self.localizer.patch_size ** 2
+
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            batch = [job]
+        while (job := self._queue.get()) is not None:  # None: closed and drained
+            batch, patches = [job], self._patches(job)
             deadline = time.monotonic() + self.max_wait_s
-            stop = False
+
+            def fits(more: Job) -> bool:
+                return self.max_patches is None or patches + self._patches(more) <= self.max_patches
+
             while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
+                more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()), accept=fits)
                 if more is None:
-                    stop = True
                     break
                 batch.append(more)
+                patches += self._patches(more)
             self._run_batch(batch)
-            if stop:
-                return
 
     def _run_batch(self, jobs: list[Job]) -> None:
         by_key: dict[RunKey, list[Job]] = defaultdict(list)
@@ -132,8 +142,9 @@ class InferenceWorker:
             if job.future.set_running_or_notify_cancel():  # False: its request timed out meanwhile
                 by_key[job.key].append(job)
         for key, same in by_key.items():
-            for indices in group_by_shape([j.prepared for j in same]).values():
-                self._run_group(key, [same[i] for i in indices])
+            groups = group_by_shape([j.prepared for j in same])
+            for shape in sorted(groups, key=lambda hw: hw[0] * hw[1]):  # small images first: they are quick
+                self._run_group(key, [same[i] for i in groups[shape]])
 
     def _run_group(self, key: RunKey, group: list[Job]) -> None:
         start = time.perf_counter()

@@ -104,7 +104,8 @@ def test_ml_backend_gives_every_task_the_discover_box(label_studio, tmp_path):
     uploads = [(f"file{i}", (name, (photos / name).read_bytes())) for i, name in enumerate(PHOTOS)]
     assert ls.api.post(f"/api/projects/{project}/import", files=uploads).status_code == 201
     unfetchable = [{"picture": "http://198.51.100.7/elsewhere.jpg"},  # another host: never fetched
-                   {"picture": "/data/local-files/?d=photos/missing.jpg"}]  # on Label Studio, but not there
+                   {"picture": "/data/local-files/?d=photos/missing.jpg"},  # on Label Studio, but not there
+                   {"picture": "/data/local-files/?d=photos/\x00cat.jpg"}]  # no URL at all: once a 500 for the whole batch
     assert ls.api.post(f"/api/projects/{project}/import", json=unfetchable).status_code == 201
 
     env = {**TINY_ENV, "LOST_REG_API_KEY": SERVICE_KEY, "LOST_REG_LABEL_STUDIO_URL": ls.url,
@@ -122,7 +123,7 @@ def test_ml_backend_gives_every_task_the_discover_box(label_studio, tmp_path):
         tasks = ls.tasks(project)
     log = service_log.read_text()
 
-    assert len(tasks) == 5
+    assert len(tasks) == 6
     by_name = {}
     for task in tasks:
         url = task["data"]["picture"]
@@ -132,6 +133,7 @@ def test_ml_backend_gives_every_task_the_discover_box(label_studio, tmp_path):
             assert not any(p["result"] for p in task["predictions"]), task
             assert f"Label Studio task {task['id']}: no prediction" in log
     assert "is not on the Label Studio" in log and "missing.jpg: Label Studio answered 404" in log
+    assert "holds control characters" in log
     assert sorted(by_name) == sorted(PHOTOS)
     for name, task in by_name.items():
         [prediction] = task["predictions"]

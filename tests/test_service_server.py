@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
-
+import time
 from urllib.parse import urlsplit
 
 import httpx
 
-from .conftest import TINY, free_port, running, serving
+from .conftest import ROOT, TINY, free_port, running, serving
+from .rawhttp import END, closed_within, connect, file_part, head, read_answer, wait_for
 from .test_service import encode, photo
 
 TINY_ENV = {
@@ -107,3 +111,80 @@ def test_an_oversize_file_is_refused_while_it_streams_in(tmp_path):
     assert b" 413 " in status, answer[:300]
     error = json.loads(body[: body.rindex(b"}") + 1])["error"]
     assert error["code"] == "file_too_large" and "big.png: larger than the 1 MB limit per file" in error["message"]
+
+
+def serve_command(port: int) -> list[str]:
+    model_args = [arg for k, v in TINY.items() for arg in ("--model-arg", f"{k}={v}")]
+    return [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve",
+            "--backbone", "vit_small_patch14_dinov2", "--weights", "random", *model_args, "--device", "cpu",
+            "--port", str(port)]
+
+
+def test_lost_reg_serve_closes_connections_that_are_slow_to_send_their_headers(tmp_path):
+    port = free_port()
+    env = {"HF_HUB_OFFLINE": "1", "LOST_REG_HEADER_TIMEOUT_S": "2"}
+    with running(serve_command(port), port, tmp_path / "serve.log", env) as base:
+        with connect(base) as silent, connect(base) as trickle:
+            trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
+            for byte in b"Host: 127.0.0.1\r\nX-Slow: " + b"a" * 24:  # a byte every 0.25 s: 10 s of headers
+                try:
+                    trickle.sendall(bytes([byte]))
+                except OSError:  # cut
+                    break
+                time.sleep(0.25)
+            answer = read_answer(trickle, timeout=5)
+            assert answer is not None and answer.status == 408 and answer.headers["connection"] == "close"
+            assert closed_within(silent, timeout=2)  # a connection that never sent a byte is gone as well
+        with connect(base) as prompt:  # a request head sent in time is served, and the connection kept
+            for _ in range(2):
+                prompt.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                answer = read_answer(prompt, timeout=5)
+                assert answer is not None and answer.status == 200
+
+
+def test_sigterm_drains_the_requests_in_flight_and_cuts_a_dripping_one(tmp_path):
+    """After SIGTERM an upload in progress is still answered; a client dripping its body is cut (408) instead
+    of holding the shutdown; the process then exits cleanly."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
+    env.update(HF_HUB_OFFLINE="1", LOST_REG_UPLOAD_GRACE_S="3")
+    log = tmp_path / "serve.log"
+    body = file_part("a.png", encode(photo(320, 240), "BMP")) + END  # 230 kB
+    with log.open("w") as out:
+        proc = subprocess.Popen(serve_command(port), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _ready(base), 60), log.read_text()[-3000:]
+        with connect(base) as honest, connect(base) as drip:
+            honest.sendall(head("/v1/boxes", len(body)) + body[:50_000])
+            drip.sendall(head("/v1/boxes", len(body)) + body[:100])
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            for i in range(50_000, len(body), 20_000):  # the rest at ~100 kB/s
+                honest.sendall(body[i:i + 20_000])
+                time.sleep(0.2)
+            answer = read_answer(honest, timeout=30)
+            assert answer is not None and answer.status == 200, answer
+            assert answer.json()["results"][0]["width"] == 320
+            for byte in body[100:130]:  # a byte every 0.5 s, for 15 s
+                try:
+                    drip.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.5)
+            cut = read_answer(drip, timeout=5)
+            assert cut is not None and cut.status == 408, cut
+            # the drip's socket is still open here: it no longer holds the exit (uvicorn re-raises the signal)
+            assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Application shutdown complete" in log.read_text()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -30,6 +30,8 @@ OFFLINE = ["--no-sandbox", "--proxy-server=http://127.0.0.1:9", "--disable-backg
            "--disable-component-update", "--disable-sync", "--disable-default-apps", "--no-first-run",
            "--disable-domain-reliability", "--disable-client-side-phishing-detection"]
 STILL_WORKING = "document.querySelectorAll('.card[data-state=queued], .card[data-state=working]').length === 0"
+# Page conditions are arrow functions: Playwright evaluates a bare expression with eval(), which the page's
+# Content-Security-Policy (no 'unsafe-eval') refuses.
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +136,14 @@ def test_the_page_draws_the_apis_boxes_shows_errors_reruns_and_downloads(browser
     page.on("pageerror", lambda e: problems.append(str(e)))
 
     page.goto(service)
-    page.wait_for_function("document.querySelector('#model').textContent.includes('API key')")
+    page.wait_for_function("() => document.querySelector('#model').textContent.includes('API key')")
     page.fill("#token", KEY)
     page.dispatch_event("#token", "change")
-    page.wait_for_function("document.querySelector('#model').textContent.includes('vit_small_patch14_dinov2')")
+    page.wait_for_function("() => document.querySelector('#model').textContent.includes('vit_small_patch14_dinov2')")
 
     names = [*PHOTOS, "notes.jpg", "broken.jpg", "huge.png", "big.png"]
     page.set_input_files("#files", [str(files[n]) for n in names])
-    page.wait_for_function(f"document.querySelectorAll('.card').length === {len(names)} && {STILL_WORKING}")
+    page.wait_for_function(f"() => document.querySelectorAll('.card').length === {len(names)} && {STILL_WORKING}")
     answers = check_drawn(page, service, files)
 
     errors = {n: page.text_content(f'.card[data-file="{n}"] .error') for n in names[3:]}
@@ -179,7 +181,7 @@ def test_the_page_draws_the_apis_boxes_shows_errors_reruns_and_downloads(browser
     page.select_option('select[name="method"]', "lost")
     page.fill('input[name="k_patches"]', "50")
     page.click("#rerun")
-    page.wait_for_function(f"[...document.querySelectorAll('.card[data-state=done] .facts')].every("
+    page.wait_for_function(f"() => [...document.querySelectorAll('.card[data-state=done] .facts')].every("
                            f"f => f.textContent.includes('lost(k_patches=50')) && {STILL_WORKING}")
     check_drawn(page, service, files, method="lost", k_patches="50")
     page.screenshot(path=str(shots / "web-page-lost.png"), full_page=True)
@@ -212,4 +214,22 @@ def test_export_endpoint_checks_its_input(service):
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
     assert httpx.post(f"{service}/v1/export", json={"format": "coco", "images": [image]}).status_code == 401
     too_big = b'{"format": "coco", "images": [' + b" " * (33 * 2**20) + b"]}"
-    assert httpx.post(f"{service}/v1/export", headers=auth, content=too_big).status_code == 413
+    json_type = {**auth, "Content-Type": "application/json"}
+    assert httpx.post(f"{service}/v1/export", headers=json_type, content=too_big).status_code == 413
+
+
+def test_the_api_docs_render_off_the_network_under_their_policy(browser, service):
+    """Swagger UI comes from the service (the fastapi-offline package's assets), not a CDN, and runs under its
+    Content-Security-Policy: nothing refused, nothing fetched from another host."""
+    page = browser.new_page()
+    requests, problems = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    response = page.goto(f"{service}/docs")
+    assert "script-src 'self' 'sha256-" in response.headers["content-security-policy"]
+    page.wait_for_function("() => document.querySelector('.swagger-ui .info .title')?.textContent.includes('lost-reg')"
+                           " && document.querySelectorAll('.opblock').length > 3", timeout=30_000)
+    assert not problems, problems
+    assert all(url.startswith((service, "data:", "blob:")) for url in requests), requests
+    page.close()

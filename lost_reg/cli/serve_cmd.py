@@ -3,7 +3,9 @@
 Every option left unset comes from its ``LOST_REG_*`` environment variable, else the service's
 default (:class:`service.settings.Settings`), so ``docker run -e LOST_REG_BACKBONE=…`` works with
 the image's default command. The API key is read from the environment only, never from a flag.
-The model loads (and downloads) before the port opens, so a bad backbone fails here, at once.
+The model loads (and downloads) before the port opens, so a bad backbone fails here, at once. The server
+enforces a deadline for request headers (:mod:`service.protocol`) and, after SIGTERM, waits up to
+``drain_timeout_s`` for the requests in flight.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.protocol import HeaderDeadlineProtocol
     from service.runtime import build_localizer
 
     config = settings(args)
@@ -84,5 +87,6 @@ def main(args: argparse.Namespace) -> int:
         log.warning("listening on %s without an API key: set %s to require one", args.host, args.api_key_env)
     log.info("loading %s", config.backbone or config.weights or DEFAULT_BACKBONE)
     app = create_app(config, build_localizer(config))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http=HeaderDeadlineProtocol,
+                timeout_graceful_shutdown=config.drain_timeout_s)
     return 0
