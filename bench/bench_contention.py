@@ -65,10 +65,12 @@ def main() -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
+    from lost_reg.models import resolve_source
     from lost_reg.recipes import resolve
 
-    setting = resolve(args.backbone, args.method, {}, "auto", None, "auto")
-    bb = create_backbone(args.backbone, args.weights, features=setting.features, layer=setting.layer)
+    source = resolve_source(args.backbone, args.weights)
+    setting = resolve(source.family, args.method, {}, "auto", None, "auto")
+    bb = create_backbone(source, features=setting.features, layer=setting.layer)
     localizer = Localizer(bb, setting.method, prep=setting.prep, device="cpu")
     samples = list(VOCDataset(args.voc_root, args.year))[: args.limit]
     features, tap = [], (bb.features, bb.layer)

@@ -181,7 +181,7 @@ def equality(ctx: Context) -> Section:
     for kind in ("v", "k"):
         cpu_bb, dev_bb = Backbone(cpu_model, features=kind, name=name), Backbone(dev_model, features=kind, name=name)
         for method_name in ("lost", "tokencut"):
-            method = resolve_method(name, method_name)
+            method = resolve_method(cpu_bb.family, method_name)
 
             def boxes(bb: Backbone, device: str, dtype: str, plan: Any = None) -> list:
                 return Localizer(bb, method, prep="resize", max_side=ctx.sizes.max_side, device=device, dtype=dtype,
