@@ -1,7 +1,9 @@
 """Defaults per backbone family: which method with which options, features, layer and preparation.
 
 Every ``auto`` (the default of ``--method``, ``--features``, ``--layer`` and ``--prep``) comes
-from the recipe of the backbone's family, and so do a method's unset options. DINO v1 keeps the
+from the recipe of the backbone's family, and so do a method's unset options. The family is that of
+the code that published the weights (:attr:`lost_reg.models.Source.family`: a DINO ``.pth`` is DINO
+v1 whatever architecture name it is loaded under). DINO v1 keeps the
 LOST paper's setting, where LOST was designed and published. Every other family gets the setting
 chosen with ``lost-reg sweep`` on the offline DINOv2 ViT-S/14 over 50 VOC12 images
 (../shared/data/voc12_dev; README, Defaults): TokenCut on the last block's values at τ = 0.5,
