@@ -32,7 +32,7 @@ def main() -> int:
     from lost_reg import TokenCut, create_backbone
     from lost_reg.datasets import VOCDataset
     from lost_reg.images import decode_image, normalize, prepare
-    from lost_reg.pipeline import resolve_device
+    from lost_reg.devices import resolve_device
     from lost_reg.recipes import resolve_method
     from tests.tokencut_reference import DEGENERATE, reference_tokencut
 

@@ -7,7 +7,7 @@ Three modes, each in a fresh subprocess (so peak memory is per mode and nothing 
               ``devices.CPU_CHUNK`` images, as ``Localizer`` does, since that is faster there). Also times the
               method (``--method``, LOST by default) alone on the resulting features, with both
               connected-component back ends (scipy, torch).
-``pipeline``  what ``lost-reg eval`` runs: ``engine.inference_on_dataset`` (decoding in DataLoader
+``pipeline``  what ``lost-reg eval`` runs: ``loop.inference_on_dataset`` (decoding in DataLoader
               workers, shape buckets, pinned memory on CUDA) + the method + a sink writing JSON lines.
 ``naive``     one image at a time in one process: decode, ``Localizer.localize([image])``, write.
 
@@ -53,12 +53,12 @@ ViT-S/14-reg4 in 16-bit ≥ 1,000 img/s on an H100 (judged on CUDA only)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from lost_reg.cli.common import add_backbone_arguments, add_method_arguments
+    from lost_reg.cli.options import add_options
+    from lost_reg.config import LocalizerOptions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    add_backbone_arguments(p)
-    add_method_arguments(p)
+    add_options(p, LocalizerOptions)
     p.set_defaults(backbone="vit_small_patch14_reg4_dinov2", device="auto")
     b = p.add_argument_group("benchmark")
     b.add_argument("--n", type=int, default=96, help="number of images")
@@ -122,12 +122,14 @@ def _setup(args: argparse.Namespace):
     """The localizer every mode uses: same seed, so random weights are the same in each process."""
     import torch
 
-    from lost_reg.cli.common import build_localizer
+    from lost_reg.cli.options import from_args
+    from lost_reg.config import LocalizerOptions
+    from lost_reg.pipeline import build_localizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    localizer = build_localizer(args)
+    localizer = build_localizer(from_args(LocalizerOptions, args))
     if args.compile:
         model = localizer.backbone.model
         model.forward_intermediates = torch.compile(model.forward_intermediates, dynamic=False)
@@ -218,7 +220,8 @@ def run_bare(args: argparse.Namespace, paths: list[Path]) -> dict:
 
     from lost_reg.images import normalize
     from lost_reg.devices import CPU_CHUNK
-    from lost_reg.pipeline import DTYPES, group_by_shape
+    from lost_reg.devices import DTYPES
+    from lost_reg.pipeline import group_by_shape
 
     localizer = _setup(args)
     device, backbone = localizer.device, localizer.backbone
@@ -294,7 +297,12 @@ def run_pipeline(args: argparse.Namespace, paths: list[Path], out: Path) -> dict
     import torch
 
     from lost_reg.datasets import ImageFolder
-    from lost_reg.engine import inference_on_dataset, shape_order
+    from lost_reg.loop import DatasetEvaluator, build_loader, inference_on_dataset, shape_order
+
+    class Sink(DatasetEvaluator):
+        def process(self, batch, outputs) -> None:
+            for sample, det in zip(batch.samples, outputs):
+                write(sample.image_id, det)
 
     localizer = _setup(args)
     device = localizer.device
@@ -306,18 +314,20 @@ def run_pipeline(args: argparse.Namespace, paths: list[Path], out: Path) -> dict
     f, write = _sink(out)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    forward, discovery = localizer.timings.forward, localizer.timings.discovery  # after the warm-up
     start = time.perf_counter()
     with f:
-        stats = inference_on_dataset(localizer, dataset, order, lambda s, d: write(s.image_id, d),
-                                     batch_size=args.batch_size, workers=args.workers, progress=False)
+        loader = build_loader(localizer, dataset, order, batch_size=args.batch_size, workers=args.workers)
+        stats = inference_on_dataset(localizer.localize_prepared, loader, [Sink()])
     _sync(device)
     wall = time.perf_counter() - start
     n = stats.processed
+    forward, discovery = localizer.timings.forward - forward, localizer.timings.discovery - discovery
     return {
         "images": n, "failed": stats.failed, "seconds": wall, "images_per_s": n / wall,
-        "ms": {"decode_wait": 1000 * stats.wait / n, "forward": 1000 * stats.forward / n,
-               "discovery": 1000 * stats.discovery / n, "write": 1000 * stats.write / n,
-               "other": 1000 * (wall - stats.wait - stats.forward - stats.discovery - stats.write) / n,
+        "ms": {"decode_wait": 1000 * stats.wait / n, "forward": 1000 * forward / n,
+               "discovery": 1000 * discovery / n, "write": 1000 * stats.process / n,
+               "other": 1000 * (wall - stats.wait - forward - discovery - stats.process) / n,
                "total": 1000 * wall / n},
         **SAMPLER.result(device),
     }
@@ -488,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lost_reg.devices import DevicePlan
     from lost_reg.methods import all_option_specs
-    from lost_reg.pipeline import resolve_device
+    from lost_reg.devices import resolve_device
 
     device = str(resolve_device(args.device))
     paths = image_paths(args)  # generate once, before the children
@@ -533,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
             "loadavg_before": load_before, "loadavg_after": load_after,
             "fused_attn": _fused_attn(),
-            "config": {"backbone": args.backbone, "weights": args.weights, "model_args": args.model_arg,
+            "config": {"backbone": args.backbone, "weights": args.weights, "model_args": args.model_args,
                        "dtype": args.dtype, "batch_size": args.batch_size, "workers": args.workers, "n": len(paths),
                        "image_dir": str(paths[0].parent), "method": args.method,
                        **{k: getattr(args, k) for k in all_option_specs() if getattr(args, k) is not None},

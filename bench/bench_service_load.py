@@ -46,6 +46,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench_service import commit  # this folder is on sys.path when a script of it runs
+
 HERE = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.jsonl")
 TINY = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",
@@ -322,14 +324,6 @@ def fairness(root: Path) -> dict:
             out[label] = {"env": env, **asyncio.run(small_while_large(server.base, large, small)),
                           "peak_rss_mb": round(peak_rss_mb(server.pid), 1)}
     return out
-
-
-def commit(root: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

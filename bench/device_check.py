@@ -121,9 +121,9 @@ class Context:
     done: dict[str, Section] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, Any]:
-        from lost_reg.cli.common import model_kwargs
+        from lost_reg.cli.options import pairs
 
-        return model_kwargs(list(self.sizes.model_args))
+        return pairs(list(self.sizes.model_args))
 
     def peak_mb(self) -> float | None:
         """Peak device memory since the last :meth:`reset_peak` (None off CUDA)."""
@@ -243,9 +243,10 @@ def _throughput_of(ctx: Context, name: str) -> dict[str, Any]:
     from lost_reg import Localizer, create_backbone
     from lost_reg.datasets import Sample
     from lost_reg.devices import BatchLimit
-    from lost_reg.engine import inference_on_dataset, shape_order
+    from lost_reg.devices import DTYPES
     from lost_reg.images import decode_image, normalize
-    from lost_reg.pipeline import DTYPES, group_by_shape
+    from lost_reg.loop import build_loader, inference_on_dataset, shape_order
+    from lost_reg.pipeline import group_by_shape
 
     s = ctx.sizes
     backbone = create_backbone(name, "random", **ctx.model_kwargs())
@@ -290,16 +291,17 @@ def _throughput_of(ctx: Context, name: str) -> dict[str, Any]:
     for indices in group_by_shape(prepared).values():  # warm-up: one full batch per shape
         localizer.localize_prepared([prepared[indices[j % len(indices)]] for j in range(s.batch)])
     ctx.reset_peak()
-    boxes: list[tuple] = []
+    forward, discovery = localizer.timings.forward, localizer.timings.discovery  # after the warm-up
     start = time.perf_counter()
-    stats = inference_on_dataset(localizer, samples, shape_order(samples, range(n), localizer),
-                                 lambda sample, det: boxes.append(det.box), batch_size=s.batch, progress=False)
+    loader = build_loader(localizer, samples, shape_order(samples, range(n), localizer), batch_size=s.batch)
+    stats = inference_on_dataset(localizer.localize_prepared, loader, [])
     ctx.sync()
     wall = time.perf_counter() - start
+    forward, discovery = localizer.timings.forward - forward, localizer.timings.discovery - discovery
     out["pipeline"] = {"images": stats.processed, "failed": stats.failed, "seconds": wall,
                        "img_s": stats.processed / wall, "workers": ctx.plan.workers,
-                       "method_ms": 1000 * stats.discovery / stats.processed,
-                       "method_share": stats.discovery / wall, "forward_ms": 1000 * stats.forward / stats.processed,
+                       "method_ms": 1000 * discovery / stats.processed,
+                       "method_share": discovery / wall, "forward_ms": 1000 * forward / stats.processed,
                        "decode_wait_ms": 1000 * stats.wait / stats.processed, "peak_mb": ctx.peak_mb(),
                        "halvings": localizer.forward_limit.halvings + localizer.method_limit.halvings}
     out["pipeline_over_bare"] = out["pipeline"]["img_s"] / out["bare"]["img_s"]
@@ -642,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lost_reg.devices import DevicePlan, half_dtype
-    from lost_reg.pipeline import resolve_device
+    from lost_reg.devices import resolve_device
     from make_images import make_images
 
     device = resolve_device(args.device)

@@ -26,9 +26,10 @@ import torch
 from torchvision.ops import box_iou
 
 from lost_reg import create_backbone
-from lost_reg.cli.common import add_method_arguments, method_from_args
+from lost_reg.cli.options import add_options, from_args
+from lost_reg.config import MethodOptions
 from lost_reg.images import decode_image, normalize, prepare
-from lost_reg.recipes import resolve_prep
+from lost_reg.recipes import resolve_method, resolve_prep
 from lost_reg.scores import SCORES, find_objects, score
 
 
@@ -101,13 +102,14 @@ def main() -> None:
     ap.add_argument("--features", default="auto", help="auto: the backbone recipe's")
     ap.add_argument("--layer", type=int, default=None, help="default: the backbone recipe's")
     ap.add_argument("--max-objects", type=int, default=5)
-    add_method_arguments(ap)
+    add_options(ap, MethodOptions)
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--crops", type=int, default=0, help="random crops added per photo")
     args = ap.parse_args()
 
     bb = create_backbone(args.backbone, args.weights, features=args.features, layer=args.layer)
-    method = method_from_args(args, bb.family)
+    options = from_args(MethodOptions, args)
+    method = resolve_method(bb.family, options.method, options.method_options())
     prep = resolve_prep(bb.family, method, args.prep)
     rng = np.random.default_rng(0)
     rows = []  # (round, correct, {score: value}, GT boxes in the image)

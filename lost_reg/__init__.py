@@ -1,7 +1,5 @@
 """lost_reg: unsupervised object discovery (LOST, TokenCut) on register-aware Vision Transformers."""
 
-__version__ = "0.1.0"  # first, so that submodules may import it while the package loads
-
 from .backbone import Backbone, Features
 from .errors import BackboneError, DataError, LostRegError
 from .methods import (
@@ -18,9 +16,10 @@ from .methods import (
 )
 from .models import DEFAULT_BACKBONE, OFFLINE_BACKBONE, create_backbone
 from .pipeline import Detection, Localizer
+from .version import __version__
 
 __all__ = [
-    "Backbone", "BackboneError", "DataError", "DEFAULT_BACKBONE", "Detection", "Discovery", "Features", "Localizer",
-    "Lost", "LostRegError", "LostResult", "METHODS", "Method", "OFFLINE_BACKBONE", "TokenCut", "TokenCutResult",
+    "__version__", "Backbone", "BackboneError", "DataError", "DEFAULT_BACKBONE", "Detection", "Discovery", "Features",
+    "Localizer", "Lost", "LostRegError", "LostResult", "METHODS", "Method", "OFFLINE_BACKBONE", "TokenCut", "TokenCutResult",
     "build_method", "create_backbone", "lost", "tokencut",
 ]

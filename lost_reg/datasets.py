@@ -16,13 +16,16 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Annotated, Any, ClassVar
 from xml.etree.ElementTree import Element, ParseError
 
 import numpy as np
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import parse as parse_xml
+from pydantic import Field, field_validator
 
 from .errors import DataError
+from .options import Cli, Options
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VOC_YEARS = ("2007", "2012")
@@ -355,17 +358,6 @@ def _unique(names: list[str], skipped: list[tuple[str, str]],
 # ----------------------------------------------------------------------------------------- table
 
 
-@dataclass(frozen=True)
-class DatasetOptions:
-    """Options a dataset may need; each builder reads the ones that apply to it."""
-
-    coco20k_list: str | Path | None = None
-    coco_annotations: str | Path | None = None
-    coco_images: str | Path | None = None
-    no_hard: bool = False
-    split: str = "trainval"
-
-
 def _build_voc(year: str) -> Callable[[str | Path, DatasetOptions], Dataset]:
     def build(root: str | Path, options: DatasetOptions) -> Dataset:
         return VOCDataset(root, year, split=options.split, no_hard=options.no_hard)
@@ -391,15 +383,46 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "coco20k": _build_coco20k,
     "folder": _build_folder,
 }
-"""Dataset builders by name; each is called as ``builder(root, DatasetOptions(...))``."""
+"""Dataset builders by name; each is called as ``builder(root, options)`` (:class:`DatasetOptions`)."""
+BENCHMARKS = tuple(d for d in DATASETS if d != "folder")
+"""The datasets with ground truth, which ``eval`` and ``sweep`` take."""
 
 
-def build_dataset(name: str, root: str | Path | Sequence[str | Path], *, coco20k_list: str | Path | None = None,
-                  coco_annotations: str | Path | None = None, coco_images: str | Path | None = None,
-                  no_hard: bool = False, split: str = "trainval") -> Dataset:
-    """The dataset called ``name`` in :data:`DATASETS`; DataError for unknown names or missing options."""
+class DatasetOptions(Options):
+    """The benchmark and where it is (eval, sweep)."""
+
+    group: ClassVar[str | None] = "data"
+    dataset: Annotated[str, Cli(choices=BENCHMARKS)] = Field(
+        description="which benchmark (a split of VOC: --split)")
+    root: Path = Field(description="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: a COCO 2014 or 2017 download "
+                                   "(folder holding annotations/ and train2014/ or train2017/)")
+    coco20k_list: Path | None = Field(None, description="COCO20k file list (coco_20k_filenames.txt from the LOST repo)")
+    coco_annotations: Path | None = Field(
+        None, description="instances_train2014.json or instances_train2017.json (default: the first of them in "
+                          "ROOT/annotations/)")
+    coco_images: Path | None = Field(
+        None, description="folder of the COCO train images (default: ROOT/train2014/ or ROOT/train2017/, as the "
+                          "annotation file)")
+    no_hard: bool = Field(False, description="VOC: drop truncated/difficult boxes and images left without a box")
+    split: str = Field("trainval", description="VOC: the image set (ImageSets/Main/SPLIT.txt)")
+    limit: int | None = Field(None, ge=1, description="evaluate the first N images only")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        return name
+
+
+def build_dataset(name: str, root: str | Path, **options: Any) -> Dataset:
+    """The dataset called ``name`` in :data:`DATASETS`, with :class:`DatasetOptions` ``options``; DataError for
+    unknown names or missing options."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    options = DatasetOptions(coco20k_list=coco20k_list, coco_annotations=coco_annotations, coco_images=coco_images,
-                             no_hard=no_hard, split=split)
-    return DATASETS[name](root, options)
+    return dataset_from(DatasetOptions(dataset=name, root=root, **options))
+
+
+def dataset_from(options: DatasetOptions) -> Dataset:
+    """The dataset ``options`` describe (builders read the options that apply to them)."""
+    return DATASETS[options.dataset](options.root, options)

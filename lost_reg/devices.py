@@ -26,6 +26,9 @@ import torch
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The backbone's autocast precisions by name (the methods' graphs are always float32)."""
+
 CPU_CHUNK = 4
 """Images per backbone call on the CPU. A ViT forward there is compute-bound: larger calls gain
 nothing and lose cache (bench/bench_pipeline.py, ViT-S/14 on 378x504: ~14 % slower per image at 16
@@ -81,6 +84,20 @@ def using(plan: DevicePlan) -> Iterator[None]:
         yield
     finally:
         _IN_FORCE.reset(token)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, dtype: str) -> torch.autocast:
+    """Autocast on ``device`` to ``dtype`` (a name of :data:`DTYPES`; ``float32``: off)."""
+    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
 
 
 def can_pin() -> bool:

@@ -1,4 +1,5 @@
-"""CorLoc, LOST's metric, and the per-image prediction file that makes runs resumable.
+"""CorLoc, LOST's metric, and the per-image prediction file that makes runs resumable, as evaluators of
+the inference loop (:class:`~lost_reg.loop.DatasetEvaluator`).
 
 CorLoc is the share of images whose predicted box has IoU ≥ 0.5 with at least one ground-truth
 box. Predictions are written as JSON lines, one per image, flushed as they come: a killed run
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -20,6 +21,11 @@ from torchvision.ops import box_iou
 
 from .datasets import Sample
 from .files import atomic_write
+from .images import Prepared
+from .loop import Batch, DatasetEvaluator
+
+if TYPE_CHECKING:
+    from .pipeline import Detection
 
 IOU_THRESHOLD = 0.5
 
@@ -50,12 +56,35 @@ def best_iou(box: Sequence[float], gt_boxes: np.ndarray | None) -> float | None:
     return float(box_iou(pred, gt).max())
 
 
-class CorLocEvaluator:
-    """Accumulates CorLoc image by image (reset / process / evaluate, as a detectron2 evaluator).
+def prediction_record(sample: Sample, box: Sequence[float], *, width: int | None = None,
+                      height: int | None = None, seed: Sequence[int] | None = None,
+                      iou_threshold: float = IOU_THRESHOLD) -> dict:
+    """One prediction's record (see :class:`PredictionWriter`); ``width`` and ``height`` default to the
+    sample's annotated size. Images without ground truth get ``iou`` and ``found`` null."""
+    iou = best_iou(box, sample.gt_boxes)
+    size = sample.size or (None, None)
+    return {
+        "image_id": sample.image_id,
+        "width": _plain(width if width is not None else size[0]),
+        "height": _plain(height if height is not None else size[1]),
+        "box": [_plain(v) for v in box],
+        "seed": None if seed is None else [_plain(v) for v in seed],
+        "iou": iou,
+        "found": None if iou is None else iou >= iou_threshold,
+    }
+
+
+def detection_record(sample: Sample, prepared: Prepared, det: Detection) -> dict:
+    """:func:`prediction_record` of a :class:`~lost_reg.pipeline.Detection`: what ``eval`` and the sweep write."""
+    return prediction_record(sample, det.box, width=det.width, height=det.height, seed=det.seed)
+
+
+class CorLocEvaluator(DatasetEvaluator):
+    """Accumulates CorLoc image by image over the loop's detections (or prediction records, :meth:`add`).
 
     Images without ground-truth boxes (folder data, or a COCO image whose boxes are all crowd)
-    cannot be judged: their record has ``iou`` and ``found`` null and they are left out of
-    ``total``, so CorLoc is over the images that have ground truth.
+    cannot be judged: their record has ``found`` null and they are left out of ``total``, so CorLoc
+    is over the images that have ground truth.
     """
 
     def __init__(self, iou_threshold: float = IOU_THRESHOLD) -> None:
@@ -66,27 +95,17 @@ class CorLocEvaluator:
         self._found = 0
         self._total = 0
 
-    def process(self, sample: Sample, box: Sequence[float], *, width: int | None = None,
-                height: int | None = None, seed: Sequence[int] | None = None) -> dict:
-        """Score one prediction; return its record (see :class:`PredictionWriter`).
+    def process(self, batch: Batch, outputs: Sequence[Detection]) -> None:
+        for sample, det in zip(batch.samples, outputs):
+            iou = best_iou(det.box, sample.gt_boxes)
+            if iou is not None:
+                self.add({"found": iou >= self.iou_threshold})
 
-        ``width`` and ``height`` default to the sample's annotated size.
-        """
-        iou = best_iou(box, sample.gt_boxes)
-        found = None if iou is None else iou >= self.iou_threshold
-        if found is not None:
+    def add(self, record: dict) -> None:
+        """Count one prediction record (its ``found``)."""
+        if record["found"] is not None:
             self._total += 1
-            self._found += found
-        size = sample.size or (None, None)
-        return {
-            "image_id": sample.image_id,
-            "width": _plain(width if width is not None else size[0]),
-            "height": _plain(height if height is not None else size[1]),
-            "box": [_plain(v) for v in box],
-            "seed": None if seed is None else [_plain(v) for v in seed],
-            "iou": iou,
-            "found": found,
-        }
+            self._found += bool(record["found"])
 
     def evaluate(self) -> CorLoc:
         return corloc(self._found, self._total)
@@ -109,18 +128,21 @@ def _plain(value: object) -> int | float | None:
 # ------------------------------------------------------------------------------- prediction file
 
 
-class PredictionWriter:
+class PredictionWriter(DatasetEvaluator):
     """Appends prediction records to a JSON-lines file, one flushed line per image.
 
     A record is ``{"image_id", "width", "height", "box": [x0, y0, x1, y1], "seed": [row, col],
-    "iou", "found"}`` (``iou``/``found`` null without ground truth). With ``resume=False`` an
-    existing file is started afresh; with ``resume=True`` its records are kept, a half-written
-    or garbled line (from a killed run) is dropped, and new records are appended.
+    "iou", "found"}`` (``iou``/``found`` null without ground truth), or what ``record(sample,
+    prepared, output)`` makes of each image of the loop's batches and its output. With ``resume=False`` an existing file is started
+    afresh; with ``resume=True`` its records are kept, a half-written or garbled line (from a
+    killed run) is dropped, new records are appended, and images already in it are not written again.
     """
 
-    def __init__(self, path: str | Path, resume: bool) -> None:
+    def __init__(self, path: str | Path, resume: bool,
+                 record: Callable[[Sample, Prepared, Any], dict] = detection_record) -> None:
         self.path = Path(path)
         self.resume = resume
+        self.record = record
         self.dropped_lines = 0
         self._done: set[str] | None = None
         self._file: TextIO | None = None
@@ -130,6 +152,22 @@ class PredictionWriter:
         if self._done is None:
             self._done = self._recover() if self.resume else self._start_fresh()
         return set(self._done)
+
+    def todo(self, samples: Sequence[Sample], indices: Iterable[int]) -> list[int]:
+        """The ``indices`` of ``samples`` not in the file yet."""
+        done = self.done_ids()
+        return [i for i in indices if samples[i].image_id not in done]
+
+    def reset(self) -> None:
+        self.open()
+
+    def process(self, batch: Batch, outputs: Sequence[Any]) -> None:
+        for sample, prepared, output in zip(batch.samples, batch.prepared, outputs):
+            if sample.image_id not in self._done:
+                self.write(self.record(sample, prepared, output))
+
+    def evaluate(self) -> None:
+        self.close()
 
     def open(self) -> PredictionWriter:
         if self._file is None:

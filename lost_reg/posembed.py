@@ -67,14 +67,29 @@ def resample_table(table: torch.Tensor, old: tuple[int, int], new: tuple[int, in
 def install(model: nn.Module, how: str) -> None:
     """Make timm ViT ``model`` resample its position table as ``how`` (:data:`POS_RESAMPLES`).
 
-    ``timm`` keeps timm's own code; the others replace ``model._pos_embed`` on the instance by one
-    that adds the same prefix tokens in the same order as timm and only resamples differently.
+    ``timm`` keeps timm's own code; the others replace the model's token-embedding step by one that adds
+    the same prefix tokens in the same order as timm and only resamples differently.
     """
     if how not in RESAMPLERS:
         raise ValueError(f"pos_resample must be one of {', '.join(POS_RESAMPLES)}, got {how!r}")
     model.pos_resample = how
     if how != "timm":
-        model._pos_embed = types.MethodType(_pos_embed, model)
+        set_embedding_step(model, types.MethodType(_pos_embed, model))
+
+
+def embedding_step(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's step from patch embeddings [B, H, W, C] to the token sequence [B, P + H*W, C] (prefix tokens
+    and position embeddings added).
+
+    The one place, with :func:`set_embedding_step`, that touches a timm private (``_pos_embed``): timm has no
+    public hook between the patch embedding and the blocks, and both the position resampling here and the
+    test-time register (:mod:`lost_reg.registers`) act exactly there."""
+    return model._pos_embed
+
+
+def set_embedding_step(model: nn.Module, step: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace the model's embedding step (:func:`embedding_step`) on this instance only."""
+    model._pos_embed = step
 
 
 def _pos_embed(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from torch import nn
 
 from .artifacts import analyse, collect
 from .errors import BackboneError
+from .posembed import embedding_step, set_embedding_step
 from .files import write_text
 
 PRESETS = {"dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m"}
@@ -47,7 +48,7 @@ class RegisterNeurons:
 
     backbone: str
     weights: str
-    """What the weights were (:func:`lost_reg.cache.weights_identity`): neurons fit those weights only."""
+    """What the weights were (:func:`lost_reg.models.weights_identity`): neurons fit those weights only."""
     layers: dict[int, list[int]]
     """Block index (from 0) → hidden-unit indices of its MLP."""
     outlier_layer: int
@@ -107,14 +108,14 @@ def _hidden_site(model: nn.Module, layer: int) -> nn.Module:
 def attach(model: nn.Module, neurons: RegisterNeurons) -> Callable[[], None]:
     """Give ``model`` one test-time register driven by ``neurons``; returns a function that removes it.
 
-    The token is inserted where timm adds position embeddings (``model._pos_embed``, wrapped on the
-    instance), so every forward of the model has it; ``model.num_prefix_tokens`` counts it."""
+    The token is inserted where timm adds position embeddings (:func:`~lost_reg.posembed.embedding_step`,
+    wrapped on the instance), so every forward of the model has it; ``model.num_prefix_tokens`` counts it."""
     depth = len(model.blocks)
     bad = [layer for layer in neurons.layers if not 0 <= layer < depth]
     if bad:
         raise BackboneError(f"register neurons name blocks {bad}, but the model has {depth}")
     p = int(model.num_prefix_tokens)  # the test-time register goes right after the prefix, at index p
-    add_positions = model._pos_embed
+    add_positions = embedding_step(model)
 
     def insert(x: torch.Tensor) -> torch.Tensor:
         """timm's position embedding (its table split at the trained prefix), then the register: zeros."""
@@ -141,14 +142,14 @@ def attach(model: nn.Module, neurons: RegisterNeurons) -> Callable[[], None]:
         if units and max(units) >= width:
             raise BackboneError(f"register neuron {max(units)} of block {layer} is past its {width} hidden units")
         handles.append(hidden.register_forward_pre_hook(move(torch.tensor(units, dtype=torch.long))))
-    model._pos_embed = insert  # on the instance: shadows the class's method
+    set_embedding_step(model, insert)  # on the instance: shadows the class's method
     model.num_prefix_tokens = p + 1
     model.num_test_time_registers = getattr(model, "num_test_time_registers", 0) + 1
 
     def detach() -> None:
         for handle in handles:
             handle.remove()
-        model._pos_embed = add_positions
+        set_embedding_step(model, add_positions)
         model.num_prefix_tokens = p
         model.num_test_time_registers -= 1
 

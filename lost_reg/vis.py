@@ -27,7 +27,8 @@ from .backbone import prefix_attention
 from .files import atomic_write
 from .images import decode_image, normalize
 from .methods import Discovery
-from .pipeline import Detection, Localizer, ScoredDetection
+from .loop import Batch, DatasetEvaluator
+from .pipeline import Detection, Localizer
 
 COLOURS = [(40, 200, 60), (255, 140, 0), (230, 40, 230), (0, 190, 255), (255, 230, 0), (140, 90, 255)]
 """RGB colour of the 1st, 2nd… object (cycled)."""
@@ -181,11 +182,10 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data.tobytes()))
 
 
-class Visualizer:
-    """Writes ``OUT_DIR/<image_id>.png`` for an image and its detections (a per-image callback).
-
-    For ``eval``: ``vis = Visualizer(localizer, out / "vis")`` and ``vis(sample, [det])`` in
-    the process callback; ground-truth boxes of the sample are drawn in yellow.
+class Visualizer(DatasetEvaluator):
+    """Writes ``OUT_DIR/<image_id>.png`` for an image and its detections: a hook of the inference loop (each
+    output one detection, or a list of them) or a call ``vis(sample, detections)``; ground-truth boxes of
+    the sample are drawn in yellow.
     """
 
     def __init__(self, localizer: Localizer, out_dir: Path, attention: bool = True, height: int = 320) -> None:
@@ -196,10 +196,14 @@ class Visualizer:
         parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("..", "/", ".")]
         return self.out_dir.joinpath(*parts[:-1], f"{parts[-1] if parts else 'image'}.png")
 
-    def __call__(self, sample, detections: Sequence[Detection | ScoredDetection]) -> Path:
+    def process(self, batch: Batch, outputs: Sequence[Detection | list[Detection]]) -> None:
+        for sample, output in zip(batch.samples, outputs):
+            self(sample, output if isinstance(output, list) else [output])
+
+    def __call__(self, sample, detections: Sequence[Detection]) -> Path:
         """Draw ``detections`` of ``sample`` (a :class:`~lost_reg.datasets.Sample`); return the PNG path."""
-        dets = [d.detection if isinstance(d, ScoredDetection) else d for d in detections]
-        scores = [d.score if isinstance(d, ScoredDetection) else None for d in detections]
+        dets = list(detections)
+        scores = [d.score for d in dets]
         prepared = self.localizer.prepare(decode_image(sample.path, name=sample.image_id))
         attention = self.prefix_attention(prepared.pixels, prepared.valid) if self.attention else None
         gt = getattr(sample, "gt_boxes", None)

@@ -31,9 +31,9 @@ from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
 from lost_reg import __version__
-from lost_reg.export import DiscoveredObject, ExportOptions, ImageRecord, render
+from lost_reg.export import ExportOptions, ImageRecord, render
 from lost_reg.methods import all_option_specs
-from lost_reg.pipeline import Localizer
+from lost_reg.pipeline import Detection, Localizer
 from lost_reg.recipes import resolve_method, resolve_prep
 
 from . import labelstudio, protocol
@@ -151,7 +151,8 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         except ValidationError as e:
             raise ServiceError(422, "invalid_request", problems(e)) from None
         records = [ImageRecord(i.file_name, i.file_name, i.width, i.height,
-                               [DiscoveredObject(o.box, o.score) for o in i.objects]) for i in wanted.images]
+                               [Detection(o.box, None, i.width, i.height, o.score) for o in i.objects])
+                   for i in wanted.images]
         version = wanted.model_version or runtime.model_version()
         text = render(records, wanted.format, ExportOptions(wanted.image_url_prefix, version))
         name, media = ("boxes.jsonl", "application/x-ndjson") if wanted.format == "jsonl" else (

@@ -40,7 +40,7 @@ from defusedxml.ElementTree import fromstring
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lost_reg.export import DiscoveredObject, ImageRecord, labelstudio_prediction
+from lost_reg.export import ImageRecord, labelstudio_prediction
 from lost_reg.recipes import resolve_prep
 
 from .admission import Ticket
@@ -204,9 +204,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
             else:  # e.g. inference failing: the traceback is for the server log
                 log.exception("Label Studio task %s: no prediction (localisation failed)", task_id)
             return {"result": [], "score": 0.0, "model_version": version}
-        det = found.detection
-        record = ImageRecord(str(task_id), "", det.width, det.height,
-                             [DiscoveredObject(box=det.box, score=found.score, seed=det.seed)])
+        record = ImageRecord(str(task_id), "", found.width, found.height, [found])
         return labelstudio_prediction(record, version, target.from_name, target.to_name, target.label)
 
     return api

@@ -21,7 +21,7 @@ from starlette.types import Receive
 
 from lost_reg.images import Prepared, prepare
 from lost_reg import pipeline
-from lost_reg.pipeline import Localizer, ScoredDetection
+from lost_reg.pipeline import Detection, Localizer
 from lost_reg.vis import heat
 
 from .admission import Admission, Ticket
@@ -41,11 +41,7 @@ T = TypeVar("T")
 
 def build_localizer(settings: Settings) -> Localizer:
     """The configured backbone on its device (downloads pretrained weights if needed)."""
-    s = settings
-    return pipeline.build_localizer(
-        s.backbone, s.weights, method=s.method, options=s.method_options(), features=s.features, layer=s.layer,
-        prep=s.prep, pos_resample=s.pos_resample, test_time_registers=s.test_time_registers,
-        model_kwargs=s.model_args, max_side=s.max_side, device=s.device, dtype=s.dtype)
+    return pipeline.build_localizer(settings)
 
 
 @dataclass
@@ -155,7 +151,7 @@ class Runtime:
         assert self.pool is not None
         return await asyncio.wrap_future(self.pool.submit(ticket, fn, *args))
 
-    async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[ScoredDetection, float]:
+    async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[Detection, float]:
         """The image's detection, micro-batched in turn with other requests' images; and when it was ready."""
         worker = self.require_ready()
         job = worker.submit(prepared, key, owner=ticket)
@@ -206,9 +202,8 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def _result(name: str, found: ScoredDetection, prepared: Prepared, ms: float, request: BoxRequest,
+def _result(name: str, det: Detection, prepared: Prepared, ms: float, request: BoxRequest,
             patch_size: int) -> BoxResult:
-    det = found.detection
     extra: dict[str, Any] = {}
     if request.return_mask or request.return_heat:
         extra = {"grid": det.result.mask.shape, "cell_px": tuple(patch_size / s for s in prepared.scale)}
@@ -219,5 +214,5 @@ def _result(name: str, found: ScoredDetection, prepared: Prepared, ms: float, re
         rows, cols = det.result.mask.shape
         coloured = cv2.cvtColor(heat(det.result.heat, (cols, rows)), cv2.COLOR_RGB2BGR)
         extra["heat"] = base64.b64encode(cv2.imencode(".png", coloured)[1].tobytes()).decode("ascii")
-    return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, score=round(found.score, 4),
+    return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, score=round(det.score, 4),
                      seed=det.seed, ms=round(ms, 2), **extra)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
@@ -9,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, crea
 from lost_reg.backbone import FeatureKind
 from lost_reg.export import LABEL_STUDIO_PREFIX, RENDERERS
 from lost_reg.methods import METHODS, all_option_specs
+from lost_reg.pipeline import Detection
 
 
 class ErrorBody(BaseModel):
@@ -79,22 +82,35 @@ class Mask(BaseModel):
     counts: str
 
 
-class BoxResult(BaseModel):
-    filename: str
-    width: int
-    height: int
-    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in original pixels, max exclusive")
-    score: float = Field(description="the box's ncut score in [0, 1] (README, Scores): higher = more object-like")
-    seed: tuple[int, int] = Field(description="row, col of the seed patch the object grew from")
-    ms: float = Field(description="milliseconds from reading this file to its box (decoding and queueing included)")
-    mask: Mask | None = Field(None, description="with return_mask: the object's patches on the grid")
-    heat: str | None = Field(None, description="with return_heat: base64 PNG, one pixel per grid cell, the method's "
-                                               "evidence in TURBO colours (LOST: 1/degree; TokenCut: the eigenvector; "
-                                               "bright = object-like), scaled between its 1st and 99th percentiles")
-    grid: tuple[int, int] | None = Field(None, description="with return_mask or return_heat: rows, cols of the "
-                                                           "patch grid (it may reach past the image: padding)")
-    cell_px: tuple[float, float] | None = Field(None, description="with return_mask or return_heat: original pixels "
-                                                                  "per grid cell, (width, height)")
+def detection_fields(*names: str) -> dict[str, Any]:
+    """Response fields taken from the library's box in pixels (:class:`~lost_reg.pipeline.Detection`): its types
+    (a value the service always has, so not optional) and descriptions."""
+    hints = typing.get_type_hints(Detection)
+    meta = {f.name: f.metadata for f in dataclasses.fields(Detection)}
+    out = {}
+    for name in names:
+        kind, args = hints[name], typing.get_args(hints[name])
+        if type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        out[name] = (kind, Field(description=meta[name]["description"]) if "description" in meta[name] else ...)
+    return out
+
+
+BoxResult = create_model(
+    "BoxResult",
+    filename=(str, ...),
+    **detection_fields("width", "height", "box", "score", "seed"),
+    ms=(float, Field(description="milliseconds from reading this file to its box (decoding and queueing included)")),
+    mask=(Mask | None, Field(None, description="with return_mask: the object's patches on the grid")),
+    heat=(str | None, Field(None, description="with return_heat: base64 PNG, one pixel per grid cell, the method's "
+                                              "evidence in TURBO colours (LOST: 1/degree; TokenCut: the eigenvector; "
+                                              "bright = object-like), scaled between its 1st and 99th percentiles")),
+    grid=(tuple[int, int] | None, Field(None, description="with return_mask or return_heat: rows, cols of the "
+                                                          "patch grid (it may reach past the image: padding)")),
+    cell_px=(tuple[float, float] | None, Field(None, description="with return_mask or return_heat: original pixels "
+                                                                 "per grid cell, (width, height)")),
+)
+"""One file's answer: the detection's fields (:func:`detection_fields`) and the service's own."""
 
 
 class FileError(BaseModel):

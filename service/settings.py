@@ -1,25 +1,22 @@
 """Service configuration: environment variables ``LOST_REG_*`` (or ``lost-reg serve`` flags).
 
-The backbone and method options mirror the CLI's (``--backbone``, ``--weights``, ``--model-arg``,
-``--method``, ``--tau``…; ``LOST_REG_MODEL_ARGS`` is a JSON object); every option of every method
-(:data:`lost_reg.methods.METHODS`) is a field, unset = the method's default. Unlike the CLI,
-``max_side`` has a finite default: the graphs are quadratic in the number of patches, so a
-server must bound the network input.
+The backbone and method options are the CLI's own declarations (:class:`lost_reg.config.LocalizerOptions`:
+``LOST_REG_BACKBONE``, ``LOST_REG_WEIGHTS``, ``LOST_REG_MODEL_ARGS`` as a JSON object, ``LOST_REG_TAU``…),
+and ``lost-reg serve``'s flags are generated from these settings (:mod:`lost_reg.cli.serve_cmd`); adding
+a setting is one field here. Unlike the CLI, ``max_side`` has a finite default: the graphs are
+quadratic in the number of patches, so a server must bound the network input.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, SecretStr, create_model, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from lost_reg.backbone import FeatureKind
-from lost_reg.images import PREPS
-from lost_reg.methods import METHODS, all_option_specs
-from lost_reg.models import DEFAULT_BACKBONE
-from lost_reg.posembed import POS_RESAMPLES
+from lost_reg.config import LocalizerOptions
+from lost_reg.options import Cli
 from lost_reg.recipes import RECIPES, Setting, resolve
 
 from . import MAX_SIDE
@@ -27,29 +24,15 @@ from . import MAX_SIDE
 MB = 1024 * 1024
 
 
-class _Settings(BaseSettings):
-    """Everything the service needs: which model and method, batching and request limits."""
+class Settings(BaseSettings, LocalizerOptions):
+    """Everything the service needs: which model and method (:class:`~lost_reg.config.LocalizerOptions`),
+    batching and request limits."""
 
-    model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True, extra="forbid")
+    group: ClassVar[str | None] = "server"
 
-    backbone: str | None = Field(None, description=f"timm, Meta torch.hub or Hugging Face name; unset: the "
-                                                   f"architecture in weights, else {DEFAULT_BACKBONE}")
-    weights: str | None = Field(None, description="weights file or folder instead of the pretrained download; "
-                                                  "'random' for none")
-    pos_resample: Literal[("auto", *POS_RESAMPLES)] = Field(  # type: ignore[valid-type]
-        "auto", description="position-table resampling; auto: as the code the weights were published with")
-    test_time_registers: str | None = Field(None, description="register neurons (neurons.json or preset:NAME) "
-                                                               "for a test-time register")
-    model_args: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model keywords")
-    features: FeatureKind | Literal["auto"] = "auto"
-    layer: int | None = Field(None, description="transformer block; unset: the recipe's")
-    device: str = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-    method: Literal[("auto", *METHODS)] = "auto"  # type: ignore[valid-type]
-    prep: Literal[("auto", *PREPS)] = "auto"  # type: ignore[valid-type]
-    max_side: int = Field(MAX_SIDE, ge=1, description="longer side of the network input; requests may only lower it")
-
+    max_side: Annotated[int, Cli(default_text=f"{MAX_SIDE} in the service")] = Field(
+        MAX_SIDE, ge=1, description="longer side of the network input; requests may only lower it")
     max_batch: int = Field(16, ge=1, description="images per backbone call")
     max_batch_patches: int = Field(16 * 24 * 24, ge=1, description="patches per backbone call (a larger image goes "
                                                                    "alone): large images batched together would "
@@ -84,10 +67,10 @@ class _Settings(BaseSettings):
                                                                         "that task's prediction is empty)")
     label_studio_timeout_s: float = Field(90.0, gt=0, description="from a /labelstudio/predict body to its answer "
                                                                   "(504 past it); below Label Studio's own 100 s")
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: Annotated[list[str], NoDecode, Cli(parse=str, metavar="A,B")] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS (off when empty)"
     )
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    allowed_hosts: Annotated[list[str], NoDecode, Cli(parse=str, metavar="A,B")] = Field(
         default_factory=list, description="comma-separated Host names the service answers (400 for others; "
                                           "'*.example.com' patterns; every host when empty)"
     )
@@ -100,10 +83,17 @@ class _Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_method(self) -> _Settings:
-        for family in RECIPES:  # whichever family the weights turn out to be; raises ValueError on a bad option
-            self.resolved(family)
-        return self
+    def _check_method(self) -> Settings:
+        """A ValueError (so a ValidationError) for options no family's recipe takes (the weights' family is only
+        known once they are resolved, at start-up)."""
+        problems = []
+        for family in RECIPES:
+            try:
+                self.resolved(family)
+                return self
+            except ValueError as e:
+                problems.append(e)
+        raise problems[0]
 
     @property
     def max_file_bytes(self) -> int:
@@ -118,19 +108,7 @@ class _Settings(BaseSettings):
         """Largest acceptable body: every file at its limit plus 1 MB of multipart framing and options."""
         return self.max_files * self.max_file_bytes + MB
 
-    def method_options(self) -> dict[str, Any]:
-        """The method options that are set."""
-        return {name: getattr(self, name) for name in all_option_specs() if getattr(self, name) is not None}
-
     def resolved(self, family: str) -> Setting:
         """Method (with the options that are set), features, layer and preparation, ``auto`` resolved for
         weights of ``family`` (:mod:`lost_reg.recipes`)."""
         return resolve(family, self.method, self.method_options(), self.features, self.layer, self.prep)
-
-
-Settings = create_model(
-    "Settings", __base__=_Settings, __doc__=_Settings.__doc__,
-    **{name: (spec.type | None, Field(None, description=f"{spec.help} [{', '.join(owners)}]"))
-       for name, (spec, owners) in all_option_specs().items()},
-)
-"""The service settings: :class:`_Settings` plus one field per method option (``LOST_REG_TAU``…)."""

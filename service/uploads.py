@@ -37,7 +37,10 @@ class LimitedMultiPartParser(MultiPartParser):
     (raising :class:`FileTooLarge` mid-stream, so the rest of the body is never read or spooled), calls
     ``on_file`` as each file part starts (admission: it may raise to refuse the request there), records
     whether the body reached its closing boundary (:attr:`complete`), and takes a part with a non-text
-    ``Content-Type`` for a file even without a ``filename`` (RFC 7578 makes it optional)."""
+    ``Content-Type`` for a file even without a ``filename`` (RFC 7578 makes it optional).
+
+    The one place that reads a Starlette private (``_current_part``, the part being parsed): its parser
+    offers per-part callbacks but no public view of the part they are called for."""
 
     def __init__(self, *args: Any, max_file_size: int, on_file: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

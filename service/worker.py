@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from lost_reg.backbone import FEATURES, Backbone, FeatureKind
 from lost_reg.images import Prepared
 from lost_reg.methods import Method
-from lost_reg.pipeline import Localizer, ScoredDetection, group_by_shape
+from lost_reg.pipeline import Detection, Localizer, group_by_shape
 
 from .fair import FairQueue
 from .metrics import Metrics
@@ -42,13 +42,13 @@ class RunKey:
 
 @dataclass
 class Job:
-    """One queued image; ``future`` resolves to its ScoredDetection (or the batch's exception)."""
+    """One queued image; ``future`` resolves to its Detection (or the batch's exception)."""
 
     prepared: Prepared
     key: RunKey
     warmup: bool = False
     """The start-up image: run like any other, counted in no metric."""
-    future: Future[ScoredDetection] = field(default_factory=Future)
+    future: Future[Detection] = field(default_factory=Future)
     finished: float = 0.0
     """``time.perf_counter()`` when the result was ready."""
 
@@ -171,4 +171,4 @@ class InferenceWorker:
         """Every kind's hook fired on the shared forward pass; drop what this batch did not use so it
         does not pin (device) memory until the next batch."""
         for backbone in self._backbones.values():
-            backbone._captured = None
+            backbone.release()

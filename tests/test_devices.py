@@ -24,8 +24,8 @@ from lost_reg.devices import (
     plan_for,
     synchronize,
 )
-from lost_reg.engine import inference_on_dataset
 from lost_reg.images import decode_image
+from lost_reg.loop import DatasetEvaluator, Failures, build_loader, inference_on_dataset
 from lost_reg.methods import lost, tokencut
 
 from .conftest import ROOT, tiny_backbone
@@ -33,6 +33,17 @@ from .conftest import ROOT, tiny_backbone
 PHOTOS = sorted((ROOT / "data" / "sample_voc" / "VOC2007" / "JPEGImages").glob("*.jpg"))
 GPU = DevicePlan.of("cuda")
 
+
+
+class Collect(DatasetEvaluator):
+    """Calls ``fn(sample, output)`` for every image the loop processes."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def process(self, batch, outputs) -> None:
+        for sample, output in zip(batch.samples, outputs):
+            self.fn(sample, output)
 
 def photos_of_one_shape(localizer: Localizer, n: int = 6) -> list:
     """``n`` prepared real photos of one padded shape: the sample photos and their mirror images, resized."""
@@ -93,10 +104,12 @@ def test_the_engine_with_a_gpu_plan_decodes_in_workers_and_gives_the_same_boxes(
     for name, plan in (("cpu", DevicePlan.of("cpu")), ("gpu", GPU)):
         localizer = Localizer(tiny_backbone(), device="cpu", plan=plan)
         found: dict[str, tuple] = {}
-        with caplog.at_level(logging.INFO, logger="lost_reg.engine"):
-            stats = inference_on_dataset(localizer, dataset, range(len(dataset)),
-                                         lambda s, d: found.__setitem__(s.image_id, d.box), progress=False)
-        assert stats.processed == len(PHOTOS) and not stats.errors
+        failures = Failures()
+        with caplog.at_level(logging.INFO, logger="lost_reg.loop"):
+            stats = inference_on_dataset(localizer.localize_prepared, build_loader(localizer, dataset,
+                                                                                   range(len(dataset))),
+                                         [Collect(lambda s, d: found.__setitem__(s.image_id, d.box)), failures])
+        assert stats.processed == len(PHOTOS) and not failures.images
         boxes[name] = found
     assert GPU.workers >= 1  # the GPU run above decoded in worker processes (workers=None: the plan's)
     assert boxes["gpu"] == boxes["cpu"]
@@ -164,7 +177,7 @@ def test_the_localizer_halves_its_batches_on_out_of_memory_and_gives_the_same_bo
     assert (small.method_limit.size, small.method_limit.halvings) == (2, 2)  # 6, 3 failed; then 2 + 2 + 2
     assert caplog.text.count("out of device memory") == 3  # the limits stay halved: the second batch fits
     multi = small.localize_prepared_multi(batch, max_objects=2)
-    assert [m[0].detection.box for m in multi] == [d.box for d in want]
+    assert [m[0].box for m in multi] == [d.box for d in want]
 
 
 def test_graph_code_runs_at_its_own_thread_count():

@@ -9,7 +9,7 @@ import cv2
 import pytest
 
 from lost_reg.cli import main
-from lost_reg.cli.discover_cmd import in_shard, parse_shard
+from lost_reg.engines import in_shard, parse_shard
 
 TINY_ARGS = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",
              "--model-arg", "embed_dim=48", "--model-arg", "num_heads=3", "--model-arg", "reg_tokens=2",

@@ -207,3 +207,21 @@ def test_coco20k_gives_the_same_run_from_a_2014_or_a_2017_download(tmp_path, cap
     assert preds14 == preds17 and sorted(p["image_id"] for p in preds14) == [f"COCO_train2014_{i:012d}" for i in ids]
     assert (sum14["corloc"], sum14["found"], sum14["total"]) == (sum17["corloc"], sum17["found"], sum17["total"])
     assert len(sum17["annotations_skipped"]) == 4
+
+
+def test_a_run_repeats_from_its_summary_with_the_flags_given_overriding(tmp_path):
+    root = make_voc(tmp_path / "voc", n=3)
+    first = tmp_path / "first"
+    assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(first), "--quiet",
+                 "--method", "tokencut", "--tau", "0.3", *TINY_ARGS]) == 0
+    config = json.loads((first / "summary.json").read_text())["config"]
+    assert (config["method"], config["tau"], config["model_args"]) == ("tokencut", 0.3, {"depth": 2, "embed_dim": 48,
+                                                                                         "num_heads": 3})
+    again = tmp_path / "again"
+    assert main(["eval", "--config", str(first / "summary.json"), "--out", str(again)]) == 0
+    assert read_jsonl(again / "predictions.jsonl") == read_jsonl(first / "predictions.jsonl")
+    summary = json.loads((again / "summary.json").read_text())
+    assert summary["config"] == {**config, "out": str(again)} and summary["method"]["tau"] == 0.3
+    other = tmp_path / "other"
+    assert main(["eval", "--config", str(first / "summary.json"), "--out", str(other), "--tau", "0.5"]) == 0
+    assert json.loads((other / "summary.json").read_text())["method"]["tau"] == 0.5

@@ -16,6 +16,7 @@ from lost_reg.evaluation import (
     PredictionWriter,
     best_iou,
     load_predictions,
+    prediction_record,
     summarize,
 )
 
@@ -35,12 +36,14 @@ def test_best_iou_on_hand_made_boxes():
 def test_corloc_counts_images_with_a_hit_and_ignores_images_without_ground_truth():
     ev = CorLocEvaluator()
     records = [
-        ev.process(sample("hit", (0, 0, 10, 20), (50, 50, 60, 60)), (0, 0, 10, 10), seed=(0, 1)),  # IoU 0.5 exactly
-        ev.process(sample("miss", (0, 0, 10, 10)), torch.tensor([0, 0, 10, 21]), width=10, height=21),  # 100/210
-        ev.process(sample("hit2", (10, 10, 50, 50)), np.array([12, 10, 50, 50]), seed=np.array([3, 4])),
-        ev.process(sample("crowd-only"), (0, 0, 5, 5)),
-        ev.process(Sample("folder-image", Path("x.jpg"), None, None), (0, 0, 5, 5), width=5, height=5),
+        prediction_record(sample("hit", (0, 0, 10, 20), (50, 50, 60, 60)), (0, 0, 10, 10), seed=(0, 1)),  # IoU 0.5
+        prediction_record(sample("miss", (0, 0, 10, 10)), torch.tensor([0, 0, 10, 21]), width=10, height=21),  # 100/210
+        prediction_record(sample("hit2", (10, 10, 50, 50)), np.array([12, 10, 50, 50]), seed=np.array([3, 4])),
+        prediction_record(sample("crowd-only"), (0, 0, 5, 5)),
+        prediction_record(Sample("folder-image", Path("x.jpg"), None, None), (0, 0, 5, 5), width=5, height=5),
     ]
+    for record in records:
+        ev.add(record)
     result = ev.evaluate()
     assert result == CorLoc(corloc=2 / 3, found=2, total=3)
     assert str(result) == "CorLoc: 66.67% (2/3)"

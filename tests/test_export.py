@@ -7,12 +7,13 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from lost_reg.evaluation import load_predictions
-from lost_reg.export import DiscoveredObject, ExportOptions, ImageRecord, coco_image_ids, export
+from lost_reg.export import ExportOptions, ImageRecord, coco_image_ids, export
+from lost_reg.pipeline import Detection
 
 RECORDS = [
-    ImageRecord("b.jpg", "b.jpg", 640, 480, [DiscoveredObject((10, 20, 110, 220), 0.25, (1, 0)),
-                                             DiscoveredObject((300, 0, 640, 480), 0.125, (2, 30))]),
-    ImageRecord("sub/a.png", "sub/a.png", 333, 500, [DiscoveredObject((0, 0, 333, 250), 0.5, (3, 3))]),
+    ImageRecord("b.jpg", "b.jpg", 640, 480, [Detection((10, 20, 110, 220), (1, 0), 640, 480, 0.25),
+                                             Detection((300, 0, 640, 480), (2, 30), 640, 480, 0.125)]),
+    ImageRecord("sub/a.png", "sub/a.png", 333, 500, [Detection((0, 0, 333, 250), (3, 3), 333, 500, 0.5)]),
     ImageRecord("c.jpeg", "c.jpeg", 100, 50, []),  # nothing stood out
 ]
 

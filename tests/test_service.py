@@ -378,7 +378,7 @@ def test_worker_batches_by_options_and_shape():
     finally:
         worker.close(timeout=10)
     for got, want in zip(detections, localizer.localize(images)):
-        assert got.detection.box == want.box and got.detection.seed == want.seed
+        assert got.box == want.box and got.seed == want.seed
     batch = metrics.registry.get_sample_value
     assert batch("lost_reg_batch_size_count") == 3 and batch("lost_reg_batch_size_sum") == 7  # 3 + 3 + 1
     assert not worker.alive

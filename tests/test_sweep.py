@@ -100,7 +100,8 @@ def test_sweep_rows_equal_eval_and_a_cached_sweep_needs_no_backbone(tmp_path, mo
 
 
 def test_cache_fingerprints_separate_weights_and_preparation(tmp_path):
-    from lost_reg.cache import FeatureCache, weights_identity
+    from lost_reg.cache import FeatureCache
+    from lost_reg.models import weights_identity
 
     a = tmp_path / "a.safetensors"
     a.write_bytes(b"one")
@@ -135,9 +136,9 @@ def test_resume_computes_only_what_is_missing(tmp_path, capsys):
 
 def test_robust_score_averages_a_setting_with_its_swept_neighbours():
     from lost_reg.evaluation import corloc
-    from lost_reg.sweep import Row, _robustness
+    from lost_reg.sweep.rows import Row, robustness
 
     rows = [Row(SweepSetting("pad", "k", -1, TokenCut(tau=t)), corloc(found, 10), 0.5, 0, None)
             for t, found in ((0.1, 2), (0.2, 9), (0.3, 3), (0.4, 3))]
-    _robustness(rows)
+    robustness(rows)
     assert [round(r.robust, 4) for r in rows] == [0.55, round((2 + 9 + 3) / 30, 4), 0.5, 0.3]

@@ -61,7 +61,7 @@ def test_visualizer_writes_a_png_for_a_real_photo(tmp_path):
     picture = cv2.imread(str(out))
     assert picture.shape[0] == 2 * (60 + 20) + 4  # boxes, 1/degree, CLS, reg1 | reg2 on a second row
     plain = Visualizer(localizer, tmp_path / "vis2", attention=False, height=60)
-    assert cv2.imread(str(plain(sample, [objects[0].detection]))).shape[0] == 80
+    assert cv2.imread(str(plain(sample, [objects[0]]))).shape[0] == 80
 
 
 def test_tokencut_pictures_show_its_eigenvector_with_the_foreground_bright():

@@ -1,7 +1,10 @@
 """``lost-reg``: one console script, one sub-command per job.
 
-Each sub-command module provides ``add_arguments(parser)`` and ``main(args) -> int``;
-argument parsing stays here, the work stays in ``main`` (callable from Python too).
+Each sub-command module provides ``CONFIG`` (its typed configuration, :mod:`lost_reg.config`),
+``add_arguments(parser, saved)`` (the flags generated from it), ``main(args) -> int`` (the
+configuration from the parsed flags) and ``run(config) -> int`` (the work, callable from Python too).
+Every command takes ``--config SUMMARY``: the configuration a run recorded in its ``summary.json``,
+with the flags given overriding it.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..errors import LostRegError
+from .options import join_negative_values, saved_config
 
 COMMANDS = {
     "eval": "CorLoc of LOST or TokenCut on VOC07, VOC12 or COCO20k, with every prediction written out",
@@ -24,22 +31,32 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(saved: dict[str, Any] | None = None, command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; ``saved`` (a ``--config`` file's configuration) gives ``command``'s defaults."""
     parser = argparse.ArgumentParser(
         prog="lost-reg", description="Unsupervised object discovery (LOST, TokenCut) on register-aware ViTs."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f".{name}_cmd", __name__)
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_DefaultsFormatter)
-        module.add_arguments(p)
+        p.add_argument("--config", type=Path, metavar="SUMMARY",
+                       help="repeat a run: the configuration in its summary.json gives every default")
+        module = _module(name)
+        module.add_arguments(p, saved if name == command else None)
         p.set_defaults(func=module.main)
     return parser
 
 
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f".{name}_cmd", __name__)
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one worth showing."""
+    """Shows a default only where there is one worth showing.
+
+    The one place that overrides an argparse private (``_get_help_string``): it is the hook argparse's own
+    ``ArgumentDefaultsHelpFormatter`` uses, and argparse offers no public one for per-flag default text."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default in (None, False, [], argparse.SUPPRESS):
@@ -47,23 +64,21 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Stderr(logging.StreamHandler):
-    """A handler writing to whatever ``sys.stderr`` is at the time (tests and tqdm replace it)."""
+class _Console(logging.Handler):
+    """The library's messages where the commands print theirs: status lines (INFO) on whatever ``sys.stdout`` is
+    at the time, warnings and errors on ``sys.stderr`` (tests and tqdm replace both)."""
 
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        stream.write(self.format(record) + "\n")
+        stream.flush()
 
 
 def configure_logging() -> None:
-    """The library's INFO lines (what was loaded, from which layout, resampled how) on stderr, once."""
+    """The library's logging (silent unless configured) shown on the console, once."""
     logger = logging.getLogger("lost_reg")
-    if not any(isinstance(h, _Stderr) for h in logger.handlers):
-        handler = _Stderr()
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        handler = _Console()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -71,9 +86,14 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
     try:
+        saved = saved_config(argv)
+        if command is not None:
+            argv = join_negative_values(argv, getattr(_module(command), "CONFIG", None))
+        args = build_parser(saved, command).parse_args(argv)
+        configure_logging()
         return args.func(args)
     except LostRegError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,116 +18,61 @@ every image is done, so only the export is written.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-from ..engines import ENGINES, file_name
+from ..datasets import ImageFolder
+from ..engines import DiscoverConfig, file_name, in_shard, run as run_engine
 from ..errors import LostRegError
-from ..export import FORMATS, LABEL_STUDIO_PREFIX, ExportOptions, coco_image_ids, export, load_hint, local_files_prefix
-from ..scores import DEFAULT_SCORE, SCORES
-from .common import (
-    add_backbone_arguments,
-    add_method_arguments,
-    add_run_arguments,
-    method_from_args,
-    source_from_args,
-    write_json,
-)
+from ..export import ExportOptions, coco_image_ids, export, load_hint, local_files_prefix
+from ..pipeline import source_of
+from ..recipes import resolve_method
+from .common import write_json
+from .options import add_options, from_args
+
+CONFIG = DiscoverConfig
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="images: files, folders (searched recursively), glob patterns or .txt lists of paths")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, required=True,
-                   help="output file (coco, jsonl, labelstudio) or folder (yolo, voc)")
-    o.add_argument("--format", choices=list(FORMATS), default="coco", help="output format (see README: discover)")
-    o.add_argument("--max-objects", type=int, default=1,
-                   help="boxes per image: after each box its patches leave the graph and the method looks again")
-    o.add_argument("--min-score", type=float, default=None,
-                   help="drop boxes scoring below this (and stop looking); images where nothing stands out get none")
-    o.add_argument("--score", choices=list(SCORES), default=DEFAULT_SCORE,
-                   help="how a box is scored (see README: scores)")
-    o.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
-                   help="write a PNG per image: boxes, seed, mask, the method's heat map, CLS and register attention")
-    o.add_argument("--image-url-prefix", default=None,
-                   help="labelstudio: prefix of each task's image URL, before the image's path relative to its folder "
-                        f"(default: Label Studio's local files, {LABEL_STUDIO_PREFIX}FOLDER/ for one folder)")
-    o.add_argument("--coco-gt", type=Path, default=None, metavar="JSON",
-                   help="coco-results: take image ids from this COCO ground truth, matching file names")
-    add_backbone_arguments(p)
-    add_method_arguments(p)
-    r = add_run_arguments(p)
-    r.add_argument("--resume", action="store_true",
-                   help="keep what an interrupted run finished (local: OUT.partial.jsonl; ray: OUT.ray/ chunks)")
-    r.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
-                   help="process only shard I of N (1-based; stable hash of each image's path)")
-    e = p.add_argument_group("engine")
-    e.add_argument("--engine", choices=list(ENGINES), default="local",
-                   help="; ".join(f"{k}: {v}" for k, v in ENGINES.items()))
-    e.add_argument("--ray-address", default="local",
-                   help="ray: the cluster to join (auto: the one this machine belongs to, ray://HOST:PORT) or local")
-    e.add_argument("--actors", type=int, default=1, help="ray: model actors (e.g. one per GPU)")
-    e.add_argument("--gpus-per-actor", type=float, default=None,
-                   help="ray: GPUs each actor reserves (default: 1 when the cluster has GPUs and --device is not cpu)")
-    e.add_argument("--chunk-size", type=int, default=10000,
-                   help="ray: images per chunk; a finished chunk is kept, so a killed job loses at most one")
-    e.add_argument("--decode-batch", type=int, default=32, help="ray: images per decoding task call")
+def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
+    add_options(p, CONFIG, saved=saved)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` → (2, 4), checked: 1 ≤ i ≤ n."""
-    i, sep, n = text.partition("/")
-    try:
-        shard = (int(i), int(n))
-    except ValueError:
-        shard = (0, 0)
-    if not sep or not 1 <= shard[0] <= shard[1]:
-        raise argparse.ArgumentTypeError(f"--shard wants I/N with 1 <= I <= N, got {text!r}")
-    return shard
-
-
-def in_shard(key: str, shard: tuple[int, int]) -> bool:
-    """Whether ``key`` (an image path) belongs to ``shard``: a hash, so stable across machines and runs."""
-    i, n = shard
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n == i - 1
+def main(args: argparse.Namespace) -> int:
+    return run(from_args(CONFIG, args))
 
 
 def errors_file(out: Path) -> Path:
     return out.with_name(out.name + ".errors.json")
 
 
-def main(args: argparse.Namespace) -> int:
-    from ..datasets import ImageFolder
-    from ..engines import run
-
-    dataset = ImageFolder(args.paths)
+def run(config: DiscoverConfig) -> int:
+    """Boxes for ``config.paths`` on the configured engine, exported in ``config.format``."""
+    dataset = ImageFolder(config.paths)
     for path, reason in dataset.skipped:
         print(f"skipped {path}: {reason}")
-    if args.max_objects < 1:
-        raise LostRegError("--max-objects must be at least 1")
-    samples = [s for s in dataset if in_shard(s.image_id, args.shard)]
-    source = source_from_args(args)
-    method = method_from_args(args, source.family)  # checked before any image is read, on any engine
-    if args.coco_gt and args.format != "coco-results":
+    samples = [s for s in dataset if in_shard(s.image_id, config.shard)]
+    source = source_of(config)
+    method = resolve_method(source.family, config.method, config.method_options())  # checked before any image
+    if config.coco_gt and config.format != "coco-results":
         raise LostRegError("--coco-gt is for --format coco-results")
-    image_ids, category = ground_truth_ids(args.coco_gt, [file_name(s) for s in samples]) if args.coco_gt else (None, 1)
-    outcome = run(args.engine, args, samples)
-    prefix = local_files_prefix(args.paths) if args.image_url_prefix is None else args.image_url_prefix
+    image_ids, category = (ground_truth_ids(config.coco_gt, [file_name(s) for s in samples]) if config.coco_gt
+                           else (None, 1))
+    outcome = run_engine(config, samples)
+    prefix = local_files_prefix(config.paths) if config.image_url_prefix is None else config.image_url_prefix
     options = ExportOptions(prefix, f"lost-reg {source.name} {method.describe()}", image_ids, category)
-    export(outcome.records, args.out, args.format, options)
-    errors = errors_file(args.out)
+    export(outcome.records, config.out, config.format, options)
+    errors = errors_file(config.out)
     if outcome.errors:
-        write_json(errors, {"images_failed": len(outcome.errors), "errors": outcome.errors})
+        write_json(errors, {"images_failed": len(outcome.errors), "errors": [e.to_json() for e in outcome.errors]})
         print(f"{len(outcome.errors)} images could not be read; see {errors}")
     else:
         errors.unlink(missing_ok=True)
     boxes = sum(len(r.objects) for r in outcome.records)
     empty = sum(not r.objects for r in outcome.records)
-    print(f"{len(outcome.records)} images, {boxes} boxes ({empty} images without a box) -> {args.out} ({args.format}); "
-          f"{outcome.summary}")
-    hint = load_hint(args.format, args.out, args.paths)
+    print(f"{len(outcome.records)} images, {boxes} boxes ({empty} images without a box) -> {config.out} "
+          f"({config.format}); {outcome.summary}")
+    hint = load_hint(config.format, config.out, config.paths)
     if hint:
         print(hint)
     return 0

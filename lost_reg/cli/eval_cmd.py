@@ -7,64 +7,43 @@ nothing; ``--resume`` skips what is there and recomputes the summary over the wh
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
+from typing import Any
 
-from ..evaluation import (
-    CorLocEvaluator,
-    PredictionWriter,
-    corloc,
-    load_predictions,
-    summarize,
-)
-from ..pipeline import Detection
+from ..config import EvalConfig
+from ..evaluation import CorLocEvaluator, PredictionWriter, corloc, load_predictions, summarize
+from ..loop import Failures, ProgressBar, build_loader, inference_on_dataset, shape_order
+from ..pipeline import build_localizer
 from ..vis import Visualizer
-from .common import (
-    add_backbone_arguments,
-    add_dataset_arguments,
-    add_method_arguments,
-    add_run_arguments,
-    build_localizer,
-    dataset_from_args,
-    run_info,
-    write_json,
-)
+from .common import dataset_of, run_info, write_json
+from .options import add_options, from_args
+
+CONFIG = EvalConfig
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_dataset_arguments(p)
-    add_backbone_arguments(p)
-    add_method_arguments(p)
-    r = add_run_arguments(p)
-    r.add_argument("--out", type=Path, required=True, help="output folder: predictions.jsonl, summary.json")
-    r.add_argument("--resume", action="store_true", help="keep OUT/predictions.jsonl and skip the images in it")
-    r.add_argument("--save-vis", type=Path, default=None, metavar="DIR",
-                   help="write a PNG per image: box, GT, seed, mask, the method's heat map, CLS and register attention")
+def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
+    add_options(p, CONFIG, saved=saved)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..engine import inference_on_dataset, shape_order
+    return run(from_args(CONFIG, args))
 
-    dataset = dataset_from_args(args)
-    localizer = build_localizer(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    predictions = args.out / "predictions.jsonl"
-    writer = PredictionWriter(predictions, resume=args.resume)
+
+def run(config: EvalConfig) -> int:
+    """Evaluate ``config``'s setting on its dataset, writing ``predictions.jsonl`` and ``summary.json``."""
+    dataset = dataset_of(config)
+    localizer = build_localizer(config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    predictions = config.out / "predictions.jsonl"
+    writer = PredictionWriter(predictions, resume=config.resume)
     done = writer.done_ids()
-    selected = range(len(dataset)) if args.limit is None else range(min(args.limit, len(dataset)))
-    todo = [i for i in selected if dataset[i].image_id not in done]
+    selected = range(len(dataset)) if config.limit is None else range(min(config.limit, len(dataset)))
+    todo = writer.todo(dataset, selected)
     wanted = {dataset[i].image_id for i in selected}
     before = summarize(r for r in load_predictions(predictions) if r["image_id"] in wanted) if done else corloc(0, 0)
     if done:
         print(f"resuming: {len(done)} images already in {predictions} ({before}), {len(todo)} to go")
 
-    evaluator = CorLocEvaluator()
-    vis = Visualizer(localizer, args.save_vis) if args.save_vis else None
-
-    def process(sample, det: Detection) -> None:
-        writer.write(evaluator.process(sample, det.box, width=det.width, height=det.height, seed=det.seed))
-        if vis:
-            vis(sample, [det])
+    evaluator, failures = CorLocEvaluator(), Failures()
 
     def postfix() -> dict:
         """The running CorLoc over every image so far; after --resume also this run's alone."""
@@ -72,28 +51,27 @@ def main(args: argparse.Namespace) -> int:
         total = corloc(before.found + r.found, before.total + r.total)
         return {"CorLoc": f"{100 * total.corloc:.1f}%", **({"this run": f"{100 * r.corloc:.1f}%"} if done else {})}
 
-    order = shape_order(dataset, todo, localizer)
-    start = time.perf_counter()
-    with writer:
-        stats = inference_on_dataset(localizer, dataset, order, process, batch_size=args.batch_size,
-                                     workers=args.workers, progress=not args.quiet, postfix=postfix,
-                                     max_pixels=args.max_pixels)
-    wall = time.perf_counter() - start
+    hooks = [writer, evaluator, failures, *([Visualizer(localizer, config.save_vis)] if config.save_vis else []),
+             ProgressBar(len(todo), enabled=not config.quiet, postfix=postfix)]
+    loader = build_loader(localizer, dataset, shape_order(dataset, todo, localizer), batch_size=config.batch_size,
+                          workers=config.workers, max_pixels=config.max_pixels)
+    stats = inference_on_dataset(localizer.localize_prepared, loader, hooks)
 
     records = [r for r in load_predictions(predictions) if r["image_id"] in wanted]
     result = summarize(records)
+    timings = localizer.timings
     summary = {
-        "dataset": args.dataset, "corloc": result.corloc, "found": result.found, "total": result.total,
+        "dataset": config.dataset, "corloc": result.corloc, "found": result.found, "total": result.total,
         "images_processed": stats.processed, "images_resumed": len(done & wanted), "images_in_predictions": len(records),
-        "images_failed": stats.failed, "errors": stats.errors,
+        "images_failed": stats.failed, "errors": [f.to_json() for f in failures.images],
         "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
-        "timings": {"wall_s": wall, "images_per_s": stats.processed / wall if wall else 0.0,
-                    "decode_wait_s": stats.wait, "forward_s": stats.forward, "discovery_s": stats.discovery,
-                    "write_s": stats.write},
-        **run_info(args, localizer),
+        "timings": {"wall_s": stats.wall, "images_per_s": stats.processed / stats.wall if stats.wall else 0.0,
+                    "decode_wait_s": stats.wait, "forward_s": timings.forward, "discovery_s": timings.discovery,
+                    "write_s": stats.process},
+        **run_info(config, localizer),
     }
-    write_json(args.out / "summary.json", summary)
+    write_json(config.out / "summary.json", summary)
     if stats.failed:
-        print(f"{stats.failed} images could not be read; see {args.out / 'summary.json'} (errors)")
+        print(f"{stats.failed} images could not be read; see {config.out / 'summary.json'} (errors)")
     print(result)
     return 0

@@ -8,50 +8,43 @@ the blocks and hidden units, the outlier block and cutoff, the outlier share bef
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import Any
 
-from ..images import MAX_PIXELS
-from .common import add_backbone_arguments, model_kwargs, whole_patch_images, write_json
+from ..config import RegistersFindConfig
+from ..datasets import ImageFolder
+from ..devices import autocast, resolve_device
+from ..errors import LostRegError
+from ..images import normalize
+from ..pipeline import source_of
+from ..registers import find_register_neurons
+from .common import whole_patch_images, write_json
+from .options import add_options, from_args
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     f = sub.add_parser("find", help="find the register neurons on calibration images", description=__doc__)
-    f.add_argument("paths", nargs="+", metavar="PATH",
-                   help="calibration images (~100): files, folders, glob patterns or .txt lists of paths")
-    f.add_argument("--out", type=Path, required=True, help="neurons.json to write")
-    add_backbone_arguments(f, features=False)
-    g = f.add_argument_group("search")
-    g.add_argument("--layer", type=int, default=None,
-                   help="block whose high-norm patches are the outliers (default: the block with the most)")
-    g.add_argument("--top-k", type=int, default=None,
-                   help="number of neurons (default: 1, 2, 4… until the outliers at --layer drop to a tenth)")
-    g.add_argument("--limit", type=int, default=100, help="calibration images to use")
-    g.add_argument("--max-side", type=int, default=518, help="downscale images whose longer side exceeds this")
-    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="skip larger images (decompression bombs)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(f, RegistersFindConfig, saved=saved)
 
 
 def find_main(args: argparse.Namespace) -> int:
-    import torch
+    return find(from_args(RegistersFindConfig, args))
 
-    from ..cache import weights_identity
-    from ..datasets import ImageFolder
-    from ..errors import LostRegError
-    from ..images import normalize
+
+def find(config: RegistersFindConfig) -> int:
+    """The register neurons of ``config``'s backbone on its calibration images, written to ``config.out``."""
     from ..models import create_backbone
-    from ..pipeline import DTYPES, resolve_device
-    from ..registers import find_register_neurons
 
-    if args.test_time_registers is not None:
+    if config.test_time_registers is not None:
         raise LostRegError("--test-time-registers does not apply to `registers find`: it finds them")
-    dataset = ImageFolder(args.paths)
-    bb = create_backbone(args.backbone, args.weights, pos_resample=args.pos_resample, **model_kwargs(args.model_arg))
-    device = resolve_device(args.device)
+    dataset = ImageFolder(config.paths)
+    source = source_of(config)
+    bb = create_backbone(source)
+    device = resolve_device(config.device)
     model = bb.model.to(device)
-    errors: list[dict] = []
-    crops = list(whole_patch_images(dataset, min(args.limit, len(dataset)), bb.patch_size, args.max_side,
-                                    args.max_pixels, errors, progress=not args.quiet))  # kept: the search passes over them more than once
+    errors: list = []
+    crops = list(whole_patch_images(dataset, min(config.limit, len(dataset)), bb.patch_size, config.max_side,
+                                    config.max_pixels, errors, progress=not config.quiet))  # kept: the search passes over them more than once
     if not crops:
         raise LostRegError("no calibration image could be read")
 
@@ -59,25 +52,25 @@ def find_main(args: argparse.Namespace) -> int:
         for c in crops:
             yield normalize(c[None].to(device), [tuple(c.shape[-2:])], bb.mean, bb.std)
 
-    with torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "float32"):
-        neurons = find_register_neurons(model, images, backbone=bb.name,
-                                        weights=weights_identity(bb.name, args.weights),
-                                        layer=args.layer, top_k=args.top_k)
-    neurons.stats["errors"] = errors
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    neurons.save(args.out)
+    with autocast(device, config.dtype):
+        neurons = find_register_neurons(model, images, backbone=bb.name, weights=source.identity,
+                                        layer=config.layer, top_k=config.top_k)
+    neurons.stats["errors"] = [e.to_json() for e in errors]
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    neurons.save(config.out)
     st = neurons.stats
     blocks = ", ".join(f"{layer}: {len(units)}" for layer, units in neurons.layers.items())
-    print(f"{neurons.count} register neurons (block: count; {blocks}) -> {args.out}")
+    print(f"{neurons.count} register neurons (block: count; {blocks}) -> {config.out}")
     print(f"outlier patches at block {neurons.outlier_layer} (norm > {neurons.cutoff:.3g}): "
           f"{100 * st['outlier_share_before']:.2f} % before, {100 * st['outlier_share_after_on_trial_images']:.2f} % "
           f"with the test-time register (on {min(st['trial_images'], len(crops))} images)")
     if errors:
-        write_json(args.out.with_name(args.out.name + ".errors.json"), {"errors": errors})
+        write_json(config.out.with_name(config.out.name + ".errors.json"), {"errors": neurons.stats["errors"]})
     return 0
 
 
 ACTIONS = {"find": find_main}
+"""The actions of ``lost-reg registers``, by name."""
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,64 +13,56 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..methods import all_option_specs
+from pydantic import Field
+
 from ..models import DEFAULT_BACKBONE
-from .common import add_backbone_arguments, add_method_arguments, model_kwargs
+from ..options import Options
+from .options import add_options, from_args
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 API_KEY_ENV = "LOST_REG_API_KEY"
 LOCALHOSTS = ("127.0.0.1", "localhost", "::1")
-SHARED = ("backbone", "weights", "pos_resample", "test_time_registers", "features", "layer", "device", "dtype", "method", "prep",
-          "max_side",
-          *all_option_specs())
-"""Dests of the single-valued options from :mod:`.common` (``--model-arg`` given none is ``[]``)."""
+SECRETS = ("api_key", "label_studio_api_key")
+"""Settings read from the environment only, never from a flag (``--api-key-env`` names the variable)."""
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_backbone_arguments(p)
+class ServeOptions(Options):
+    """The server process: where it listens, how it logs, which variable holds the API key."""
+
+    group: ClassVar[str | None] = "server"
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    api_key_env: str = Field(API_KEY_ENV, description="environment variable holding the bearer token clients must "
+                                                      "send (unset: no auth)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")
+
+
+def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
     from service import MAX_SIDE
+    from service.settings import Settings
 
-    add_method_arguments(p, max_side_default=f"{MAX_SIDE} in the service")
-    s = p.add_argument_group("server")
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
-    s.add_argument("--port", type=int, default=8000, help="TCP port")
-    unset = argparse.SUPPRESS  # flags backed by settings: unset ones leave the environment its say
-    s.add_argument("--max-batch", type=int, default=unset,
-                   help="images per backbone call, across concurrent requests [16]")
-    s.add_argument("--max-wait-ms", type=float, default=unset,
-                   help="how long a queued image waits for others to batch with [5]")
-    s.add_argument("--max-file-mb", type=float, default=unset, help="largest file accepted, MB [20]")
-    s.add_argument("--max-pixels", type=int, default=unset, help="largest image accepted, width × height [40000000]")
-    s.add_argument("--max-files", type=int, default=unset, help="files per request [16]")
-    s.add_argument("--timeout-s", type=float, default=unset, help="seconds a request may take before a 504 [30]")
-    s.add_argument("--api-key-env", default=API_KEY_ENV, metavar="NAME",
-                   help="environment variable holding the bearer token clients must send (unset: no auth)")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(**{name: None for name in SHARED})  # None: not given (argparse cannot SUPPRESS these)
+    add_options(p, Settings, unset=True, skip=SECRETS, saved=saved)
+    add_options(p, ServeOptions, saved=saved)
     p.epilog = ("Unset options come from LOST_REG_<OPTION> environment variables (e.g. LOST_REG_BACKBONE, "
-                "LOST_REG_MODEL_ARGS='{\"depth\": 2}', LOST_REG_CORS_ORIGINS), else the defaults in brackets "
-                f"or those of `lost-reg discover`, except --max-side: {MAX_SIDE} here.")
+                "LOST_REG_MODEL_ARGS='{\"depth\": 2}', LOST_REG_CORS_ORIGINS), else the service's defaults "
+                f"(README, the limits table), which are those of `lost-reg discover` except --max-side: {MAX_SIDE}.")
 
 
 def settings(args: argparse.Namespace) -> Settings:
     """The service settings: the flags given, then the environment, then the defaults."""
-    from service.settings import (
-        Settings,  # not at import: every lost-reg command loads this module
-    )
+    from service.settings import Settings
 
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    pairs = given.pop("model_arg", [])
-    if pairs:
-        given["model_args"] = model_kwargs(pairs)
+    given = {name: getattr(args, name) for name in Settings.model_fields
+             if name not in SECRETS and getattr(args, name, None) not in (None, [])}
     if args.api_key_env != API_KEY_ENV:
         if args.api_key_env not in os.environ:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
         given["api_key"] = os.environ[args.api_key_env]
-    return Settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+    return from_args(Settings, argparse.Namespace(**given))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,12 +73,13 @@ def main(args: argparse.Namespace) -> int:
     from service.runtime import build_localizer
 
     config = settings(args)
+    serve = from_args(ServeOptions, args)
     log = logging.getLogger("service")
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    if config.api_key is None and args.host not in LOCALHOSTS:
-        log.warning("listening on %s without an API key: set %s to require one", args.host, args.api_key_env)
+    logging.basicConfig(level=serve.log_level.upper(), format="%(levelname)s:     %(message)s")
+    if config.api_key is None and serve.host not in LOCALHOSTS:
+        log.warning("listening on %s without an API key: set %s to require one", serve.host, serve.api_key_env)
     log.info("loading %s", config.backbone or config.weights or DEFAULT_BACKBONE)
     app = create_app(config, build_localizer(config))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http=HeaderDeadlineProtocol,
+    uvicorn.run(app, host=serve.host, port=serve.port, log_level=serve.log_level, http=HeaderDeadlineProtocol,
                 timeout_graceful_shutdown=config.drain_timeout_s)
     return 0

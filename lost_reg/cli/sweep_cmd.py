@@ -9,127 +9,101 @@ them). See :mod:`lost_reg.sweep`.
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
-from pathlib import Path
+from typing import Any
 
 from ..backbone import FEATURES
+from ..cache import FeatureCache
+from ..config import EvalConfig, SweepConfig
 from ..images import PREPS
-from ..methods import METHODS, all_option_specs
+from ..methods import all_option_specs
+from ..models import create_backbone
+from ..pipeline import Localizer, source_of
 from ..recipes import AUTO, recipe_for
-from .common import (
-    add_backbone_arguments,
-    add_dataset_arguments,
-    add_run_arguments,
-    dataset_args,
-    dataset_from_args,
-    model_kwargs,
-    write_json,
-)
+from ..registers import RegisterNeurons
+from ..sweep import Sweep, expand, expand_settings, write_reports
+from .common import dataset_of, write_json
+from .options import add_options, from_args
 
-NEGATIVE_LIST = re.compile(r"^-\d*\.?\d+(?:e-?\d+)?(?:[,:]-?[\d.]+(?:e-?\d+)?)*$")
-"""Values such as ``-1,-2`` or ``-4:-1:1``: argparse must read them as values, not as options."""
+CONFIG = SweepConfig
+REPRODUCE = ("dataset", "root", "coco20k_list", "coco_annotations", "coco_images", "split", "limit", "no_hard",
+             "backbone", "weights", "pos_resample", "test_time_registers", "model_args", "max_side", "dtype", "out")
+"""The fields of the ``eval`` command that reproduces a row, before the row's own (its setting's) flags."""
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p._negative_number_matcher = NEGATIVE_LIST  # argparse's own hook for what "looks like a negative number"
-    add_dataset_arguments(p)
-    add_backbone_arguments(p, features=False)
-    s = p.add_argument_group("settings (comma lists; ranges A:B:STEP, B included, keep a prefix: cos:0:0.5:0.1)")
-    s.add_argument("--features", default=AUTO, help=f"features kinds: {', '.join(FEATURES)} or auto (the recipe's)")
-    s.add_argument("--layers", default=AUTO, help="blocks, e.g. -1,-2,-3,-4 or -4:-1:1 (auto: the recipe's)")
-    s.add_argument("--method", default=AUTO, help=f"methods: {', '.join(METHODS)} or auto (the recipe's)")
-    s.add_argument("--prep", default=AUTO, help=f"preparations: {', '.join(PREPS)} or auto")
-    for name, (spec, owners) in all_option_specs().items():
-        s.add_argument("--" + name.replace("_", "-"), default=None, metavar="LIST",
-                       help=f"{spec.help} [{', '.join(owners)}]")
-    s.add_argument("--max-side", type=int, default=None, help="downscale images whose longer side exceeds this")
-    c = p.add_argument_group("feature cache")
-    c.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="store each image's features here (safetensors, per backbone/weights/layer/kind/preparation "
-                        "fingerprint); a later sweep reads them instead of running the backbone")
-    c.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
-                   help="float16 halves the cache; its rows may then differ slightly from eval's")
-    r = add_run_arguments(p)
-    r.add_argument("--out", type=Path, required=True, help="output folder")
-    r.add_argument("--resume", action="store_true", help="keep the settings' prediction files and skip what they hold")
+def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
+    add_options(p, CONFIG, saved=saved)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..cache import FeatureCache, weights_identity
-    from ..models import create_backbone
-    from .common import source_from_args
-    from ..pipeline import Localizer
-    from ..registers import RegisterNeurons
-    from ..sweep import Sweep, expand, expand_settings, write_reports
+    return run(from_args(CONFIG, args))
 
+
+def run(config: SweepConfig) -> int:
+    """Every setting of ``config`` on its dataset; the reports, and the command reproducing the best row."""
     specs = all_option_specs()
-    options = {name: expand(getattr(args, name), specs[name][0].type) for name in specs
-               if getattr(args, name) is not None}
-    source = source_from_args(args)
+    options = {name: expand(getattr(config, name), specs[name][0].type) for name in specs
+               if getattr(config, name) is not None}
+    source = source_of(config)
     recipe = recipe_for(source.family)
-    layers = [recipe.layer] if args.layers == AUTO else expand(args.layers, int)
-    features = [recipe.features if f == AUTO else f for f in expand(args.features)]
+    layers = [recipe.layer] if config.layers == AUTO else expand(config.layers, int)
+    features = [recipe.features if f == AUTO else f for f in expand(config.features)]
     for kind in features:
         if kind not in FEATURES:
             raise ValueError(f"--features: {kind!r} is not one of {', '.join(FEATURES)}")
-    preps = expand(args.prep)
+    preps = expand(config.prep)
     for prep in preps:
         if prep not in (AUTO, *PREPS):
             raise ValueError(f"--prep: {prep!r} is not one of auto, {', '.join(PREPS)}")
-    settings = expand_settings(source.family, expand(args.method), options, features, layers, preps)
-    dataset = dataset_from_args(args)
-    indices = list(range(len(dataset) if args.limit is None else min(args.limit, len(dataset))))
-    kwargs = model_kwargs(args.model_arg)
+    settings = expand_settings(source.family, expand(config.method), options, features, layers, preps)
+    dataset = dataset_of(config)
+    indices = list(range(len(dataset) if config.limit is None else min(config.limit, len(dataset))))
     cache = None
-    if args.cache is not None:
-        n = None if args.test_time_registers is None else RegisterNeurons.load(args.test_time_registers)
-        cache = FeatureCache(args.cache, {"backbone": source.name, "weights": weights_identity(source.name,
-                             args.weights), "pos_resample": source.pos_resample, "model_args": kwargs, "max_side": args.max_side, "dtype": args.dtype,
-                             "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
-                             args.cache_dtype)
+    if config.cache is not None:
+        n = None if config.test_time_registers is None else RegisterNeurons.load(config.test_time_registers)
+        cache = FeatureCache(config.cache, {"backbone": source.name, "weights": source.identity,
+                                            "pos_resample": source.pos_resample, "model_args": config.model_args,
+                                            "max_side": config.max_side, "dtype": config.dtype,
+                                            "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
+                             config.cache_dtype)
     backbone = None
 
     def localizer_for(prep: str) -> Localizer:
         nonlocal backbone
         if backbone is None:
             print(f"loading {source.name}")
-            backbone = create_backbone(source, test_time_registers=args.test_time_registers)
-        return Localizer(backbone, settings[0].method, prep=prep, max_side=args.max_side, device=args.device,
-                         dtype=args.dtype)
+            backbone = create_backbone(source, test_time_registers=config.test_time_registers)
+        return Localizer(backbone, settings[0].method, prep=prep, max_side=config.max_side, device=config.device,
+                         dtype=config.dtype)
 
     taps = len({(s.prep, s.tap) for s in settings})
     print(f"{len(settings)} settings on {len(indices)} images: {len({s.prep for s in settings})} forward pass(es) "
           f"per image for {taps} feature map(s)")
-    sweep = Sweep(settings, dataset, indices, args.out, localizer_for, cache=cache, resume=args.resume,
-                  batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
-                  max_pixels=args.max_pixels)
+    sweep = Sweep(settings, dataset, indices, config.out, localizer_for, cache=cache, resume=config.resume,
+                  batch_size=config.batch_size, workers=config.workers, progress=not config.quiet,
+                  max_pixels=config.max_pixels)
     rows = sweep.run()
-    command = ["lost-reg", "eval", *dataset_args(args), *(["--backbone", args.backbone] if args.backbone else []),
-               *(["--weights", args.weights] if args.weights else []),
-               *(["--pos-resample", args.pos_resample] if args.pos_resample != AUTO else []),
-               *(["--test-time-registers", args.test_time_registers] if args.test_time_registers else []),
-               *(a for pair in args.model_arg for a in ("--model-arg", pair)),
-               *(["--max-side", str(args.max_side)] if args.max_side else []),
-               *(["--dtype", args.dtype] if args.dtype != "float32" else []), "--out", str(args.out / "best")]
-    title = f"lost-reg sweep: {source.name} on {args.dataset} {args.root} ({len(indices)} images)"
-    best = write_reports(rows, args.out, command, title)
-    write_json(args.out / "best.json", best)
+    shared = {name: getattr(config, name) for name in REPRODUCE if name != "out"}
+    command = ["lost-reg", "eval", *EvalConfig(**shared, out=config.out / "best").argv(REPRODUCE)]
+    title = f"lost-reg sweep: {source.name} on {config.dataset} {config.root} ({len(indices)} images)"
+    best = write_reports(rows, config.out, command, title)
+    write_json(config.out / "best.json", best)
     st = sweep.stats
-    write_json(args.out / "summary.json", {
+    write_json(config.out / "summary.json", {
         "settings": len(settings), "images": len(indices), "images_processed": st.processed,
-        "images_from_cache": st.from_cache, "images_failed": len(st.errors), "errors": list(st.errors.values()),
+        "images_from_cache": st.from_cache, "images_failed": len(st.errors),
+        "errors": [e.to_json() for e in st.errors.values()],
         "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
         "timings": {"wall_s": st.wall_s, "forward_s": st.forward_s,
                     "methods_s": sum(sweep.seconds.values())},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+        "config": config.record(),
     })
     if st.errors:
-        print(f"{len(st.errors)} images could not be read; see {args.out / 'summary.json'} (errors)")
+        print(f"{len(st.errors)} images could not be read; see {config.out / 'summary.json'} (errors)")
     print(f"\n{'CorLoc':>22}  whole  setting")
     for r in rows[:10]:
         c = r.corloc
         print(f"{100 * c.corloc:6.1f} % ({c.found:>4}/{c.total:<4})  {r.whole:>5}  {r.setting.name}")
-    print(f"\n{len(rows)} settings -> {args.out / 'results.md'}; reproduce the best:\n"
+    print(f"\n{len(rows)} settings -> {config.out / 'results.md'}; reproduce the best:\n"
           f"{shlex.join(best['best']['command'])}")
     return 0

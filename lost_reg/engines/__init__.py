@@ -1,27 +1,111 @@
 """Where ``lost-reg discover`` runs, picked by name from one table: one process, or a Ray cluster.
 
-Every engine takes the command's options and the selected images and returns an :class:`Outcome`:
-the same records (one :class:`~lost_reg.export.ImageRecord` per image that has a result, from this run
-and from the resumed ones) and the same error report, which ``discover`` then exports. The boxes come
-from :func:`find_objects` and :func:`image_record` in both, so an image gets the same boxes whatever
-the engine.
+Every engine takes the typed configuration (:class:`DiscoverConfig`) and the selected images and
+returns an :class:`Outcome`: the same records (one :class:`~lost_reg.export.ImageRecord` per image that
+has a result, from this run and from the resumed ones) and the same error report, which ``discover``
+then exports. The boxes come from :meth:`DiscoverConfig.find` and :func:`image_record` in both, so an
+image gets the same boxes whatever the engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Annotated, ClassVar, Literal
 
+from pydantic import Field
+
+from ..config import PATHS_HELP, LocalizerOptions, RunOptions
 from ..datasets import Sample
-from ..export import DiscoveredObject, ImageRecord
+from ..export import FORMATS, LABEL_STUDIO_PREFIX, ImageRecord
 from ..images import Prepared
-from ..pipeline import Localizer
+from ..loop import FailedImage
+from ..options import Cli, Options
+from ..pipeline import Detection, Localizer
+from ..scores import DEFAULT_SCORE, SCORES
 
 ENGINES = {"local": "one process: decoding workers, shape buckets, the model on one device",
            "ray": 'a Ray cluster (pip install "lost-reg[ray]"): decoding as CPU tasks, the model in GPU or CPU actors'}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` → (2, 4), checked: 1 ≤ i ≤ n."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = (0, 0)
+    if not sep or not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard wants I/N with 1 <= I <= N, got {text!r}")
+    return shard
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Whether ``key`` (an image path) belongs to ``shard``: a hash, so stable across machines and runs."""
+    i, n = shard
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n == i - 1
+
+
+class DiscoverOutput(Options):
+    """What ``discover`` writes: boxes per image, scored, in an annotation tool's format."""
+
+    group: ClassVar[str | None] = "output"
+    out: Path = Field(description="output file (coco, jsonl, labelstudio) or folder (yolo, voc)")
+    format: Literal[tuple(FORMATS)] = Field(  # type: ignore[valid-type]
+        "coco", description="output format (see README: discover)")
+    max_objects: int = Field(1, ge=1, description="boxes per image: after each box its patches leave the graph and the "
+                                            "method looks again")
+    min_score: float | None = Field(None, description="drop boxes scoring below this (and stop looking); images "
+                                                      "where nothing stands out get none")
+    score: Literal[tuple(SCORES)] = Field(  # type: ignore[valid-type]
+        DEFAULT_SCORE, description="how a box is scored (see README: scores)")
+    save_vis: Annotated[Path | None, Cli(metavar="DIR")] = Field(
+        None, description="write a PNG per image: boxes, seed, mask, the method's heat map, CLS and register attention")
+    image_url_prefix: str | None = Field(
+        None, description="labelstudio: prefix of each task's image URL, before the image's path relative to its "
+                          f"folder (default: Label Studio's local files, {LABEL_STUDIO_PREFIX}FOLDER/ for one folder)")
+    coco_gt: Annotated[Path | None, Cli(metavar="JSON")] = Field(
+        None, description="coco-results: take image ids from this COCO ground truth, matching file names")
+
+
+class DiscoverRun(RunOptions):
+    """A batch run that can resume, on a shard of the images."""
+
+    resume: bool = Field(False, description="keep what an interrupted run finished (local: OUT.partial.jsonl; "
+                                            "ray: OUT.ray/ chunks)")
+    shard: Annotated[tuple[int, int], Cli(metavar="I/N", parse=parse_shard)] = Field(
+        (1, 1), description="process only shard I of N (1-based; stable hash of each image's path)")
+
+
+class EngineOptions(Options):
+    """Which engine, and the Ray cluster's options."""
+
+    group: ClassVar[str | None] = "engine"
+    engine: Literal[tuple(ENGINES)] = Field(  # type: ignore[valid-type]
+        "local", description="; ".join(f"{k}: {v}" for k, v in ENGINES.items()))
+    ray_address: str = Field("local", description="ray: the cluster to join (auto: the one this machine belongs to, "
+                                                  "ray://HOST:PORT) or local")
+    actors: int = Field(1, ge=1, description="ray: model actors (e.g. one per GPU)")
+    gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs each actor reserves (default: 1 when the "
+                                                                 "cluster has GPUs and --device is not cpu)")
+    chunk_size: int = Field(10000, ge=1, description="ray: images per chunk; a finished chunk is kept, so a killed "
+                                                     "job loses at most one")
+    decode_batch: int = Field(32, ge=1, description="ray: images per decoding task call")
+
+
+class DiscoverConfig(DiscoverOutput, LocalizerOptions, DiscoverRun, EngineOptions):  # type: ignore[misc]
+    """``lost-reg discover``: boxes for unlabeled images, for annotation tools."""
+
+    group: ClassVar[str | None] = None
+    paths: Annotated[list[str], Cli(metavar="PATH", positional=True)] = Field(description=PATHS_HELP)
+
+    def find(self, localizer: Localizer, batch: Sequence[Prepared]) -> list[list[Detection]]:
+        """Up to ``max_objects`` scored detections per prepared image of one padded shape (``min_score``, ``score``)."""
+        return localizer.localize_prepared_multi(batch, self.max_objects, self.min_score, self.score)
 
 
 @dataclass
@@ -30,17 +114,15 @@ class Outcome:
 
     records: list[ImageRecord]
     """One per image with a result (this run's and earlier ones'), in input order."""
-    errors: list[dict] = field(default_factory=list)
-    """Unreadable images: ``{"image_id", "path", "error"}``."""
+    errors: list[FailedImage] = field(default_factory=list)
+    """Images that could not be read."""
     summary: str = ""
     """A line about the run (speed, workers)."""
 
 
-def run(name: str, args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
-    """Run engine ``name`` (a key of :data:`ENGINES`); its module is imported only then."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
-    return importlib.import_module(f".{name}", __name__).run(args, samples)
+def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
+    """Run the configured engine (a key of :data:`ENGINES`); its module is imported only then."""
+    return importlib.import_module(f".{config.engine}", __name__).run(config, samples)
 
 
 def file_name(sample: Sample) -> str:
@@ -51,12 +133,6 @@ def file_name(sample: Sample) -> str:
     return path.name if path.is_absolute() or ".." in path.parts else sample.image_id
 
 
-def find_objects(localizer: Localizer, batch: Sequence[Prepared], args: argparse.Namespace) -> list[list]:
-    """Up to ``--max-objects`` scored detections per prepared image of one padded shape (``--min-score``, ``--score``)."""
-    return localizer.localize_prepared_multi(batch, args.max_objects, args.min_score, args.score)
-
-
-def image_record(sample: Sample, size: tuple[int, int], objects: Sequence) -> ImageRecord:
+def image_record(sample: Sample, size: tuple[int, int], objects: Sequence[Detection]) -> ImageRecord:
     """One image's record: its id, the name exports use, its size, and its scored boxes."""
-    boxes = [DiscoveredObject(box=d.detection.box, score=d.score, seed=d.detection.seed) for d in objects]
-    return ImageRecord(sample.image_id, file_name(sample), size[0], size[1], boxes)
+    return ImageRecord(sample.image_id, file_name(sample), size[0], size[1], list(objects))

@@ -1,4 +1,4 @@
-"""One process: :func:`lost_reg.engine.inference_on_dataset` (decoding workers, shape buckets, one device).
+"""One process: :func:`lost_reg.loop.inference_on_dataset` (decoding workers, shape buckets, one device).
 
 Records are appended to ``OUT.partial.jsonl`` as they are made, so a killed run loses nothing:
 ``--resume`` skips the images in it.
@@ -6,54 +6,44 @@ Records are appended to ``OUT.partial.jsonl`` as they are made, so a killed run 
 
 from __future__ import annotations
 
-import argparse
-import time
+import logging
+
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli.common import build_localizer
 from ..datasets import Sample
-from ..engine import inference_on_dataset, shape_order
 from ..evaluation import PredictionWriter, load_predictions
 from ..export import ImageRecord
-from ..images import Prepared
-from . import Outcome, find_objects, image_record
+from ..loop import Failures, ProgressBar, build_loader, inference_on_dataset, shape_order
+from ..pipeline import build_localizer
+from ..vis import Visualizer
+from . import DiscoverConfig, Outcome, image_record
 
+
+log = logging.getLogger(__name__)
 
 def work_file(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
-def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
-    localizer = build_localizer(args)
-    partial = work_file(args.out)
-    writer = PredictionWriter(partial, resume=args.resume)
+def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
+    localizer = build_localizer(config)
+    partial = work_file(config.out)
+    writer = PredictionWriter(partial, resume=config.resume,
+                              record=lambda sample, prepared, objects: image_record(sample, prepared.size,
+                                                                                    objects).to_json())
     done = writer.done_ids()
-    todo = [i for i, s in enumerate(samples) if s.image_id not in done]
+    todo = writer.todo(samples, range(len(samples)))
     if done:
-        print(f"resuming: {len(done)} images already in {partial}, {len(todo)} to go")
-    visualizer = None
-    if args.save_vis is not None:
-        from ..vis import Visualizer
-
-        visualizer = Visualizer(localizer, args.save_vis)
-
-    def localize(batch: Sequence[Prepared]) -> list[tuple[tuple[int, int], list]]:
-        return [(p.size, objects) for p, objects in zip(batch, find_objects(localizer, batch, args))]
-
-    def process(sample: Sample, found: tuple[tuple[int, int], list]) -> None:
-        writer.write(image_record(sample, *found).to_json())
-        if visualizer is not None:
-            visualizer(sample, found[1])
-
-    start = time.perf_counter()
-    with writer:
-        stats = inference_on_dataset(localizer, samples, shape_order(samples, todo, localizer), process,
-                                     localize=localize, batch_size=args.batch_size, workers=args.workers,
-                                     progress=not args.quiet, max_pixels=args.max_pixels)
-    wall = time.perf_counter() - start
+        log.info(f"resuming: {len(done)} images already in {partial}, {len(todo)} to go")
+    failures = Failures()
+    hooks = [writer, failures, *([Visualizer(localizer, config.save_vis)] if config.save_vis is not None else []),
+             ProgressBar(len(todo), enabled=not config.quiet)]
+    loader = build_loader(localizer, samples, shape_order(samples, todo, localizer), batch_size=config.batch_size,
+                          workers=config.workers, max_pixels=config.max_pixels)
+    stats = inference_on_dataset(lambda batch: config.find(localizer, batch), loader, hooks)
     order = {s.image_id: i for i, s in enumerate(samples)}
     records = sorted((ImageRecord.from_json(r) for r in load_predictions(partial) if r["image_id"] in order),
                      key=lambda r: order[r.image_id])
-    speed = f"{stats.processed / wall:.2f} images/s" if wall and stats.processed else "nothing to do"
-    return Outcome(records, stats.errors, f"local engine on {localizer.device}: {speed}")
+    speed = f"{stats.processed / stats.wall:.2f} images/s" if stats.wall and stats.processed else "nothing to do"
+    return Outcome(records, failures.images, f"local engine on {localizer.device}: {speed}")

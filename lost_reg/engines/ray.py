@@ -12,7 +12,6 @@ become rows with an ``error``. Ray is imported only here.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -27,8 +26,11 @@ import numpy as np
 from ..datasets import Sample
 from ..errors import LostRegError
 from ..export import ImageRecord
-from . import Outcome, file_name
+from ..loop import FailedImage
+from . import DiscoverConfig, Outcome, file_name
 
+
+log = logging.getLogger(__name__)
 
 def state_folder(out: Path) -> Path:
     """Where the chunks' outputs go: ``OUT.ray/``."""
@@ -37,7 +39,7 @@ def state_folder(out: Path) -> Path:
 
 def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, max_pixels: int) -> dict:
     """CPU task: image files → uint8 pixels on the patch grid, or the reason they could not be read."""
-    from ..engine import read_prepared
+    from ..loop import read_prepared
 
     columns = ("pixels", "valid_h", "valid_w", "width", "height", "error")
     out: dict[str, list] = {k: [] for k in columns}
@@ -56,16 +58,16 @@ def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, 
 class DiscoverActor:
     """One model per actor, loaded once; each batch localised per padded shape, as the local engine does."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        from ..cli.common import build_localizer
+    def __init__(self, config: DiscoverConfig) -> None:
+        from ..pipeline import build_localizer
 
-        self.args = args
-        self.localizer = build_localizer(args)
+        self.config = config
+        self.localizer = build_localizer(config)
         self.visualizer = None
-        if args.save_vis is not None:
+        if config.save_vis is not None:
             from ..vis import Visualizer
 
-            self.visualizer = Visualizer(self.localizer, args.save_vis)
+            self.visualizer = Visualizer(self.localizer, config.save_vis)
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -73,7 +75,7 @@ class DiscoverActor:
         from ..devices import pin
         from ..images import Prepared
         from ..pipeline import group_by_shape
-        from . import find_objects, image_record
+        from . import image_record
 
         n = len(batch["image_id"])
         samples = [Sample(str(batch["image_id"][i]), Path(str(batch["path"][i])), None, None) for i in range(n)]
@@ -86,7 +88,7 @@ class DiscoverActor:
                                      (int(batch["width"][i]), int(batch["height"][i]))))
         for indices in group_by_shape(prepared).values():
             group = [prepared[j] for j in indices]
-            for j, found in zip(indices, find_objects(self.localizer, group, self.args)):
+            for j, found in zip(indices, self.config.find(self.localizer, group)):
                 i = ok[j]
                 objects[i] = json.dumps(image_record(samples[i], prepared[j].size, found).to_json()["objects"])
                 if self.visualizer is not None:
@@ -96,7 +98,7 @@ class DiscoverActor:
                 "objects": objects, "error": batch["error"]}
 
 
-def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
+def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
     # Ray Data reads its logging config when it first logs: keep its console to warnings (ours says the rest)
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     try:
@@ -104,13 +106,13 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     except ImportError:
         raise LostRegError('--engine ray needs Ray, which lost-reg does not install by default: '
                            'pip install "lost-reg[ray]"') from None
-    from ..cli.common import method_options, source_from_args
+    from ..pipeline import source_of
     from ..recipes import resolve
 
-    state = state_folder(args.out)
-    chunks = [list(range(s, min(s + args.chunk_size, len(samples)))) for s in range(0, len(samples), args.chunk_size)]
+    state = state_folder(config.out)
+    chunks = [list(range(s, min(s + config.chunk_size, len(samples)))) for s in range(0, len(samples), config.chunk_size)]
     plan = hashlib.sha256(json.dumps([[samples[i].image_id for i in c] for c in chunks]).encode()).hexdigest()
-    if args.resume and (state / "plan.json").exists():
+    if config.resume and (state / "plan.json").exists():
         if json.loads((state / "plan.json").read_text())["sha256"] != plan:
             raise LostRegError(f"the inputs or --chunk-size changed since the run in {state}; "
                                "rerun without --resume (or with the same inputs)")
@@ -119,31 +121,31 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     state.mkdir(parents=True, exist_ok=True)
     (state / "plan.json").write_text(json.dumps({"sha256": plan, "chunks": len(chunks), "images": len(samples)}))
 
-    source = source_from_args(args)
-    setting = resolve(source.family, args.method, method_options(args), "auto", None, args.prep)
+    source = source_of(config)
+    setting = resolve(source.family, config.method, config.method_options(), prep=config.prep)
     patch = source.patch_size
-    _start_ray(ray, args)
-    gpus = args.gpus_per_actor
+    _start_ray(ray, config)
+    gpus = config.gpus_per_actor
     if gpus is None:
-        gpus = 1 if args.device != "cpu" and ray.cluster_resources().get("GPU", 0) else 0
+        gpus = 1 if config.device != "cpu" and ray.cluster_resources().get("GPU", 0) else 0
     todo = [c for c in range(len(chunks)) if not (state / f"chunk-{c:06d}" / "_DONE").exists()]
     if len(todo) < len(chunks):
-        print(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done in {state}")
+        log.info(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done in {state}")
     start, processed = time.perf_counter(), 0
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(len(chunks[c]) for c in todo), unit="img", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(chunks[c]) for c in todo), unit="img", disable=config.quiet, dynamic_ncols=True)
     for c in todo:
         folder = state / f"chunk-{c:06d}"
         shutil.rmtree(folder, ignore_errors=True)  # what a killed run left half-written
         items = [{"index": i, "image_id": samples[i].image_id, "path": str(samples[i].path),
                   "file_name": file_name(samples[i])} for i in chunks[c]]
         ds = ray.data.from_items(items)
-        ds = ds.map_batches(decode_batch, fn_kwargs={"patch_size": patch, "max_side": args.max_side,
-                                                     "prep": setting.prep, "max_pixels": args.max_pixels},
-                            batch_size=args.decode_batch, num_cpus=1, batch_format="numpy")
-        ds = ds.map_batches(DiscoverActor, fn_constructor_kwargs={"args": args}, batch_size=args.batch_size,
-                            num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=args.actors),
+        ds = ds.map_batches(decode_batch, fn_kwargs={"patch_size": patch, "max_side": config.max_side,
+                                                     "prep": setting.prep, "max_pixels": config.max_pixels},
+                            batch_size=config.decode_batch, num_cpus=1, batch_format="numpy")
+        ds = ds.map_batches(DiscoverActor, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size,
+                            num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=config.actors),
                             batch_format="numpy")
         ds.write_json(str(folder))
         (folder / "_DONE").write_text(json.dumps({"images": len(items)}))
@@ -157,16 +159,16 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> Outcome:
     if len(seen) != len(rows) or seen != set(range(len(samples))):
         raise LostRegError(f"{state} holds {len(rows)} rows for {len(samples)} images: rerun without --resume")
     records = [ImageRecord.from_json({**r, "objects": json.loads(r["objects"])}) for r in rows if not r["error"]]
-    errors = [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in rows if r["error"]]
-    speed = f"{processed / wall / max(args.actors, 1):.2f} images/s per actor" if processed else "nothing to do"
+    errors = [FailedImage(r["image_id"], r["path"], r["error"]) for r in rows if r["error"]]
+    speed = f"{processed / wall / max(config.actors, 1):.2f} images/s per actor" if processed else "nothing to do"
     ray.shutdown()
-    return Outcome(records, errors, f"ray engine, {args.actors} actor(s) with {gpus} GPU(s) each: {speed}")
+    return Outcome(records, errors, f"ray engine, {config.actors} actor(s) with {gpus} GPU(s) each: {speed}")
 
 
-def _start_ray(ray, args: argparse.Namespace) -> None:
+def _start_ray(ray, config: DiscoverConfig) -> None:
     """Connect to ``--ray-address`` (``auto``: a running cluster), or start a local Ray; quietly (this
     command's own progress bar and summary say what happens; Ray's logs stay in its session folder)."""
-    address = None if args.ray_address in (None, "local") else args.ray_address
+    address = None if config.ray_address in (None, "local") else config.ray_address
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     logging.getLogger("ray").setLevel(logging.WARNING)

@@ -1,0 +1,286 @@
+"""The inference loop, as detectron2's: ``inference_on_dataset(model, loader, evaluators)``.
+
+:func:`build_loader` decodes and pads images in DataLoader worker processes (pinned memory on CUDA:
+the localizer's :class:`~lost_reg.devices.DevicePlan` says how many workers and whether to pin) and
+groups them by padded shape, so each model call is one :class:`Batch` of one shape; a file that
+cannot be read comes out as a :class:`FailedImage`. :func:`inference_on_dataset` knows no files: it
+calls the model on each batch and hands inputs and outputs to the evaluators and hooks
+(:class:`DatasetEvaluator`: CorLoc, the prediction writer, pictures, the progress bar), and each
+failed image to their :meth:`~DatasetEvaluator.skip`. The run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .datasets import Sample
+from .devices import can_pin
+from .errors import LostRegError
+from .images import MAX_PIXELS, Prepared, decode_image, grid_size, prepare
+from .pipeline import Localizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """A decoded image, or the reason it could not be decoded."""
+
+    index: int
+    sample: Sample
+    prepared: Prepared | None = None
+    error: str | None = None
+
+    def pin_memory(self) -> Item:
+        if self.prepared is not None:
+            self.prepared.pixels = self.prepared.pixels.pin_memory()
+        return self
+
+
+class _Decoded(Dataset):
+    """Decodes and pads the dataset's images (runs inside the workers)."""
+
+    def __init__(self, dataset: Sequence[Sample], indices: Sequence[int], patch_size: int, max_side: int | None,
+                 prep: str, max_pixels: int | None) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.patch_size, self.max_side, self.prep, self.max_pixels = patch_size, max_side, prep, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Item:
+        index = self.indices[i]
+        sample = self.dataset[index]
+        got = read_prepared(sample.path, sample.image_id, self.patch_size, self.max_side, self.prep, self.max_pixels)
+        return Item(index, sample, error=got) if isinstance(got, str) else Item(index, sample, prepared=got)
+
+
+def read_prepared(path: str | Path, image_id: str, patch_size: int, max_side: int | None, prep: str,
+                  max_pixels: int | None) -> Prepared | str:
+    """An image file decoded and put on the patch grid, or why it could not be (every engine's decoding)."""
+    try:
+        return prepare(decode_image(path, name=image_id, max_pixels=max_pixels), patch_size, max_side, prep,
+                       name=image_id)
+    except LostRegError as e:
+        return str(e)
+    except Exception as e:  # a decoder crash on one file must not end a 10k-image run
+        return f"{image_id}: {type(e).__name__}: {e}"
+
+
+def _single(item: Item) -> Item:
+    return item
+
+
+class ShapeBucketer:
+    """Collects items per padded shape; yields a batch when one shape has ``batch_size`` items.
+
+    At most ``max_pending`` items wait in total: past that the fullest bucket goes out early,
+    which bounds memory when a dataset has many shapes.
+    """
+
+    def __init__(self, batch_size: int, max_pending: int) -> None:
+        self.batch_size, self.max_pending = batch_size, max(max_pending, batch_size)
+        self.buckets: dict[tuple[int, ...], list[Item]] = defaultdict(list)
+        self.pending = 0
+
+    def add(self, item: Item) -> Iterator[list[Item]]:
+        bucket = self.buckets[tuple(item.prepared.pixels.shape)]
+        bucket.append(item)
+        self.pending += 1
+        if len(bucket) >= self.batch_size:
+            yield self._take(tuple(item.prepared.pixels.shape))
+        elif self.pending > self.max_pending:
+            yield self._take(max(self.buckets, key=lambda k: len(self.buckets[k])))
+
+    def flush(self) -> Iterator[list[Item]]:
+        while self.buckets:
+            yield self._take(next(iter(self.buckets)))
+
+    def _take(self, key: tuple[int, ...]) -> list[Item]:
+        batch = self.buckets.pop(key)
+        self.pending -= len(batch)
+        return batch
+
+
+def shape_order(dataset: Sequence[Sample], indices: Sequence[int], localizer: Localizer) -> list[int]:
+    """Indices sorted by the padded shape their annotated size gives ``localizer``, so buckets fill up.
+
+    Images whose size is unknown keep their place at the end; order only affects speed.
+    """
+
+    def key(i: int) -> tuple[int, int, int]:
+        size = dataset[i].size
+        if size is None:
+            return (1, 0, 0)
+        ps = localizer.patch_size
+        w, h = grid_size(*size, ps, localizer.max_side, localizer.prep)
+        return (0, math.ceil(h / ps), math.ceil(w / ps))
+
+    return sorted(indices, key=key)
+
+
+@dataclass
+class FailedImage:
+    """An image that could not be read or used, and why: reported and skipped, the run goes on."""
+
+    image_id: str
+    path: str
+    error: str
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class Batch:
+    """Prepared images of one padded shape, with their samples."""
+
+    samples: list[Sample]
+    prepared: list[Prepared]
+
+
+class DatasetEvaluator:
+    """detectron2's evaluator, also for hooks: ``reset`` before a run, ``process`` each batch (its samples and
+    prepared images) with the model's outputs (one per image), ``skip`` each failed image, ``evaluate`` at the
+    end."""
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, batch: Batch, outputs: Sequence[Any]) -> None:
+        pass
+
+    def skip(self, failed: FailedImage) -> None:
+        pass
+
+    def evaluate(self) -> Any:
+        return None
+
+
+class Failures(DatasetEvaluator):
+    """Collects the images that could not be read."""
+
+    def reset(self) -> None:
+        self.images: list[FailedImage] = []
+
+    def skip(self, failed: FailedImage) -> None:
+        self.images.append(failed)
+
+    def evaluate(self) -> list[FailedImage]:
+        return self.images
+
+
+class ProgressBar(DatasetEvaluator):
+    """A tqdm bar over ``total`` images, with ``postfix()`` (e.g. the running CorLoc); failed images are
+    written above it."""
+
+    def __init__(self, total: int, enabled: bool = True, postfix: Callable[[], dict] | None = None,
+                 desc: str | None = None) -> None:
+        self.total, self.enabled, self.postfix, self.desc = total, enabled, postfix, desc
+
+    def reset(self) -> None:
+        self.bar = tqdm(total=self.total, unit="img", disable=not self.enabled, dynamic_ncols=True, desc=self.desc)
+
+    def process(self, batch: Batch, outputs: Sequence[Any]) -> None:
+        self.bar.update(len(batch.samples))
+        if self.postfix:
+            self.bar.set_postfix(self.postfix(), refresh=False)
+
+    def skip(self, failed: FailedImage) -> None:
+        self.bar.write(f"skipped {failed.error}")
+        self.bar.update(1)
+
+    def evaluate(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class LoopStats:
+    """What one pass did and how long each stage took (seconds)."""
+
+    processed: int = 0
+    failed: int = 0
+    wall: float = 0.0
+    wait: float = 0.0
+    """Waiting for the loader (decoding)."""
+    model: float = 0.0
+    process: float = 0.0
+    """In the evaluators and hooks (writing predictions, pictures)."""
+
+
+def build_loader(localizer: Localizer, dataset: Sequence[Sample], indices: Sequence[int], *, batch_size: int = 16,
+                 workers: int | None = None, max_pixels: int | None = MAX_PIXELS) -> Iterator[Batch | FailedImage]:
+    """``dataset[indices]`` decoded and prepared for ``localizer`` in worker processes, as batches of one padded
+    shape (and failed images, in completion order). Images over ``max_pixels`` (read from the header, before
+    decoding) or smaller than one patch fail like unreadable ones."""
+    plan = localizer.plan
+    workers = plan.workers if workers is None else workers
+    if plan.pin_memory and not can_pin():
+        log.info("pinned memory asked for, but there is no CUDA driver here: decoded images stay pageable")
+    if not indices:
+        return
+    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side, localizer.prep, max_pixels)
+    loader = DataLoader(
+        decoded,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_single,
+        pin_memory=plan.pin_memory and can_pin(),
+        prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
+        persistent_workers=False,
+    )
+    bucketer = ShapeBucketer(batch_size, max_pending=4 * batch_size)
+    for item in loader:
+        if item.error is not None:
+            yield FailedImage(item.sample.image_id, str(item.sample.path), item.error)
+        else:
+            for batch in bucketer.add(item):
+                yield _batch(batch)
+    for batch in bucketer.flush():
+        yield _batch(batch)
+
+
+def _batch(items: list[Item]) -> Batch:
+    return Batch([it.sample for it in items], [it.prepared for it in items])
+
+
+def inference_on_dataset(model: Callable[[Sequence[Prepared]], Sequence[Any]],
+                         loader: Iterable[Batch | FailedImage], evaluators: Sequence[DatasetEvaluator]) -> LoopStats:
+    """Run ``model`` on every batch of ``loader``, handing inputs and outputs to ``evaluators`` (reset first,
+    evaluated last, also when the run stops early)."""
+    for evaluator in evaluators:
+        evaluator.reset()
+    stats = LoopStats()
+    start = waited = time.perf_counter()
+    try:
+        for item in loader:
+            now = time.perf_counter()
+            stats.wait += now - waited
+            if isinstance(item, FailedImage):
+                stats.failed += 1
+                for evaluator in evaluators:
+                    evaluator.skip(item)
+            else:
+                outputs = model(item.prepared)
+                done = time.perf_counter()
+                stats.model += done - now
+                for evaluator in evaluators:
+                    evaluator.process(item, outputs)
+                stats.process += time.perf_counter() - done
+                stats.processed += len(item.samples)
+            waited = time.perf_counter()
+    finally:
+        for evaluator in evaluators:
+            evaluator.evaluate()
+        stats.wall = time.perf_counter() - start
+    return stats
