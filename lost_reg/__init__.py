@@ -20,6 +20,6 @@ from .version import __version__
 
 __all__ = [
     "__version__", "Backbone", "BackboneError", "DataError", "DEFAULT_BACKBONE", "Detection", "Discovery", "Features",
-    "Localizer", "Lost", "LostRegError", "LostResult", "METHODS", "Method", "OFFLINE_BACKBONE", "TokenCut", "TokenCutResult",
-    "build_method", "create_backbone", "lost", "tokencut",
+    "Localizer", "Lost", "LostRegError", "LostResult", "METHODS", "Method", "OFFLINE_BACKBONE", "TokenCut",
+    "TokenCutResult", "build_method", "create_backbone", "lost", "tokencut",
 ]

@@ -133,9 +133,10 @@ class PredictionWriter(DatasetEvaluator):
 
     A record is ``{"image_id", "width", "height", "box": [x0, y0, x1, y1], "seed": [row, col],
     "iou", "found"}`` (``iou``/``found`` null without ground truth), or what ``record(sample,
-    prepared, output)`` makes of each image of the loop's batches and its output. With ``resume=False`` an existing file is started
-    afresh; with ``resume=True`` its records are kept, a half-written or garbled line (from a
-    killed run) is dropped, new records are appended, and images already in it are not written again.
+    prepared, output)`` makes of each image of the loop's batches and its output. With
+    ``resume=False`` an existing file is started afresh; with ``resume=True`` its records are kept,
+    a half-written or garbled line (from a killed run) is dropped, new records are appended, and
+    images already in it are not written again.
     """
 
     def __init__(self, path: str | Path, resume: bool,

@@ -249,7 +249,8 @@ def test_dino_pretrain_pth(upstream, tmp_path):
         expected = tapped(model, "blocks.1.attn.qkv", "blocks.1", 1, lambda: model(x))
         assert_same(ours(path, x), expected, f"DINO at {tuple(x.shape[-2:])}")
     # the same file under timm's DINO name: the name's tag agrees
-    assert resolve_source("vit_small_patch16_224.dino", path, embed_dim=128, depth=2, num_heads=2).pos_resample == "dino"
+    named = resolve_source("vit_small_patch16_224.dino", path, embed_dim=128, depth=2, num_heads=2)
+    assert named.pos_resample == "dino"
 
 
 def test_dino_training_checkpoint_is_read_safely(upstream, tmp_path):

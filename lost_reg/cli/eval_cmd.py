@@ -62,7 +62,8 @@ def run(config: EvalConfig) -> int:
     timings = localizer.timings
     summary = {
         "dataset": config.dataset, "corloc": result.corloc, "found": result.found, "total": result.total,
-        "images_processed": stats.processed, "images_resumed": len(done & wanted), "images_in_predictions": len(records),
+        "images_processed": stats.processed, "images_resumed": len(done & wanted),
+        "images_in_predictions": len(records),
         "images_failed": stats.failed, "errors": [f.to_json() for f in failures.images],
         "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
         "timings": {"wall_s": stats.wall, "images_per_s": stats.processed / stats.wall if stats.wall else 0.0,

@@ -43,8 +43,9 @@ def find(config: RegistersFindConfig) -> int:
     device = resolve_device(config.device)
     model = bb.model.to(device)
     errors: list = []
+    # kept in memory: the search passes over them more than once
     crops = list(whole_patch_images(dataset, min(config.limit, len(dataset)), bb.patch_size, config.max_side,
-                                    config.max_pixels, errors, progress=not config.quiet))  # kept: the search passes over them more than once
+                                    config.max_pixels, errors, progress=not config.quiet))
     if not crops:
         raise LostRegError("no calibration image could be read")
 

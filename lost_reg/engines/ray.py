@@ -110,7 +110,8 @@ def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
     from ..recipes import resolve
 
     state = state_folder(config.out)
-    chunks = [list(range(s, min(s + config.chunk_size, len(samples)))) for s in range(0, len(samples), config.chunk_size)]
+    size = config.chunk_size
+    chunks = [list(range(s, min(s + size, len(samples)))) for s in range(0, len(samples), size)]
     plan = hashlib.sha256(json.dumps([[samples[i].image_id for i in c] for c in chunks]).encode()).hexdigest()
     if config.resume and (state / "plan.json").exists():
         if json.loads((state / "plan.json").read_text())["sha256"] != plan:
