@@ -58,12 +58,17 @@ class Options(BaseModel):
             if cli.positional:
                 out += [str(v) for v in value]
             elif cli.pairs:
-                out += [a for k, v in value.items() for a in (flag, f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}")]
+                out += [a for pair in pairs_text(value) for a in (flag, pair)]
             elif value is True:
                 out.append(flag)
             else:
                 out += [flag, str(value)]
         return out
+
+
+def pairs_text(value: dict[str, Any]) -> list[str]:
+    """A dict as ``KEY=VALUE`` texts that read back as the same values (strings quoted as Python literals)."""
+    return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in value.items()]
 
 
 def cli_of(info: Any) -> Cli:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..options import Options, cli_of, fields_in_order, flag_of
+from ..options import Options, cli_of, fields_in_order, flag_of, pairs_text
 from ..errors import LostRegError
 
 
@@ -138,7 +138,7 @@ def _as_flags(model: type[Options], saved: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in known.items():
         if cli_of(model.model_fields[name]).pairs:
-            value = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in dict(value).items()]
+            value = pairs_text(dict(value))
         out[name] = value
     return out
 
