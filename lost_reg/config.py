@@ -71,9 +71,10 @@ class RuntimeOptions(Options):
         None, description="add a test-time register driven by these register neurons: a neurons.json of "
                           "`lost-reg registers find`, or preset:dinov2_vitl14 (README, Test-time registers)")
     device: str = Field(AUTO, description="auto, cpu, cuda or cuda:N")
-    dtype: Literal[tuple(DTYPES)] = Field(  # type: ignore[valid-type]
-        "float32", description="backbone autocast precision (bfloat16; float16 on GPUs without it; both on CPUs "
-                               "whose torch autocasts to them)")
+    dtype: Literal[(AUTO, *DTYPES)] = Field(  # type: ignore[valid-type]
+        AUTO, description="backbone autocast precision; auto: bfloat16 where the device runs it natively (GPUs from "
+                          "sm 8.0, CPUs with AVX512-BF16 or AMX), else float32 (README, Precision); float16 for GPUs "
+                          "without bfloat16")
 
 
 class _MethodOptions(Options):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -28,6 +29,15 @@ T = TypeVar("T")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The backbone's autocast precisions by name (the methods' graphs are always float32)."""
+
+AUTO = "auto"
+"""``--dtype auto``: bfloat16 where the device runs it natively (:func:`bf16_hardware`), else float32."""
+
+NATIVE_BF16_ENV = "LOST_REG_NATIVE_BF16"
+"""``1`` or ``0`` overrides the bfloat16 probe (:func:`bf16_hardware`): a CPU it misjudges, or tests."""
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""x86 instruction sets that multiply bfloat16 natively; without them torch's CPU autocast emulates it."""
 
 CPU_CHUNK = 4
 """Images per backbone call on the CPU. A ViT forward there is compute-bound: larger calls gain
@@ -134,11 +144,53 @@ def half_dtype(device: torch.device, native_bf16: bool | None = None) -> str:
     """The 16-bit autocast dtype for ``device``: ``bfloat16`` where the hardware has it, else ``float16``
     (T4, V100). ``native_bf16`` overrides the probe (None: ask the device)."""
     if native_bf16 is None:
-        if device.type == "cuda":  # bfloat16 arithmetic from Ampere (sm 8.0) on; older GPUs only emulate it
-            native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
+        if device.type == "cuda":
+            native_bf16 = bf16_hardware(device) is not None
         else:
             native_bf16 = autocast_supported(device, torch.bfloat16)
     return "bfloat16" if native_bf16 else "float16"
+
+
+@functools.cache
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """Which of :data:`CPU_BF16_FLAGS` this CPU has (probed once): torch's own CPU capability probe
+    (``torch.cpu.get_capabilities``, where torch has it), else the kernel's flags in ``/proc/cpuinfo``."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        caps = get()
+        return tuple(f for f in CPU_BF16_FLAGS if caps.get(f))
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(f for f in CPU_BF16_FLAGS if f in flags)
+
+
+def bf16_hardware(device: torch.device, native: bool | None = None) -> str | None:
+    """What runs bfloat16 natively on ``device`` (``avx512_bf16``, ``amx_bf16``, ``cuda sm 8.0``…), or None
+    where it would be emulated (slower than float32). ``native``, else :data:`NATIVE_BF16_ENV`, overrides
+    the probe."""
+    if native is None and os.environ.get(NATIVE_BF16_ENV, "") in ("0", "1"):
+        native = os.environ[NATIVE_BF16_ENV] == "1"
+    if native is not None:
+        return f"forced ({NATIVE_BF16_ENV})" if native else None
+    if device.type == "cuda":  # bfloat16 arithmetic from Ampere (sm 8.0) on; older GPUs only emulate it
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda sm {major}.{minor}" if major >= 8 else None
+    if device.type == "cpu":
+        return "+".join(cpu_bf16_flags()) or None
+    return None
+
+
+def resolve_dtype(device: torch.device, dtype: str = AUTO, native: bool | None = None) -> str:
+    """``auto`` → ``bfloat16`` where :func:`bf16_hardware` finds native support on ``device``, else ``float32``;
+    any other name of :data:`DTYPES` as it is. Resolved once, where the device is."""
+    if dtype == AUTO:
+        return "bfloat16" if bf16_hardware(device, native) is not None else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
 
 
 @dataclass

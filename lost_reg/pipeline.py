@@ -17,7 +17,17 @@ import numpy as np
 import torch
 
 from .backbone import Backbone, Features, Tap
-from .devices import DTYPES, BatchLimit, DevicePlan, autocast, autocast_supported, resolve_device, synchronize, using
+from .devices import (
+    DTYPES,
+    BatchLimit,
+    DevicePlan,
+    autocast,
+    autocast_supported,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+    using,
+)
 from .images import Prepared, normalize, prepare
 from .methods import Discovery, Method
 from .models import Source, create_backbone, resolve_source
@@ -60,15 +70,15 @@ class Localizer:
     """A backbone on a device, a discovery method, and how images are prepared for them."""
 
     def __init__(self, backbone: Backbone, method: Method | None = None, *, prep: str = AUTO,
-                 max_side: int | None = None, device: str = "auto", dtype: str = "float32",
+                 max_side: int | None = None, device: str = "auto", dtype: str = "auto",
                  plan: DevicePlan | None = None) -> None:
         self.device = resolve_device(device)
         self.plan = plan or DevicePlan.of(self.device)
         """The device's choices (:class:`~lost_reg.devices.DevicePlan`); tests pass a GPU's to run its branches here."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
-        if not autocast_supported(self.device, DTYPES[dtype]):
-            raise ValueError(f"{dtype} autocast does not run on {self.device} with this torch; use float32")
+        self.dtype = resolve_dtype(self.device, dtype)
+        """The backbone's autocast precision that runs (``auto`` resolved: :func:`~lost_reg.devices.resolve_dtype`)."""
+        if not autocast_supported(self.device, DTYPES[self.dtype]):
+            raise ValueError(f"{self.dtype} autocast does not run on {self.device} with this torch; use float32")
         if max_side is not None and max_side < backbone.patch_size:
             raise ValueError(f"max_side must be at least the patch size ({backbone.patch_size}), got {max_side}")
         self.backbone = backbone.to(self.device)
@@ -77,7 +87,6 @@ class Localizer:
         self.prep = resolve_prep(backbone.family, self.method, prep)
         """``pad`` or ``resize`` (:data:`~lost_reg.images.PREPS`); ``auto``: :func:`~lost_reg.recipes.resolve_prep`."""
         self.max_side = max_side
-        self.dtype = dtype
         self.timings = Timings()
         self.forward_limit = BatchLimit(self.plan.backbone_chunk, "backbone call")
         """Images per backbone call; halved for good when the device runs out of memory."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import pytest
 import torch
@@ -13,15 +14,20 @@ from lost_reg import Localizer, TokenCut
 from lost_reg.backbone import Backbone, Features
 from lost_reg.datasets import ImageFolder
 from lost_reg.devices import (
+    CPU_BF16_FLAGS,
     CPU_CHUNK,
+    NATIVE_BF16_ENV,
     BatchLimit,
     DevicePlan,
+    bf16_hardware,
     can_pin,
+    cpu_bf16_flags,
     graph_code,
     graph_threads,
     half_dtype,
     pin,
     plan_for,
+    resolve_dtype,
     synchronize,
 )
 from lost_reg.images import decode_image
@@ -126,6 +132,29 @@ def test_half_precision_is_bfloat16_where_the_hardware_has_it_else_float16():
         batch = photos_of_one_shape(localizer, 2)
         assert localizer.forward_taps(batch, [("k", -1)])[("k", -1)].patches.dtype == want  # autocast ran
         assert len(localizer.localize_prepared(batch)) == 2
+
+
+def test_auto_is_bfloat16_only_where_the_device_multiplies_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_dtype(cpu, "auto", native=True) == "bfloat16"
+    assert resolve_dtype(cpu, "auto", native=False) == "float32"  # emulated bfloat16 is slower than float32
+    assert resolve_dtype(cpu, "float16", native=False) == "float16"  # a name is taken as it is
+    with pytest.raises(ValueError, match="auto or one of float32"):
+        resolve_dtype(cpu, "int8")
+    # the probe is the CPU's own: torch's capability probe agrees with the kernel's flags
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), None) \
+        if os.path.exists("/proc/cpuinfo") else None
+    if flags is not None:
+        assert cpu_bf16_flags() == tuple(f for f in CPU_BF16_FLAGS if f in flags)
+    monkeypatch.delenv(NATIVE_BF16_ENV, raising=False)
+    assert resolve_dtype(cpu) == ("bfloat16" if cpu_bf16_flags() else "float32")
+    for forced, want, autocast_dtype in (("0", "float32", torch.float32), ("1", "bfloat16", torch.bfloat16)):
+        monkeypatch.setenv(NATIVE_BF16_ENV, forced)  # forces the probe, as on a CPU with or without it
+        localizer = Localizer(tiny_backbone(), device="cpu")  # the Python API's default: auto
+        assert localizer.dtype == want and bf16_hardware(cpu) == (None if forced == "0" else
+                                                                  f"forced ({NATIVE_BF16_ENV})")
+        batch = photos_of_one_shape(localizer, 2)
+        assert localizer.forward_taps(batch, [("k", -1)])[("k", -1)].patches.dtype == autocast_dtype
 
 
 def test_a_batch_limit_halves_on_out_of_memory_and_keeps_going():

@@ -225,3 +225,18 @@ def test_a_run_repeats_from_its_summary_with_the_flags_given_overriding(tmp_path
     other = tmp_path / "other"
     assert main(["eval", "--config", str(first / "summary.json"), "--out", str(other), "--tau", "0.5"]) == 0
     assert json.loads((other / "summary.json").read_text())["method"]["tau"] == 0.5
+
+
+def test_the_default_dtype_is_float32_exactly_where_the_cpu_lacks_native_bfloat16(tmp_path, monkeypatch):
+    root = make_voc(tmp_path / "voc", n=4)
+    runs = {}
+    for name, forced, flags in (("fp32", "1", ["--dtype", "float32"]), ("no_bf16", "0", []), ("bf16", "1", [])):
+        monkeypatch.setenv("LOST_REG_NATIVE_BF16", forced)  # forces the CPU probe: without / with AVX512-BF16
+        assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / name), "--quiet",
+                     *TINY_ARGS, *flags]) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        runs[name] = (summary["config"]["dtype"], summary["backbone"]["dtype"], summary["backbone"]["native_bf16"])
+    assert runs == {"fp32": ("float32", "float32", "forced (LOST_REG_NATIVE_BF16)"),
+                    "no_bf16": ("auto", "float32", None), "bf16": ("auto", "bfloat16", "forced (LOST_REG_NATIVE_BF16)")}
+    # without native bfloat16 the default run is today's float32 run, line for line
+    assert read_jsonl(tmp_path / "no_bf16" / "predictions.jsonl") == read_jsonl(tmp_path / "fp32" / "predictions.jsonl")

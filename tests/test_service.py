@@ -11,11 +11,13 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from lost_reg.backbone import Backbone
+from lost_reg.devices import resolve_dtype
 from lost_reg.images import decode_image
 from lost_reg.methods import Lost, TokenCut
 from lost_reg.pipeline import Localizer
@@ -24,7 +26,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from service.worker import InferenceWorker, RunKey
 
-from .conftest import tiny_backbone
+from .conftest import TINY, tiny_backbone
 
 
 def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -96,12 +98,24 @@ def test_health_ready_model_and_docs(client):
     assert client.get("/readyz").status_code == 200
     info = client.get("/v1/model").json()
     assert info["backbone"] == "vit_small_patch14_dinov2"
-    assert (info["patch_size"], info["registers"], info["device"], info["dtype"]) == (14, 4, "cpu", "float32")
+    assert (info["patch_size"], info["registers"], info["device"]) == (14, 4, "cpu")
+    assert info["dtype"] == resolve_dtype(torch.device("cpu"))  # the Localizer's default, auto, resolved
     assert info["limits"]["max_files"] == 16 and info["defaults"]["max_side"] == 1024
     assert client.get("/docs").status_code == 200
     body = client.get("/openapi.json").json()["paths"]["/v1/boxes"]["post"]["requestBody"]
     schema = body["content"]["multipart/form-data"]["schema"]
     assert {"images", "k_patches", "features", "affinity", "max_side", "return_mask"} <= set(schema["properties"])
+
+
+def test_the_model_reports_the_precision_that_runs(make_client, monkeypatch):  # make_client: no LOST_REG_* leaks in
+    tiny = {"backbone": "vit_small_patch14_dinov2", "weights": "random", "model_args": {**TINY, "reg_tokens": 4},
+            "device": "cpu"}
+    for forced, dtype, runs in (("1", "auto", "bfloat16"), ("0", "auto", "float32"), ("1", "float32", "float32")):
+        monkeypatch.setenv("LOST_REG_NATIVE_BF16", forced)  # forces the CPU probe: with / without AVX512-BF16
+        with TestClient(create_app(Settings(**tiny, dtype=dtype))) as client:  # the model built from the settings
+            assert client.get("/v1/model").json()["dtype"] == runs
+            response = client.post("/v1/boxes", files=files(("a.png", encode(photo(100, 80)))))
+            assert response.status_code == 200 and response.json()["results"][0]["width"] == 100
 
 
 def test_not_ready_before_startup():

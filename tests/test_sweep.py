@@ -142,3 +142,27 @@ def test_robust_score_averages_a_setting_with_its_swept_neighbours():
             for t, found in ((0.1, 2), (0.2, 9), (0.3, 3), (0.4, 3))]
     robustness(rows)
     assert [round(r.robust, 4) for r in rows] == [0.55, round((2 + 9 + 3) / 30, 4), 0.5, 0.3]
+
+
+def test_the_cache_keeps_features_of_each_precision_apart(tmp_path, monkeypatch):
+    root = make_voc(tmp_path / "voc", n=3)
+    cache = tmp_path / "cache"
+
+    def sweep(name: str, forced: str, *flags: str) -> dict:
+        monkeypatch.setenv("LOST_REG_NATIVE_BF16", forced)  # forces the CPU probe behind --dtype auto
+        assert main(["sweep", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / name), "--quiet",
+                     "--cache", str(cache), "--method", "tokencut", "--prep", "pad", *TINY_ARGS, *flags]) == 0
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    first = sweep("bf16", "1")  # auto on a CPU with native bfloat16: features computed in bfloat16
+    assert (first["dtype"], first["images_from_cache"]) == ("bfloat16", 0)
+    fp32 = sweep("fp32", "1", "--dtype", "float32")  # not served the bfloat16 features
+    assert (fp32["dtype"], fp32["images_from_cache"], fp32["images_processed"]) == ("float32", 0, 3)
+    no_bf16 = sweep("no_bf16", "0")  # auto without native bfloat16 is float32: its features are cached now
+    assert (no_bf16["dtype"], no_bf16["images_from_cache"]) == ("float32", 3)
+    again = sweep("again", "1")
+    assert (again["dtype"], again["images_from_cache"]) == ("bfloat16", 3)
+    fingerprints = sorted(json.loads(f.read_text())["dtype"] for f in cache.glob("*/fingerprint.json"))
+    assert fingerprints == ["bfloat16", "float32"]
+    best = json.loads((tmp_path / "bf16" / "best.json").read_text())["best"]["command"]
+    assert best[best.index("--dtype") + 1] == "bfloat16"  # the reproducing eval runs what the sweep ran

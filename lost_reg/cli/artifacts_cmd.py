@@ -54,7 +54,7 @@ def run(config: ArtifactsConfig) -> int:
                                progress=not config.quiet)
     images = (normalize(c[None].to(localizer.device), [tuple(c.shape[-2:])], bb.mean, bb.std) for c in crops)
 
-    with autocast(localizer.device, config.dtype):
+    with autocast(localizer.device, localizer.dtype):
         stats = collect(bb.model, images)
     if not stats.neighbour_cos:
         raise LostRegError("no readable image to analyse")

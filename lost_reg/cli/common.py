@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..version import __version__
 from ..datasets import Dataset, DatasetOptions, dataset_from
+from ..devices import bf16_hardware
 from ..errors import LostRegError
 from ..files import write_text
 from ..images import decode_image, prepare
@@ -52,7 +53,8 @@ def run_info(config: Options, localizer: Localizer) -> dict[str, Any]:
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
                      "source": bb.source,
                      "prep": localizer.prep,
-                     "device": str(localizer.device), "dtype": localizer.dtype},
+                     "device": str(localizer.device), "dtype": localizer.dtype,
+                     "native_bf16": bf16_hardware(localizer.device)},
         "versions": {"lost_reg": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
     }

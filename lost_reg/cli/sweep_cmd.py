@@ -15,6 +15,7 @@ from typing import Any
 from ..backbone import FEATURES
 from ..cache import FeatureCache
 from ..config import EvalConfig, SweepConfig
+from ..devices import bf16_hardware, resolve_device, resolve_dtype
 from ..images import PREPS
 from ..methods import all_option_specs
 from ..models import create_backbone
@@ -58,12 +59,14 @@ def run(config: SweepConfig) -> int:
     settings = expand_settings(source.family, expand(config.method), options, features, layers, preps)
     dataset = dataset_of(config)
     indices = list(range(len(dataset) if config.limit is None else min(config.limit, len(dataset))))
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(device, config.dtype)  # the precision that runs keys the cache: bf16 and fp32 never mix
     cache = None
     if config.cache is not None:
         n = None if config.test_time_registers is None else RegisterNeurons.load(config.test_time_registers)
         cache = FeatureCache(config.cache, {"backbone": source.name, "weights": source.identity,
                                             "pos_resample": source.pos_resample, "model_args": config.model_args,
-                                            "max_side": config.max_side, "dtype": config.dtype,
+                                            "max_side": config.max_side, "dtype": dtype,
                                             "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
                              config.cache_dtype)
     backbone = None
@@ -73,8 +76,8 @@ def run(config: SweepConfig) -> int:
         if backbone is None:
             print(f"loading {source.name}")
             backbone = create_backbone(source, test_time_registers=config.test_time_registers)
-        return Localizer(backbone, settings[0].method, prep=prep, max_side=config.max_side, device=config.device,
-                         dtype=config.dtype)
+        return Localizer(backbone, settings[0].method, prep=prep, max_side=config.max_side, device=str(device),
+                         dtype=dtype)
 
     taps = len({(s.prep, s.tap) for s in settings})
     print(f"{len(settings)} settings on {len(indices)} images: {len({s.prep for s in settings})} forward pass(es) "
@@ -83,7 +86,7 @@ def run(config: SweepConfig) -> int:
                   batch_size=config.batch_size, workers=config.workers, progress=not config.quiet,
                   max_pixels=config.max_pixels)
     rows = sweep.run()
-    shared = {name: getattr(config, name) for name in REPRODUCE if name != "out"}
+    shared = {name: getattr(config, name) for name in REPRODUCE if name != "out"} | {"dtype": dtype}
     command = ["lost-reg", "eval", *EvalConfig(**shared, out=config.out / "best").argv(REPRODUCE)]
     title = f"lost-reg sweep: {source.name} on {config.dataset} {config.root} ({len(indices)} images)"
     best = write_reports(rows, config.out, command, title)
@@ -96,6 +99,7 @@ def run(config: SweepConfig) -> int:
         "annotations_skipped": [{"image_id": i, "reason": r} for i, r in dataset.skipped],
         "timings": {"wall_s": st.wall_s, "forward_s": st.forward_s,
                     "methods_s": sum(sweep.seconds.values())},
+        "device": str(device), "dtype": dtype, "native_bf16": bf16_hardware(device),
         "config": config.record(),
     })
     if st.errors:

@@ -46,4 +46,4 @@ def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
     records = sorted((ImageRecord.from_json(r) for r in load_predictions(partial) if r["image_id"] in order),
                      key=lambda r: order[r.image_id])
     speed = f"{stats.processed / stats.wall:.2f} images/s" if stats.wall and stats.processed else "nothing to do"
-    return Outcome(records, failures.images, f"local engine on {localizer.device}: {speed}")
+    return Outcome(records, failures.images, f"local engine on {localizer.device} ({localizer.dtype}): {speed}")
