@@ -69,8 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--workers", type=int, default=None, help="decoding workers (default: as lost-reg eval, the device plan's)")
     b.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     b.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every mode")
-    b.add_argument("--compile", action="store_true",
-                   help="torch.compile the backbone's forward (every mode; compile time is warm-up)")
     b.add_argument("--discovery-batches", type=int, default=4, help="bare mode: batches the method alone is timed on")
     b.add_argument("--results", type=Path, default=HERE / "results.jsonl", help="JSON-lines record of runs")
     b.add_argument("--no-record", action="store_true", help="do not append to --results")
@@ -129,11 +127,7 @@ def _setup(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    localizer = build_localizer(from_args(LocalizerOptions, args))
-    if args.compile:
-        model = localizer.backbone.model
-        model.forward_intermediates = torch.compile(model.forward_intermediates, dynamic=False)
-    return localizer
+    return build_localizer(from_args(LocalizerOptions, args))  # --compile: warm-up compiles, before the clock
 
 
 def _decode_all(localizer, paths: list[Path]):
@@ -496,15 +490,16 @@ def main(argv: list[str] | None = None) -> int:
     import timm
     import torch
 
-    from lost_reg.devices import DevicePlan
+    from lost_reg.devices import DevicePlan, resolve_device, resolve_dtype
     from lost_reg.methods import all_option_specs
-    from lost_reg.devices import resolve_device
 
     device = str(resolve_device(args.device))
+    args.dtype = resolve_dtype(resolve_device(device), args.dtype)  # auto: what runs, in every mode
     paths = image_paths(args)  # generate once, before the children
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--device" not in argv:
         argv += ["--device", device]
+    argv += ["--dtype", args.dtype]
     if args.workers is None:  # as lost-reg eval
         args.workers = DevicePlan.of(device).workers
         argv += ["--workers", str(args.workers)]

@@ -68,6 +68,13 @@ class Backbone(nn.Module):
         self._captured: torch.Tensor | None = None
         _tap_module(model, features, self.layer).register_forward_hook(self._capture)
 
+    def compile_model(self) -> None:
+        """``torch.compile`` (inductor) the model's forward up to the tapped block, once per model (backbones that
+        share it share the compiled code): each new image shape compiles first, so it pays in long jobs only."""
+        if not getattr(self.model, "lost_reg_compiled", False):
+            self.model.forward_intermediates = torch.compile(self.model.forward_intermediates)
+            self.model.lost_reg_compiled = True
+
     def _capture(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._captured = output
 

@@ -77,6 +77,15 @@ class RuntimeOptions(Options):
                           "without bfloat16")
 
 
+class CompileOptions(Options):
+    """Compiling the backbone, for long jobs."""
+
+    group: ClassVar[str | None] = "backbone"
+    compile: bool = Field(False, description="torch.compile the backbone (inductor): faster per image once each "
+                                             "image shape has compiled, which takes tens of seconds; for long jobs "
+                                             "(README, Precision and compilation)")
+
+
 class _MethodOptions(Options):
     """The discovery method (each option applies to the methods it names) and the preparation."""
 
@@ -105,7 +114,8 @@ MethodOptions = create_model(
 preparation and the largest side."""
 
 
-class LocalizerOptions(ModelOptions, FeatureOptions, RuntimeOptions, MethodOptions):  # type: ignore[misc,valid-type]
+class LocalizerOptions(ModelOptions, FeatureOptions, RuntimeOptions, CompileOptions,  # type: ignore[misc,valid-type]
+                       MethodOptions):
     """Everything a :class:`~lost_reg.pipeline.Localizer` is built from (:func:`~lost_reg.pipeline.build_localizer`)."""
 
 

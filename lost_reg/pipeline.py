@@ -71,7 +71,7 @@ class Localizer:
 
     def __init__(self, backbone: Backbone, method: Method | None = None, *, prep: str = AUTO,
                  max_side: int | None = None, device: str = "auto", dtype: str = "auto",
-                 plan: DevicePlan | None = None) -> None:
+                 plan: DevicePlan | None = None, compile: bool = False) -> None:
         self.device = resolve_device(device)
         self.plan = plan or DevicePlan.of(self.device)
         """The device's choices (:class:`~lost_reg.devices.DevicePlan`); tests pass a GPU's to run its branches here."""
@@ -82,6 +82,8 @@ class Localizer:
         if max_side is not None and max_side < backbone.patch_size:
             raise ValueError(f"max_side must be at least the patch size ({backbone.patch_size}), got {max_side}")
         self.backbone = backbone.to(self.device)
+        if compile:
+            self.backbone.compile_model()
         self.method = method or resolve_method(backbone.family)
         """Default: the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
         self.prep = resolve_prep(backbone.family, self.method, prep)
@@ -201,4 +203,5 @@ def build_localizer(options: LocalizerOptions, source: Source | None = None) -> 
     s = resolve(source.family, options.method, options.method_options(), options.features, options.layer,
                 options.prep)
     bb = create_backbone(source, features=s.features, layer=s.layer, test_time_registers=options.test_time_registers)
-    return Localizer(bb, s.method, prep=s.prep, max_side=options.max_side, device=options.device, dtype=options.dtype)
+    return Localizer(bb, s.method, prep=s.prep, max_side=options.max_side, device=options.device, dtype=options.dtype,
+                     compile=options.compile)

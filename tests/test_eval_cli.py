@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,3 +241,18 @@ def test_the_default_dtype_is_float32_exactly_where_the_cpu_lacks_native_bfloat1
                     "no_bf16": ("auto", "float32", None), "bf16": ("auto", "bfloat16", "forced (LOST_REG_NATIVE_BF16)")}
     # without native bfloat16 the default run is today's float32 run, line for line
     assert read_jsonl(tmp_path / "no_bf16" / "predictions.jsonl") == read_jsonl(tmp_path / "fp32" / "predictions.jsonl")
+
+
+def test_compile_gives_the_same_predictions(tmp_path):
+    if shutil.which(os.environ.get("CXX", "g++")) is None:  # inductor compiles C++ on the CPU
+        pytest.skip("torch.compile needs a C++ compiler on the CPU (g++)")
+    from torch._dynamo.utils import counters
+
+    root = make_voc(tmp_path / "voc", n=3)
+    counters.clear()
+    for name, flags in (("plain", []), ("compiled", ["--compile"])):
+        assert main(["eval", "--dataset", "voc07", "--root", str(root), "--out", str(tmp_path / name), "--quiet",
+                     "--dtype", "float32", *TINY_ARGS, *flags]) == 0
+        assert bool(counters["stats"]["unique_graphs"]) == bool(flags)  # the backbone ran compiled, or not
+    assert json.loads((tmp_path / "compiled" / "summary.json").read_text())["config"]["compile"] is True
+    assert read_jsonl(tmp_path / "compiled" / "predictions.jsonl") == read_jsonl(tmp_path / "plain" / "predictions.jsonl")
