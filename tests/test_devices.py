@@ -33,6 +33,8 @@ from lost_reg.devices import (
 from lost_reg.images import decode_image
 from lost_reg.loop import DatasetEvaluator, Failures, build_loader, inference_on_dataset
 from lost_reg.methods import lost, tokencut
+from lost_reg.recipes import RECIPES
+from lost_reg.recipes import resolve_dtype as recipe_dtype
 
 from .conftest import ROOT, tiny_backbone
 
@@ -134,7 +136,7 @@ def test_half_precision_is_bfloat16_where_the_hardware_has_it_else_float16():
         assert len(localizer.localize_prepared(batch)) == 2
 
 
-def test_auto_is_bfloat16_only_where_the_device_multiplies_it_natively(monkeypatch):
+def test_auto_is_bfloat16_only_where_the_device_multiplies_it_natively(monkeypatch, bf16_recipe):
     cpu = torch.device("cpu")
     assert resolve_dtype(cpu, "auto", native=True) == "bfloat16"
     assert resolve_dtype(cpu, "auto", native=False) == "float32"  # emulated bfloat16 is slower than float32
@@ -155,6 +157,15 @@ def test_auto_is_bfloat16_only_where_the_device_multiplies_it_natively(monkeypat
                                                                   f"forced ({NATIVE_BF16_ENV})")
         batch = photos_of_one_shape(localizer, 2)
         assert localizer.forward_taps(batch, [("k", -1)])[("k", -1)].patches.dtype == autocast_dtype
+
+
+def test_auto_keeps_float32_for_a_recipe_whose_boxes_bfloat16_moved():
+    cpu = torch.device("cpu")
+    for family in RECIPES:  # the shipped recipes: bfloat16 moved boxes (other) or is unmeasured (dino)
+        assert not RECIPES[family].bf16
+        assert recipe_dtype(family, cpu, "auto", native=True) == "float32"
+        assert recipe_dtype(family, cpu, "bfloat16", native=False) == "bfloat16"  # asked for by name: as asked
+    assert Localizer(tiny_backbone(), device="cpu").dtype == "float32"
 
 
 def test_a_batch_limit_halves_on_out_of_memory_and_keeps_going():

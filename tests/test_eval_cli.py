@@ -228,7 +228,7 @@ def test_a_run_repeats_from_its_summary_with_the_flags_given_overriding(tmp_path
     assert json.loads((other / "summary.json").read_text())["method"]["tau"] == 0.5
 
 
-def test_the_default_dtype_is_float32_exactly_where_the_cpu_lacks_native_bfloat16(tmp_path, monkeypatch):
+def test_the_default_dtype_is_float32_exactly_where_the_cpu_lacks_native_bfloat16(tmp_path, monkeypatch, bf16_recipe):
     root = make_voc(tmp_path / "voc", n=4)
     runs = {}
     for name, forced, flags in (("fp32", "1", ["--dtype", "float32"]), ("no_bf16", "0", []), ("bf16", "1", [])):

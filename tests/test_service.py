@@ -11,13 +11,11 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from lost_reg.backbone import Backbone
-from lost_reg.devices import resolve_dtype
 from lost_reg.images import decode_image
 from lost_reg.methods import Lost, TokenCut
 from lost_reg.pipeline import Localizer
@@ -99,7 +97,7 @@ def test_health_ready_model_and_docs(client):
     info = client.get("/v1/model").json()
     assert info["backbone"] == "vit_small_patch14_dinov2"
     assert (info["patch_size"], info["registers"], info["device"]) == (14, 4, "cpu")
-    assert info["dtype"] == resolve_dtype(torch.device("cpu"))  # the Localizer's default, auto, resolved
+    assert info["dtype"] == "float32"  # the Localizer's default, auto: the shipped recipes keep float32
     assert info["limits"]["max_files"] == 16 and info["defaults"]["max_side"] == 1024
     assert client.get("/docs").status_code == 200
     body = client.get("/openapi.json").json()["paths"]["/v1/boxes"]["post"]["requestBody"]
@@ -107,7 +105,7 @@ def test_health_ready_model_and_docs(client):
     assert {"images", "k_patches", "features", "affinity", "max_side", "return_mask"} <= set(schema["properties"])
 
 
-def test_the_model_reports_the_precision_that_runs(make_client, monkeypatch):  # make_client: no LOST_REG_* leaks in
+def test_the_model_reports_the_precision_that_runs(make_client, monkeypatch, bf16_recipe):  # no LOST_REG_* leaks in
     tiny = {"backbone": "vit_small_patch14_dinov2", "weights": "random", "model_args": {**TINY, "reg_tokens": 4},
             "device": "cpu"}
     for forced, dtype, runs in (("1", "auto", "bfloat16"), ("0", "auto", "float32"), ("1", "float32", "float32")):

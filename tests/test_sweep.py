@@ -144,7 +144,7 @@ def test_robust_score_averages_a_setting_with_its_swept_neighbours():
     assert [round(r.robust, 4) for r in rows] == [0.55, round((2 + 9 + 3) / 30, 4), 0.5, 0.3]
 
 
-def test_the_cache_keeps_features_of_each_precision_apart(tmp_path, monkeypatch):
+def test_the_cache_keeps_features_of_each_precision_apart(tmp_path, monkeypatch, bf16_recipe):
     root = make_voc(tmp_path / "voc", n=3)
     cache = tmp_path / "cache"
 

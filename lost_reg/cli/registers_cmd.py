@@ -12,10 +12,11 @@ from typing import Any
 
 from ..config import RegistersFindConfig
 from ..datasets import ImageFolder
-from ..devices import autocast, resolve_device, resolve_dtype
+from ..devices import autocast, resolve_device
 from ..errors import LostRegError
 from ..images import normalize
 from ..pipeline import source_of
+from ..recipes import resolve_dtype
 from ..registers import find_register_neurons
 from .common import whole_patch_images, write_json
 from .options import add_options, from_args
@@ -53,7 +54,7 @@ def find(config: RegistersFindConfig) -> int:
         for c in crops:
             yield normalize(c[None].to(device), [tuple(c.shape[-2:])], bb.mean, bb.std)
 
-    with autocast(device, resolve_dtype(device, config.dtype)):
+    with autocast(device, resolve_dtype(source.family, device, config.dtype)):
         neurons = find_register_neurons(model, images, backbone=bb.name, weights=source.identity,
                                         layer=config.layer, top_k=config.top_k)
     neurons.stats["errors"] = [e.to_json() for e in errors]

@@ -15,12 +15,12 @@ from typing import Any
 from ..backbone import FEATURES
 from ..cache import FeatureCache
 from ..config import EvalConfig, SweepConfig
-from ..devices import bf16_hardware, resolve_device, resolve_dtype
+from ..devices import bf16_hardware, resolve_device
 from ..images import PREPS
 from ..methods import all_option_specs
 from ..models import create_backbone
 from ..pipeline import Localizer, source_of
-from ..recipes import AUTO, recipe_for
+from ..recipes import AUTO, recipe_for, resolve_dtype
 from ..registers import RegisterNeurons
 from ..sweep import Sweep, expand, expand_settings, write_reports
 from .common import dataset_of, write_json
@@ -60,7 +60,7 @@ def run(config: SweepConfig) -> int:
     dataset = dataset_of(config)
     indices = list(range(len(dataset) if config.limit is None else min(config.limit, len(dataset))))
     device = resolve_device(config.device)
-    dtype = resolve_dtype(device, config.dtype)  # the precision that runs keys the cache: bf16 and fp32 never mix
+    dtype = resolve_dtype(source.family, device, config.dtype)  # keys the cache: bf16 and fp32 features never mix
     cache = None
     if config.cache is not None:
         n = None if config.test_time_registers is None else RegisterNeurons.load(config.test_time_registers)
