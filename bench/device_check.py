@@ -6,7 +6,9 @@
 Uses only what travels with the working tree: random weights (timm ViT-S/14, ViT-B/14, ViT-L/14 with 4
 registers, seeded), the photos in ``data/`` and VOC-sized JPEGs made by ``bench/make_images.py``. Sections:
 
-- ``environment``: device, versions, date, the 16-bit dtype (bfloat16, or float16 where the GPU lacks it);
+- ``environment``: device, versions, date, the 16-bit dtype (bfloat16, or float16 where the GPU lacks it), and
+  what ``--dtype auto`` (the product's default) resolves to there: on the device (where a recipe allows
+  bfloat16) and per recipe, with the hardware that decided it;
 - ``equality``: boxes on the device vs the CPU (LOST and TokenCut, float32), and 16-bit vs float32;
 - ``throughput``: bare forward / ``lost-reg eval``'s pipeline / a one-image loop in img/s per model, 16-bit,
   batch 64, with the method's share of the pipeline's time;
@@ -567,6 +569,10 @@ def versions() -> dict[str, str]:
 def describe(device: Any, quick: bool, half: str, plan: Any) -> dict[str, Any]:
     import torch
 
+    from lost_reg.devices import bf16_hardware, resolve_dtype
+    from lost_reg.recipes import RECIPES
+    from lost_reg.recipes import resolve_dtype as recipe_dtype
+
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         name, extra = props.name, {"gpu_memory_gb": round(props.total_memory / 2**30, 1),
@@ -588,7 +594,9 @@ def describe(device: Any, quick: bool, half: str, plan: Any) -> dict[str, Any]:
         commit = "unknown (no git here)"
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": str(device),
             "device_name": name, **extra, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "half_dtype": half, "plan": asdict(plan) | {"of": "cuda" if device.type == "cpu" else device.type},
+            "half_dtype": half, "native_bf16": bf16_hardware(device),
+            "auto_dtype": {"device": resolve_dtype(device), **{f: recipe_dtype(f, device) for f in RECIPES}},
+            "plan": asdict(plan) | {"of": "cuda" if device.type == "cpu" else device.type},
             "quick": quick, "commit": commit, **versions()}
 
 
@@ -607,7 +615,7 @@ def run_section(fn: Callable[[Context], Section], name: str, ctx: Context) -> Se
             section = Section(name, name, status="failed", reason=f"{type(e).__name__}: {e}",
                               figures={"traceback": traceback.format_exc()})
     section.env = {k: ctx.env[k] for k in ("date", "device", "device_name", "torch", "timm", "python", "half_dtype",
-                                           "quick", "commit")}
+                                           "auto_dtype", "quick", "commit")}
     section.env["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     section.seconds = time.monotonic() - start
     return section
@@ -617,6 +625,9 @@ def render(sections: list[Section], ctx: Context) -> str:
     e = ctx.env
     lines = [f"## Device check: {e['device_name']} ({e['device']}), {e['date'][:10]}",
              f"torch {e['torch']}, timm {e['timm']}, Python {e['python']}; {e['half_dtype']}; "
+             f"--dtype auto: {e['auto_dtype']['device']} where a recipe allows bfloat16, per recipe "
+             f"{', '.join(f'{k} {v}' for k, v in e['auto_dtype'].items() if k != 'device')} "
+             f"(native bfloat16: {e['native_bf16'] or 'no'}); "
              f"{'--quick' if e['quick'] else 'full sizes'}; commit {e['commit']}"]
     for s in sections:
         lines += ["", f"### {s.title}", f"*{s.status}, {s.seconds:.0f} s, {s.env['date']}*"

@@ -8,6 +8,10 @@ import json
 import subprocess
 import sys
 
+import torch
+
+from lost_reg.devices import bf16_hardware, resolve_dtype
+
 from .conftest import ROOT
 
 SECTIONS = ("environment", "equality", "throughput", "tokencut", "service", "memory", "targets")
@@ -25,8 +29,13 @@ def test_the_quick_device_check_runs_every_section_and_writes_its_report(tmp_pat
     assert tuple(sections) == SECTIONS
     assert {name: s["status"] for name, s in sections.items()} == dict.fromkeys(SECTIONS, "ok"), \
         {name: s["reason"] for name, s in sections.items()}
-    for s in sections.values():  # each section says where and when it ran
+    for s in sections.values():  # each section says where and when it ran, and what --dtype auto runs there
         assert s["env"]["device"] == "cpu" and s["env"]["torch"] and s["env"]["date"].startswith("20")
+        assert s["env"]["auto_dtype"] == {"device": resolve_dtype(torch.device("cpu")), "dino": "float32",
+                                          "other": "float32"}
+    assert report["env"]["native_bf16"] == bf16_hardware(torch.device("cpu"))
+    assert (f"--dtype auto: {resolve_dtype(torch.device('cpu'))} where a recipe allows bfloat16, per recipe dino "
+            "float32, other float32") in (out / "report.md").read_text()
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["bench"] for r in lines] == [f"device_check/{name}" for name in SECTIONS]
     text = (out / "report.md").read_text()
@@ -59,7 +68,8 @@ def test_a_section_whose_package_is_missing_says_so_and_a_failing_one_says_why(t
         import device_check
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    env = {k: "x" for k in ("date", "device", "device_name", "torch", "timm", "python", "half_dtype", "quick", "commit")}
+    env = {k: "x" for k in ("date", "device", "device_name", "torch", "timm", "python", "half_dtype", "auto_dtype",
+                            "quick", "commit")}
     ctx = device_check.Context(None, device_check.QUICK, None, None, "bfloat16", env, [], deadline=float("inf"))
 
     def needs_a_package(ctx):
