@@ -13,8 +13,11 @@ ONE table is printed with the medians over the rounds:
 - ``eval --compile`` (``--compile``): the eval job in bfloat16 with the backbone compiled, once with an empty
   compile cache (a first run on a machine: inductor compiles) and once with the cache the first one left.
 
-Times are wall seconds of the whole process, from its start to its exit. Appends one JSON record (date,
-machine, versions, load average, every run) to ``bench/results.jsonl``. Run it alone on the machine:
+Times are wall seconds of the whole process, from its start to its exit. The machine may be shared:
+before each run the benchmark waits (up to ``--wait-s``) until the other processes use under
+``--idle`` of the CPUs, and it records the share of CPU time other processes took during each run
+(``others``, from ``/proc/stat`` less this benchmark's children), so a disturbed run can be seen.
+Appends one JSON record (date, machine, versions, every run) to ``bench/results.jsonl``. Run it alone:
 
     flock /tmp/lostreg-heavy.lock python bench/bench_jobs.py --rounds 3 --compile
 """
@@ -56,10 +59,59 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--jobs", default="eval,discover,sweep,serve", help="comma-separated subset")
     ap.add_argument("--compile", action="store_true", help="also eval --compile in bfloat16, cold and warm cache")
     ap.add_argument("--requests", type=int, default=32, help="serve: requests per client count")
+    ap.add_argument("--idle", type=float, default=0.1, help="start a run once others use under this share of CPUs")
+    ap.add_argument("--wait-s", type=float, default=900, help="longest wait for that before each run")
     ap.add_argument("--results", type=Path, default=HERE / "results.jsonl")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--note", default="")
     return ap.parse_args()
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (``/proc/stat``)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def children_s() -> float:
+    """CPU seconds of this process's finished children (the runs)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class Meter:
+    """The CPU share other processes take: waits for a quiet machine, measures what others took during a run."""
+
+    def __init__(self, idle: float, wait_s: float) -> None:
+        self.idle, self.wait_s, self.log = idle, wait_s, []
+
+    def others(self, start: tuple[int, int, float], end: tuple[int, int, float]) -> float:
+        """Share of all CPUs others used between two readings of (busy, total, our children's seconds)."""
+        hz = os.sysconf("SC_CLK_TCK")
+        busy, total = end[0] - start[0], end[1] - start[1]
+        return max(0.0, busy - (end[2] - start[2]) * hz) / total if total else 0.0
+
+    def reading(self) -> tuple[int, int, float]:
+        return (*busy_jiffies(), children_s() + self_s())
+
+    def wait_quiet(self) -> float:
+        """Seconds waited until others used under ``idle`` of the CPUs for 2 s."""
+        start = time.monotonic()
+        while time.monotonic() - start < self.wait_s:
+            a = self.reading()
+            time.sleep(2)
+            if self.others(a, self.reading()) < self.idle:
+                break
+        return time.monotonic() - start
+
+
+def self_s() -> float:
+    """CPU seconds of this process itself (the service clients run in it)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> float:
@@ -226,26 +278,35 @@ def main() -> int:
         load = [os.getloadavg()]
         print(f"{env['cpu']}, {env['cores']} cores, torch {env['torch']}; native bfloat16: {env['native_bf16']}; "
               f"--dtype auto runs {env['auto_dtype']}; {args.rounds} rounds", flush=True)
+        meter = Meter(args.idle, args.wait_s)
+
+        def record_run(r: int, name: str, dtype: str, fn: Callable[[], dict]) -> None:
+            waited = meter.wait_quiet()
+            before = meter.reading()
+            result = fn()
+            result["others"], result["waited_s"] = meter.others(before, meter.reading()), waited
+            runs.setdefault(name, {}).setdefault(dtype, []).append(result)
+            print(f"round {r + 1}: {name} {dtype}: {result.get('wall_s', 0):.1f} s; others took "
+                  f"{100 * result['others']:.0f} % of the CPUs (waited {waited:.0f} s before)", flush=True)
+
         for r in range(args.rounds):
             for name, fn in plan:
                 for dtype in DTYPES if r % 2 == 0 else DTYPES[::-1]:
-                    start = time.perf_counter()
-                    runs.setdefault(name, {}).setdefault(dtype, []).append(fn(dtype))
-                    print(f"round {r + 1}: {name} {dtype} in {time.perf_counter() - start:.1f} s", flush=True)
+                    record_run(r, name, dtype, lambda: fn(dtype))
             if args.compile:
                 warm = str(Path(tmp) / "inductor")  # the cache the first run left (inductor's own, per machine)
+                if r == 0:
+                    run.eval("bfloat16", ("--compile",), {"TORCHINDUCTOR_CACHE_DIR": warm})  # fills it
                 for key, cache in (("compile_cold", str(Path(tmp) / f"inductor-{r}")), ("compile_warm", warm)):
-                    if key == "compile_warm" and r == 0:
-                        run.eval("bfloat16", ("--compile",), {"TORCHINDUCTOR_CACHE_DIR": warm})  # fills it
-                    start = time.perf_counter()
-                    runs.setdefault(key, {}).setdefault("bfloat16", []).append(
-                        run.eval("bfloat16", ("--compile",), {"TORCHINDUCTOR_CACHE_DIR": cache}))
-                    print(f"round {r + 1}: eval --compile ({key}) in {time.perf_counter() - start:.1f} s", flush=True)
+                    record_run(r, key, "bfloat16", lambda: run.eval("bfloat16", ("--compile",),
+                                                                 {"TORCHINDUCTOR_CACHE_DIR": cache}))
             load.append(os.getloadavg())
     text = table(runs)
+    others = [r["others"] for job in runs.values() for rs in job.values() for r in rs]
     print(f"\n{env['date'][:10]}, {env['cpu']} ({env['cores']} cores), torch {env['torch']}, timm {env['timm']}, "
-          f"Python {env['python']}; {args.backbone}; medians of {args.rounds} rounds; load average (1 min) "
-          f"{min(x[0] for x in load):.1f}–{max(x[0] for x in load):.1f}\n")
+          f"Python {env['python']}; {args.backbone}; medians of {args.rounds} rounds; other processes took "
+          f"{100 * statistics.median(others):.0f} % of the CPUs during the median run, {100 * max(others):.0f} % at "
+          f"most\n")
     print(text)
     if not args.no_record:
         drop = ("boxes",)
