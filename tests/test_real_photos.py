@@ -9,6 +9,9 @@ from torchvision.ops import box_iou
 from lost_reg import Localizer, Lost, TokenCut
 from lost_reg.backbone import Backbone
 from lost_reg.images import decode_image
+from lost_reg.recipes import resolve_method
+
+from .conftest import ROOT
 
 
 def iou(box, gt) -> float:
@@ -39,3 +42,17 @@ def test_16_bit_autocast_on_the_cpu_finds_the_same_quokka(offline_backbone, quok
     (fp32,) = Localizer(offline_backbone, device="cpu").localize([image])
     (half,) = Localizer(offline_backbone, device="cpu", dtype=dtype).localize([image])
     assert iou(half.box, gt) >= 0.5 and iou(half.box, fp32.box) >= 0.9, (half.box, fp32.box)
+
+
+PHOTOS = sorted((ROOT / "data" / "sample_voc" / "VOC2007" / "JPEGImages").glob("*.jpg"))
+
+
+@pytest.mark.parametrize("method", ["tokencut", "lost"])
+def test_bfloat16_gives_the_float32_boxes_on_the_sample_photos(offline_backbone, method):
+    # what --dtype auto runs on a CPU with AVX512-BF16 or AMX (and on GPUs from sm 8.0): the recipe's method and
+    # --method lost, each as the recipe sets it (README, Precision and compilation)
+    images = [decode_image(p) for p in PHOTOS]
+    boxes = {dtype: [d.box for d in Localizer(offline_backbone, resolve_method(offline_backbone.family, method),
+                                              device="cpu", dtype=dtype).localize(images)]
+             for dtype in ("float32", "bfloat16")}
+    assert len(images) == 5 and boxes["bfloat16"] == boxes["float32"]
