@@ -162,10 +162,33 @@ def polygons(mask: np.ndarray, convention: str = "corners", speck: float = SPECK
     outlines = []
     for contour in found:
         points = contour.reshape(-1, 2).astype(np.float64) * scale + (x0, y0)
+        if convention == "corners":
+            points = _square_corners(points)
         if len(points) < 3:
             points = np.concatenate([points, points[-1:].repeat(3 - len(points), 0)])
         outlines.append(points)
     return sorted(outlines, key=lambda p: -abs(cv2.contourArea(p.astype(np.float32))))
+
+
+def _square_corners(points: np.ndarray) -> np.ndarray:
+    """The outline with its concave corners square: the 8-connected trace on the doubled grid cuts each one by
+    a half-pixel diagonal (two points, each half-way along one axis); both become the corner they cut."""
+    whole = np.flatnonzero((points % 1 == 0).all(1))
+    if not len(whole):
+        return points
+    points = np.roll(points, -whole[0], axis=0)  # start on a true corner, so no cut pair wraps around
+    half = points % 1 != 0
+    out, i, n = [], 0, len(points)
+    while i < n:
+        a = points[i]
+        if (i + 1 < n and half[i].sum() == 1 and half[i + 1].sum() == 1 and (half[i] != half[i + 1]).all()
+                and (np.abs(points[i + 1] - a) == 0.5).all()):
+            out.append((a[0], points[i + 1][1]) if half[i][1] else (points[i + 1][0], a[1]))
+            i += 2
+        else:
+            out.append(tuple(a))
+            i += 1
+    return np.array(out, dtype=np.float64)
 
 
 def coco_polygons(mask: np.ndarray, speck: float = SPECK) -> list[list[float]]:

@@ -104,6 +104,7 @@ def test_corner_polygons_rasterise_back_in_pycocotools():
         assert all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
         back = masks.decode(masks.from_polygons(polygons, *mask.shape))
         np.testing.assert_array_equal(back, filled(mask))  # exact: vertices on pixel corners
+        assert all(float(v).is_integer() for p in polygons for v in p)  # the outline's own corners, no cut ones
         assert all(0 <= v <= mask.shape[1] for p in polygons for v in p[0::2])
         assert all(0 <= v <= mask.shape[0] for p in polygons for v in p[1::2])
     ellipse, holed = shapes()[:2]
