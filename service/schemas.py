@@ -189,13 +189,22 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]  # 4272.0 is an integer
 JsonNumber = Annotated[float, Strict()]  # an int or a float, never true or "0.5"
 
 
+class ExportedMask(BaseModel):
+    """COCO compressed RLE of an object's mask, as ``/v1/boxes`` answers with ``masks=rle``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[JsonInt, JsonInt] = Field(description="the image's height, width")
+    counts: str = Field(max_length=16 * 2**20, description="COCO's compressed RLE string (column-major runs)")
+
+
 class ExportedObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     box: tuple[JsonInt, JsonInt, JsonInt, JsonInt] = Field(description="x0, y0, x1, y1 in pixels, max exclusive, inside the image")
     score: JsonNumber = Field(0.0, ge=0, le=1)
-    segmentation: Mask | None = Field(None, description="the object's pixel mask, COCO RLE of the image's size "
-                                                        "(what /v1/boxes answers with masks=rle)")
+    segmentation: ExportedMask | None = Field(None, description="the object's pixel mask, COCO RLE of the image's "
+                                                                "size (what /v1/boxes answers with masks=rle)")
 
 
 class ExportedImage(BaseModel):
