@@ -6,9 +6,11 @@ the service has an API key, *Basic Auth* with that key as the password). Label S
 ``GET /health``    the model is loaded (else 503).
 ``POST /setup``    answers the ``model_version``: backbone, method and options.
 ``POST /predict``  ``{"tasks": […], "label_config": "<View>…"}`` → ``{"results": [one prediction per task]}``:
-                   a ``rectanglelabels`` box in percent with ``original_width/height``, its score and the
-                   model version, for the first ``<RectangleLabels>`` of the config and the ``<Image>`` it
-                   labels (names read from the config), with its first label.
+                   up to ``max_objects`` objects per task, best first, each a ``rectanglelabels`` box in
+                   percent with ``original_width/height`` for the first ``<RectangleLabels>`` of the config,
+                   and a mask for the first ``<BrushLabels>`` (Label Studio's brush RLE) or
+                   ``<PolygonLabels>`` (a polygon per part, in percent) on the same ``<Image>`` (names read
+                   from the config, each control's first label), with its score and the model version.
 ``POST /webhook``  acknowledged (this model does not train).
 
 Task images are URLs: relative ones (``/data/upload/…``, ``/data/local-files/?d=…``) are read from
@@ -40,7 +42,7 @@ from defusedxml.ElementTree import fromstring
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lost_reg.export import ImageRecord, labelstudio_prediction
+from lost_reg.export import ImageRecord, LabelStudioControls, labelstudio_prediction
 from lost_reg.recipes import resolve_prep
 
 from .admission import Ticket
@@ -49,20 +51,26 @@ from .errors import ServiceError, problems
 from .runtime import Runtime
 from .settings import Settings
 from .uploads import decode_upload
-from .worker import InferenceWorker
+from .worker import InferenceWorker, RunKey
 
 log = logging.getLogger("service")
 
 
+MASK_CONTROLS = {"BrushLabels": "brushlabels", "PolygonLabels": "polygonlabels"}
+"""The label config's mask controls, and the result type each takes."""
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where predictions go in a project: the RectangleLabels control, the Image it labels, a label."""
+    """Where predictions go in a project: the controls (boxes, masks) and the Image they label."""
 
-    from_name: str
-    to_name: str
+    controls: LabelStudioControls
     data_key: str
     """The task data field holding the image URL (``$image`` → ``image``)."""
-    label: str
+
+    @property
+    def masks(self) -> bool:
+        return self.controls.masks is not None
 
 
 class PredictRequest(BaseModel):
@@ -76,20 +84,32 @@ class PredictRequest(BaseModel):
 
 
 def target_of(label_config: str) -> Target:
-    """The first ``<RectangleLabels>`` whose ``toName`` is an ``<Image>`` of the config (ValueError if none)."""
+    """The first ``<RectangleLabels>`` on an ``<Image>`` of the config and the first ``<BrushLabels>`` or
+    ``<PolygonLabels>`` on the same image (either may be missing, not both: ValueError)."""
     try:
         root = fromstring(label_config)
     except ParseError as e:  # a SyntaxError; defusedxml's refusals (entities…) are ValueErrors
         raise ValueError(f"the label config is not XML ({e})") from None
     images = {e.get("name"): e.get("value", "") for e in root.iter() if e.tag == "Image"}
-    for control in root.iter():
-        if control.tag == "RectangleLabels" and control.get("toName") in images:
-            labels = [e.get("value") for e in control if e.tag == "Label" and e.get("value")]
-            if not labels:
-                raise ValueError(f"<RectangleLabels name={control.get('name')!r}> has no <Label>")
-            to_name = control.get("toName")
-            return Target(control.get("name"), to_name, images[to_name].lstrip("$"), labels[0])
-    raise ValueError("the label config has no <RectangleLabels> labelling an <Image>")
+    controls = [c for c in root.iter() if c.tag in ("RectangleLabels", *MASK_CONTROLS) and c.get("toName") in images]
+    boxes = next((c for c in controls if c.tag == "RectangleLabels"), None)
+    to_name = (boxes if boxes is not None else controls[0]).get("toName") if controls else None
+    masks = next((c for c in controls if c.tag in MASK_CONTROLS and c.get("toName") == to_name), None)
+    if to_name is None:
+        raise ValueError("the label config has no <RectangleLabels>, <BrushLabels> or <PolygonLabels> labelling an "
+                         "<Image>")
+    labels = {}
+    for control in (c for c in (boxes, masks) if c is not None):
+        found = [e.get("value") for e in control if e.tag == "Label" and e.get("value")]
+        if not found:
+            raise ValueError(f"<{control.tag} name={control.get('name')!r}> has no <Label>")
+        labels[control.tag] = found[0]
+    return Target(LabelStudioControls(
+        to_name=to_name,
+        boxes=None if boxes is None else boxes.get("name"), box_label=labels.get("RectangleLabels", ""),
+        masks=None if masks is None else masks.get("name"),
+        mask_type=MASK_CONTROLS[masks.tag] if masks is not None else "brushlabels",
+        mask_label=labels.get(masks.tag, "") if masks is not None else ""), images[to_name].lstrip("$"))
 
 
 def image_url(url: str, settings: Settings) -> str:
@@ -150,7 +170,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
         require_json(request)
         return {"status": "ok"}
 
-    @api.post("/predict", summary="Label Studio: one box per task, as a pre-annotation")
+    @api.post("/predict", summary="Label Studio: boxes and masks per task, as a pre-annotation")
     async def predict(request: Request) -> dict[str, Any]:
         require_json(request)
         worker = runtime.admit()
@@ -188,6 +208,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
                    worker: InferenceWorker, ticket: Ticket) -> dict[str, Any]:
         loc = worker.localizer
         task_id = task.get("id")
+        key = RunKey(worker.default_key.features, worker.default_key.method, settings.max_objects)
         try:
             url = image_url(_task_image(task, target), settings)
             assert runtime.downloads is not None
@@ -196,7 +217,11 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
                 prepared = await runtime.in_pool(ticket, decode_upload, data, url, loc.patch_size, settings.max_side,
                                                  settings.max_pixels, prep)
             del data
-            found, _ = await runtime.infer(ticket, prepared, worker.default_key)
+            found, _ = await runtime.infer(ticket, prepared, key)
+            if target.masks:
+                found = await runtime.with_masks(ticket, prepared, found, settings.refine)
+            record = ImageRecord(str(task_id), "", *prepared.size, found)
+            return await runtime.in_pool(ticket, labelstudio_prediction, record, version, target.controls)
         except Exception as e:  # this task's loss, never the batch's
             if isinstance(e, ServiceError | ValueError | httpx.HTTPError | httpx.InvalidURL):
                 reason = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
@@ -204,8 +229,6 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
             else:  # e.g. inference failing: the traceback is for the server log
                 log.exception("Label Studio task %s: no prediction (localisation failed)", task_id)
             return {"result": [], "score": 0.0, "model_version": version}
-        record = ImageRecord(str(task_id), "", found.width, found.height, [found])
-        return labelstudio_prediction(record, version, target.from_name, target.to_name, target.label)
 
     return api
 

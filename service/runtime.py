@@ -19,16 +19,17 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from lost_reg.images import Prepared, prepare
+from lost_reg import masks as mask_tools
 from lost_reg import pipeline
-from lost_reg.pipeline import Detection, Localizer
+from lost_reg.images import Prepared, prepare
+from lost_reg.pipeline import Detection, Localizer, with_mask
 from lost_reg.vis import heat
 
 from .admission import Admission, Ticket
 from .errors import ServiceError
 from .fair import FairPool
 from .metrics import Metrics
-from .schemas import BoxResult, Mask
+from .schemas import BoxResult, Mask, ObjectResult
 from .settings import Settings
 from .uploads import load_upload, upload_size
 from .worker import InferenceWorker, RunKey
@@ -61,6 +62,10 @@ class BoxRequest:
     prep: str
     return_mask: bool
     return_heat: bool = False
+    masks: str | None = None
+    """``rle`` or ``polygon``: each object's pixel mask in the answer; None: none."""
+    refine: str = "none"
+    """The refiner of those masks (:data:`lost_reg.refine.REFINERS`)."""
 
 
 class Runtime:
@@ -151,11 +156,27 @@ class Runtime:
         assert self.pool is not None
         return await asyncio.wrap_future(self.pool.submit(ticket, fn, *args))
 
-    async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[Detection, float]:
-        """The image's detection, micro-batched in turn with other requests' images; and when it was ready."""
+    async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[list[Detection], float]:
+        """The image's detections (best first), micro-batched in turn with other requests' images; and when they
+        were ready."""
         worker = self.require_ready()
         job = worker.submit(prepared, key, owner=ticket)
         return await asyncio.wrap_future(job.future), job.finished
+
+    async def with_masks(self, ticket: Ticket, prepared: Prepared, found: list[Detection],
+                         refine: str) -> list[Detection]:
+        """The detections with their pixel masks, refined on a decoding thread (never the model's)."""
+        patch_size = self.require_ready().localizer.patch_size
+        return await self.in_pool(ticket, lambda: [with_mask(prepared, d, patch_size, refine) for d in found])
+
+    async def answer_objects(self, ticket: Ticket, prepared: Prepared, found: list[Detection],
+                             request: BoxRequest) -> list[dict[str, Any]]:
+        """Each detection's fields of the answer (:func:`answer_object`), masks refined and written on a decoding
+        thread."""
+        if not request.masks:
+            return [answer_object(d, None) for d in found]
+        found = await self.with_masks(ticket, prepared, found, request.refine)
+        return await self.in_pool(ticket, lambda: [answer_object(d, request.masks) for d in found])
 
     async def localize(self, uploads: list[UploadFile], request: BoxRequest,
                        ticket: Ticket) -> list[BoxResult | Failed]:
@@ -186,14 +207,15 @@ class Runtime:
         try:
             prepared = await self.in_pool(ticket, load_upload, upload.file, name, patch_size, request.max_side,
                                           s.max_pixels, request.prep)
-            detection, finished = await self.infer(ticket, prepared, request.key)
+            found, finished = await self.infer(ticket, prepared, request.key)
+            objects = await self.answer_objects(ticket, prepared, found, request)
         except ServiceError as e:
             return Failed(name, e)
         except Exception as e:  # one file's failure must not fail the request's other files
             log.exception("%s: localisation failed", name)
             return Failed(name, ServiceError(500, "inference_failed",
                                              f"{name}: localisation failed ({type(e).__name__}); see the server log"))
-        return _result(name, detection, prepared, (finished - start) * 1000, request, patch_size)
+        return _result(name, found, objects, prepared, (finished - start) * 1000, request, patch_size)
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -202,11 +224,28 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def _result(name: str, det: Detection, prepared: Prepared, ms: float, request: BoxRequest,
-            patch_size: int) -> BoxResult:
-    extra: dict[str, Any] = {}
+def answer_object(det: Detection, masks: str | None) -> dict[str, Any]:
+    """One object's fields of the answer: box, score, seed, and its pixel mask in the format asked for."""
+    fields: dict[str, Any] = {"box": det.box, "score": round(det.score, 4), "seed": det.seed}
+    if masks == "rle" and det.segmentation is not None:
+        fields["segmentation"] = Mask(size=tuple(det.segmentation["size"]), counts=det.segmentation["counts"])
+    elif masks == "polygon" and det.segmentation is not None:
+        fields["segmentation"] = mask_tools.coco_polygons(mask_tools.decode(det.segmentation))
+    return fields
+
+
+def _result(name: str, found: list[Detection], objects: list[dict[str, Any]], prepared: Prepared, ms: float,
+            request: BoxRequest, patch_size: int) -> BoxResult:
+    """One file's answer: the best object's fields, every object with max_objects over 1, and the grid extras."""
+    width, height = prepared.size
+    extra: dict[str, Any] = dict(objects[0]) if objects else {}
+    if request.key.max_objects > 1:
+        extra["objects"] = [ObjectResult(**o) for o in objects]
+    if not found:
+        return BoxResult(filename=name, width=width, height=height, ms=round(ms, 2), **extra)
+    det = found[0]
     if request.return_mask or request.return_heat:
-        extra = {"grid": det.result.mask.shape, "cell_px": tuple(patch_size / s for s in prepared.scale)}
+        extra.update(grid=det.result.mask.shape, cell_px=tuple(patch_size / s for s in prepared.scale))
     if request.return_mask:
         rle = mask_utils.encode(np.asfortranarray(det.result.mask.astype(np.uint8)))
         extra["mask"] = Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii"))
@@ -214,5 +253,4 @@ def _result(name: str, det: Detection, prepared: Prepared, ms: float, request: B
         rows, cols = det.result.mask.shape
         coloured = cv2.cvtColor(heat(det.result.heat, (cols, rows)), cv2.COLOR_RGB2BGR)
         extra["heat"] = base64.b64encode(cv2.imencode(".png", coloured)[1].tobytes()).decode("ascii")
-    return BoxResult(filename=name, width=det.width, height=det.height, box=det.box, score=round(det.score, 4),
-                     seed=det.seed, ms=round(ms, 2), **extra)
+    return BoxResult(filename=name, width=width, height=height, ms=round(ms, 2), **extra)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from lost_reg.config import LocalizerOptions
+from lost_reg.config import LocalizerOptions, MaskOptions
 from lost_reg.options import Cli
 from lost_reg.recipes import RECIPES, Setting, resolve
 
@@ -24,15 +24,19 @@ from . import MAX_SIDE
 MB = 1024 * 1024
 
 
-class Settings(BaseSettings, LocalizerOptions):
-    """Everything the service needs: which model and method (:class:`~lost_reg.config.LocalizerOptions`),
-    batching and request limits."""
+class Settings(BaseSettings, LocalizerOptions, MaskOptions):
+    """Everything the service needs: which model and method (:class:`~lost_reg.config.LocalizerOptions`), how
+    masks are refined (:class:`~lost_reg.config.MaskOptions`), batching and request limits."""
 
     model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True, extra="forbid")
     group: ClassVar[str | None] = "server"
 
     max_side: Annotated[int, Cli(default_text=f"{MAX_SIDE} in the service")] = Field(
         MAX_SIDE, ge=1, description="longer side of the network input; requests may only lower it")
+    max_objects: int = Field(1, ge=1, description="objects per image when a request (or Label Studio) sets none "
+                                                   "(at most max_objects_limit)")
+    max_objects_limit: int = Field(10, ge=1, description="most objects per image a request may ask for (each is "
+                                                         "another round of the method: 422 past it)")
     max_batch: int = Field(16, ge=1, description="images per backbone call")
     max_batch_patches: int = Field(16 * 24 * 24, ge=1, description="patches per backbone call (a larger image goes "
                                                                    "alone): large images batched together would "
@@ -81,6 +85,12 @@ class Settings(BaseSettings, LocalizerOptions):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_max_objects(self) -> Settings:
+        if self.max_objects > self.max_objects_limit:
+            raise ValueError(f"max_objects ({self.max_objects}) exceeds max_objects_limit ({self.max_objects_limit})")
+        return self
 
     @model_validator(mode="after")
     def _check_method(self) -> Settings:
