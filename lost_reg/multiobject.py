@@ -76,7 +76,7 @@ def prompt_regions(features: torch.Tensor, grid: tuple[int, int], stride: int = 
             near = torch.bmm(proto, f.transpose(1, 2)) > t  # [B, S, N]
             near.view(b * s, n)[torch.arange(b * s, device=f.device), seeds] = True
             region = torch.from_numpy(seed_masks(near.view(b * s, rows, cols), seeds, components)).to(f.device)
-            region = region.view(b, s, n)
+            region = region.reshape(b, s, n)
             proto = torch.nn.functional.normalize(torch.bmm(region.float(), f), dim=-1)
         regions.append(region)
     every = torch.cat(regions, 1)  # [B, S * len(thresholds), N]
