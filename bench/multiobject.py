@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--cutler", type=Path, default=None, help="a CutLER checkout (with third_party/TokenCut): adds "
                                                                "MaskCut N 3 and N 6")
     ap.add_argument("--maskcut-n", default="3,6")
+    ap.add_argument("--maskcut-sets", default="coco,voc", help="the sets MaskCut runs on (its cuts are slow)")
     ap.add_argument("--cache", type=Path, default=None, help="feature cache folder")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (a quick look)")
     ap.add_argument("--out", type=Path, default=None, help="write every figure as JSON here")
@@ -236,13 +237,14 @@ def main() -> None:
     if not sets:
         sys.exit(f"neither {args.coco_root} nor {args.voc_root} exists")
     rows = []
-    runs = [("lost_reg", s) for s in args.settings.split(",") if s] + \
-           ([("maskcut", int(n)) for n in args.maskcut_n.split(",")] if args.cutler else [])
     for name, (gt, images) in sets.items():
         images = images[:args.limit] if args.limit else images
+        maskcut = args.cutler is not None and name in args.maskcut_sets.split(",")
+        runs = [("lost_reg", s) for s in args.settings.split(",") if s] + \
+               ([("maskcut", int(n)) for n in args.maskcut_n.split(",")] if maskcut else [])
         for im in images:  # every forward first, so the settings below time their own work only
             features.recipe(im)
-            if args.cutler:
+            if maskcut:
                 features.cutler(im)
         ids = [im.gt_id for im in images]
         parts = {"all": ids}
