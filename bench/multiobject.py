@@ -13,8 +13,8 @@ MaskCut runs from CutLER's own code (CC BY-NC: never copied here) given a checko
 of ``maskcut.py``'s main loop (holes filled, a mask whose CRF result has IoU < 0.5 with it dropped, resized to
 the original size and cut at half its maximum). MaskCut gives no score: its k-th mask of N scores 1 − k/N.
 
-coco_dev's images with even ids chose the settings of lost_reg/multiobject.py (with voc12_dev); the odd ones were
-not looked at while choosing: both halves are reported. Run under ``flock /tmp/lostreg-heavy.lock`` on a shared
+coco_dev's 1st, 3rd, 5th… images by id chose the settings of lost_reg/multiobject.py (with voc12_dev); the 2nd,
+4th… were not looked at while choosing: both halves are reported. Run under ``flock /tmp/lostreg-heavy.lock`` on a shared
 machine::
 
     python bench/multiobject.py --cutler /work/scratch/multi/CutLER --cache runs/cache
@@ -249,7 +249,8 @@ def main() -> None:
         ids = [im.gt_id for im in images]
         parts = {"all": ids}
         if name == "coco":
-            parts |= {"even (chose)": [i for i in ids if i % 2 == 0], "odd (held out)": [i for i in ids if i % 2]}
+            ordered = sorted(ids)  # every other image by id chose the settings, the rest were held out
+            parts |= {"1st, 3rd… (chose)": ordered[0::2], "2nd, 4th… (held out)": ordered[1::2]}
             parts = {k: v for k, v in parts.items() if v}
         for kind, setting in runs:
             if kind == "lost_reg":
