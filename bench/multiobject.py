@@ -14,8 +14,8 @@ of ``maskcut.py``'s main loop (holes filled, a mask whose CRF result has IoU < 0
 the original size and cut at half its maximum). MaskCut gives no score: its k-th mask of N scores 1 − k/N.
 
 coco_dev's 1st, 3rd, 5th… images by id chose the settings of lost_reg/multiobject.py (with voc12_dev); the 2nd,
-4th… were not looked at while choosing: both halves are reported. Run under ``flock /tmp/lostreg-heavy.lock`` on a shared
-machine::
+4th… were not looked at while choosing: both halves are reported. Run under ``flock /tmp/lostreg-heavy.lock`` on a
+shared machine::
 
     python bench/multiobject.py --cutler /work/scratch/multi/CutLER --cache runs/cache
 """
@@ -261,8 +261,9 @@ def main() -> None:
                 label, times = f"MaskCut N {setting} + CRF", {"find_s": t1, "refine_s": t2}
             for part, part_ids in parts.items():
                 figures = evaluate(gt, results, part_ids, masks=name == "coco")
+                count = len([r for r in results if r["image_id"] in part_ids])
                 rows.append({"set": name, "part": part, "images": len(part_ids), "setting": label, **figures, **times,
-                             "objects_per_image": len([r for r in results if r["image_id"] in part_ids]) / len(part_ids)})
+                             "objects_per_image": count / len(part_ids)})
                 print(json.dumps(rows[-1]), flush=True)
     forward = float(np.mean(features.forward_s)) if features.forward_s else float("nan")
     print(f"\n{date.today()}, {platform.machine()} CPU, {torch.get_num_threads()} threads; forward (uncached) "

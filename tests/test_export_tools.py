@@ -46,7 +46,7 @@ def test_datumaro_and_supervision_load_every_export_with_its_boxes(photos, tmp_p
             if "size" in image:
                 assert image["size"] == [r["height"], r["width"]], loader
             want = sorted(o["box"] for o in r["objects"])
-            boxes = sorted(image["boxes"])
+            boxes = sorted(image["boxes"], key=lambda b: [round(v, 2) for v in b[:4]])  # YOLO's float noise: 57.00006
             assert {b[4] for b in boxes} <= {"object"}, loader
             # YOLO stores normalised floats: exact to float precision after the image-size round trip
             assert [b[:4] for b in boxes] == [pytest.approx(b, abs=1e-3) for b in want], (loader, key)
