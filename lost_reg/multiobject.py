@@ -1,16 +1,16 @@
 """Every object in an image, from one forward pass: prompts on the patch graph, scored by their cut, deduplicated.
 
 A discovery method finds one object per image, the one its graph singles out. The others are regions that
-hang together in feature space, as ProMerge (Li & Shin, ECCV 2024) prompts them: every ``stride``-th
-patch of the grid is a *prompt*; for each threshold t of ``thresholds`` its region is the 4-connected
+hang together in feature space, as ProMerge (Li & Shin, ECCV 2024) prompts them: every :data:`STRIDE`-th
+patch of the grid is a *prompt*; for each threshold t of :data:`THRESHOLDS` its region is the 4-connected
 component holding it of the patches whose feature cosine to it exceeds t, and once more with the mean
 feature of that region in place of the prompt's own (one step of mean shift, so a noisy prompt patch
 does not decide the region). Each distinct region is scored by how cleanly it is cut from the rest of
-the image on the method's own graph (:func:`lost_reg.scores.ncut_score`, 1 − Ncut/2) less ``border``
+the image on the method's own graph (:func:`lost_reg.scores.ncut_score`, 1 − Ncut/2) less :data:`BORDER`
 times the share of the image's border patches it covers: background (sky, floor, walls) is cut as
 cleanly as objects, but it runs along the image's edges (MaskCut flips a cut that holds three
 corners for the same reason). Regions are kept best first, dropping any whose mask overlaps a kept one
-at IoU > ``iou`` (class-agnostic non-maximum suppression on masks).
+at IoU > :data:`NMS_IOU` (class-agnostic non-maximum suppression on masks, where ProMerge merges).
 
 The method's own object (today's single-object answer) always leads, so ``max_objects=1`` is exactly
 the method's box and score. With more objects it is scored like the regions (its score less the border
