@@ -114,8 +114,9 @@ class MaskOptions(Options):
 
     group: ClassVar[str | None] = "masks"
     refine: Literal[tuple(REFINERS)] = Field(  # type: ignore[valid-type]
-        DEFAULT_REFINE, description="from the patch grid to the image's pixels (README: Masks): none = each patch's "
-                                    "square")
+        DEFAULT_REFINE, description="from the patch grid to the image's pixels: none = each patch's square, "
+                                    "bilinear, guided = onto the image's edges, crf = MaskCut's dense CRF (README: "
+                                    "Every object)")
 
 
 class RunOptions(Options):

@@ -23,8 +23,9 @@ from .masks import RLE, encode
 from .methods import Discovery, Method
 from .models import Source, create_backbone, resolve_source
 from .recipes import AUTO, resolve, resolve_method, resolve_prep
+from .multiobject import DEFAULT_MULTI, MULTI_MODES
 from .refine import refine_mask
-from .scores import DEFAULT_SCORE, find_objects
+from .scores import DEFAULT_SCORE
 
 if TYPE_CHECKING:
     from .config import LocalizerOptions, ModelOptions
@@ -116,16 +117,20 @@ class Localizer:
 
     def localize_prepared_multi(
         self, batch: Sequence[Prepared], max_objects: int = 1, min_score: float | None = None,
-        score: str = DEFAULT_SCORE, refine: str | None = None,
+        score: str = DEFAULT_SCORE, refine: str | None = None, mode: str = DEFAULT_MULTI,
     ) -> list[list[Detection]]:
         """Up to ``max_objects`` scored boxes per prepared image (one padded shape), best first; with
         ``refine`` (a :data:`~lost_reg.refine.REFINERS` name) each with its pixel mask.
 
-        See :func:`lost_reg.scores.find_objects`: the first box is the method's, later ones come
-        from the patches earlier masks left; an image whose box scores below ``min_score`` gets no box.
+        The first box is the method's; ``mode`` (:data:`lost_reg.multiobject.MULTI_MODES`) finds the others:
+        ``prompts`` ranks the regions that prompts on the patch graph grow, ``iterative`` runs the method again
+        on the patches earlier masks left. An image whose first box scores below ``min_score`` gets no box.
         """
+        if mode not in MULTI_MODES:
+            raise ValueError(f"unknown multi-object mode {mode!r}: use one of {', '.join(MULTI_MODES)}")
+        find = MULTI_MODES[mode]
         features = self._forward(batch)
-        found = self._discover(features, lambda patches, grid: find_objects(
+        found = self._discover(features, lambda patches, grid: find(
             self.method, patches, grid, max_objects=max_objects, min_score=min_score, kind=score))
         out = [[detection(p, r, self.patch_size, s) for r, s in objects] for p, objects in zip(batch, found)]
         if refine is not None:

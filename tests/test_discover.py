@@ -145,7 +145,7 @@ def test_masks_by_default_in_every_format_that_holds_them_and_none_with_no_masks
 
     from .test_masks import filled
 
-    args = ["discover", str(photos), "--max-objects", "2", *TINY_ARGS]
+    args = ["discover", str(photos), "--max-objects", "2", "--refine", "none", *TINY_ARGS]
     assert main([*args, "--out", str(tmp_path / "labels.json")]) == 0
     assert "8 boxes, 8 masks (none)" in capsys.readouterr().out
     coco = COCO(str(tmp_path / "labels.json"))

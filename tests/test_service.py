@@ -19,6 +19,7 @@ from lost_reg.backbone import Backbone
 from lost_reg.images import decode_image
 from lost_reg.methods import Lost, TokenCut
 from lost_reg.pipeline import Localizer
+from lost_reg.refine import DEFAULT_REFINE, REFINERS
 from service.app import create_app
 from service.metrics import Metrics
 from service.settings import Settings
@@ -439,25 +440,30 @@ def test_masks_on_request_in_original_pixels_as_rle_or_polygons(make_client):
     data = encode(photo(150, 100, 5))
     plain = client.post("/v1/boxes", files=files(("a.png", data))).json()["results"][0]
     assert "segmentation" not in plain and "objects" not in plain  # the answer of old clients, unchanged
-    (result,) = client.post("/v1/boxes", files=files(("a.png", data)), data={"masks": "rle"}).json()["results"]
+    (result,) = client.post("/v1/boxes", files=files(("a.png", data)),
+                            data={"masks": "rle", "refine": "none"}).json()["results"]
     prepared = localizer.prepare(decode_image(data))
-    want = with_mask(prepared, localizer.localize_prepared_multi([prepared])[0][0], 14, "none").segmentation
+    found = localizer.localize_prepared_multi([prepared])[0][0]
+    want = with_mask(prepared, found, 14, "none").segmentation
     assert result["segmentation"] == want and want["size"] == [100, 150]
     assert masks.box(result["segmentation"]) == tuple(result["box"])
-    (polygon,) = client.post("/v1/boxes", files=files(("a.png", data)), data={"masks": "polygon"}).json()["results"]
+    (default,) = client.post("/v1/boxes", files=files(("a.png", data)), data={"masks": "rle"}).json()["results"]
+    assert default["segmentation"] == with_mask(prepared, found, 14, DEFAULT_REFINE).segmentation
+    (polygon,) = client.post("/v1/boxes", files=files(("a.png", data)),
+                             data={"masks": "polygon", "refine": "none"}).json()["results"]
     assert isinstance(polygon["segmentation"], list) and all(len(p) >= 6 for p in polygon["segmentation"])
     back = masks.decode(masks.from_polygons(polygon["segmentation"], 100, 150))
     np.testing.assert_array_equal(back, masks.decode(want))  # a union of patches: polygons carry it exactly
     mixed = client.post("/v1/boxes", files=files(("small.png", encode(photo(10, 60))), ("a.png", data)),
-                        data={"masks": "rle", "max_objects": "2"})
+                        data={"masks": "rle", "max_objects": "2", "refine": "none"})
     small, good = mixed.json()["results"]
     assert small["error"]["code"] == "image_too_small" and good["objects"][0]["segmentation"] == want
     info = client.get("/v1/model").json()
-    assert info["defaults"]["refine"] == "none" and info["defaults"]["max_objects"] == 1
+    assert info["defaults"]["refine"] == DEFAULT_REFINE and info["defaults"]["max_objects"] == 1
     schema = client.get("/openapi.json").json()["paths"]["/v1/boxes"]["post"]["requestBody"]
     fields = schema["content"]["multipart/form-data"]["schema"]["properties"]
     assert fields["masks"]["enum"] == ["rle", "polygon"] and fields["max_objects"]["maximum"] == 10
-    assert fields["refine"]["enum"] == ["none"]
+    assert fields["refine"]["enum"] == list(REFINERS)
 
 
 def test_several_objects_per_image_best_first(make_client):
@@ -466,7 +472,8 @@ def test_several_objects_per_image_best_first(make_client):
     localizer = tiny_localizer()
     client = make_client(localizer, max_objects_limit=4)
     data = encode(photo(200, 150, 8))
-    response = client.post("/v1/boxes", files=files(("a.png", data)), data={"max_objects": "3", "masks": "rle"})
+    response = client.post("/v1/boxes", files=files(("a.png", data)),
+                           data={"max_objects": "3", "masks": "rle", "refine": "none"})
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     prepared = localizer.prepare(decode_image(data))

@@ -26,6 +26,7 @@ from ..images import Prepared
 from ..loop import FailedImage
 from ..options import Cli, Options
 from ..pipeline import Detection, Localizer
+from ..multiobject import DEFAULT_MULTI, MULTI_MODES
 from ..scores import DEFAULT_SCORE, SCORES
 
 ENGINES = {"local": "one process: decoding workers, shape buckets, the model on one device",
@@ -58,8 +59,12 @@ class DiscoverOutput(Options):
                                   "voc)")
     format: Literal[tuple(FORMATS)] = Field(  # type: ignore[valid-type]
         "coco", description="output format (see README: discover)")
-    max_objects: int = Field(1, ge=1, description="boxes per image: after each box its patches leave the graph and the "
-                                            "method looks again")
+    max_objects: int = Field(1, ge=1, description="at most this many boxes per image (see --multi); 1: the method's "
+                                                   "own object")
+    multi: Literal[tuple(MULTI_MODES)] = Field(  # type: ignore[valid-type]
+        DEFAULT_MULTI, description="how objects after the first are found: prompts (regions grown from prompt "
+                                   "patches, ranked by their cut, deduplicated) or iterative (the method again on the "
+                                   "patches earlier boxes left); README, Multi-object discovery and masks")
     min_score: float | None = Field(None, description="drop boxes scoring below this (and stop looking); images "
                                                       "where nothing stands out get none")
     score: Literal[tuple(SCORES)] = Field(  # type: ignore[valid-type]
@@ -117,7 +122,7 @@ class DiscoverConfig(DiscoverOutput, LocalizerOptions, MaskOptions, DiscoverRun,
         """Up to ``max_objects`` scored detections per prepared image of one padded shape (``min_score``, ``score``),
         with their masks (``refine``) when the run makes masks."""
         return localizer.localize_prepared_multi(batch, self.max_objects, self.min_score, self.score,
-                                                 self.refine if self.masks else None)
+                                                 self.refine if self.masks else None, self.multi)
 
 
 @dataclass
