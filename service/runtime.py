@@ -1,6 +1,7 @@
-"""What lives between start-up and shut-down: the model's worker thread, the decoding pool, admission,
-readiness, and the path of a request's files (headers → pixel budget → decode in the pool → inference
-queue → box), under the request's deadline and cancelled when it passes or the client leaves."""
+"""What lives between start-up and shut-down: the model's worker thread, the decoding processes and the
+fair pool that feeds them, admission, readiness, and the path of a request's files (headers → pixel
+budget → decode in a process → inference queue → box), under the request's deadline and cancelled (queued
+work dropped, running decodes killed) when it passes or the client leaves."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from lost_reg.images import Prepared, prepare
 from lost_reg import pipeline
+from lost_reg.decoders import DecodePool
+from lost_reg.images import Prepared, prepare
 from lost_reg.pipeline import Detection, Localizer
 from lost_reg.vis import heat
 
@@ -30,7 +32,7 @@ from .fair import FairPool
 from .metrics import Metrics
 from .schemas import BoxResult, Mask
 from .settings import Settings
-from .uploads import load_upload, upload_size
+from .uploads import decode_upload, load_upload, upload_size
 from .worker import InferenceWorker, RunKey
 
 log = logging.getLogger("service")
@@ -72,6 +74,7 @@ class Runtime:
         self.admission = Admission(settings.max_queue, metrics)
         self.worker: InferenceWorker | None = None
         self.pool: FairPool | None = None
+        self.decoders: DecodePool | None = None
         self.downloads: asyncio.Semaphore | None = None
         self.ready = False
 
@@ -81,7 +84,8 @@ class Runtime:
         s = self.settings
         self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics, s.max_batch_patches)
         self.worker.start()
-        self.pool = FairPool(s.decode_workers, "lost-reg-decode")
+        self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.max_pixels)
+        self.pool = FairPool(s.decode_workers, "lost-reg-decode", per_owner=max(1, s.decode_workers - 1))
         self.downloads = asyncio.Semaphore(s.label_studio_downloads)
         blank = prepare(np.zeros((WARMUP_SIDE, WARMUP_SIDE, 3), np.uint8), localizer.patch_size)
         await asyncio.wrap_future(self.worker.submit(blank, self.worker.default_key, warmup=True).future)
@@ -96,6 +100,8 @@ class Runtime:
             self.worker.close(timeout=self.settings.timeout_s)
         if self.pool is not None:
             self.pool.shutdown()
+        if self.decoders is not None:
+            self.decoders.close()
 
     def require_ready(self) -> InferenceWorker:
         """The worker, or 503 while loading, after its thread died, or while shutting down."""
@@ -147,9 +153,15 @@ class Runtime:
         return dropped
 
     async def in_pool(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a decoding thread, in turn with other requests' calls (round-robin)."""
+        """``fn(watch, decoders, *args)`` on a pool thread, in turn with other requests' calls (round-robin)."""
         assert self.pool is not None
-        return await asyncio.wrap_future(self.pool.submit(ticket, fn, *args))
+        return await asyncio.wrap_future(self.pool.submit(ticket, fn, self.decoders, *args))
+
+    async def decode(self, ticket: Ticket, data: bytes, name: str, max_side: int, prep: str) -> Prepared:
+        """Encoded bytes as a prepared image (a ServiceError saying why not), decoded in turn with other
+        requests' files."""
+        patch_size = self.require_ready().localizer.patch_size
+        return await self.in_pool(ticket, decode_upload, data, name, patch_size, max_side, prep)
 
     async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[Detection, float]:
         """The image's detection, micro-batched in turn with other requests' images; and when it was ready."""
@@ -175,17 +187,16 @@ class Runtime:
 
     async def _size(self, ticket: Ticket, upload: UploadFile, name: str) -> tuple[int, int] | Failed:
         try:
-            return await self.in_pool(ticket, upload_size, upload.file, name, self.settings.max_pixels)
+            return await self.in_pool(ticket, upload_size, upload.file, name)
         except ServiceError as e:
             return Failed(name, e)
 
     async def _one(self, upload: UploadFile, name: str, request: BoxRequest, ticket: Ticket) -> BoxResult | Failed:
-        s = self.settings
         patch_size = self.require_ready().localizer.patch_size
         start = time.perf_counter()
         try:
             prepared = await self.in_pool(ticket, load_upload, upload.file, name, patch_size, request.max_side,
-                                          s.max_pixels, request.prep)
+                                          request.prep)
             detection, finished = await self.infer(ticket, prepared, request.key)
         except ServiceError as e:
             return Failed(name, e)

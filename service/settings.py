@@ -40,7 +40,10 @@ class Settings(BaseSettings, LocalizerOptions):
     max_wait_ms: float = Field(5.0, ge=0, description="how long the first queued image waits for others")
     max_queue: int = Field(256, ge=1, description="images in flight (from their first byte, or a Label Studio "
                                                   "download, until their answer is sent) before requests get 503")
-    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
+    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1) + 1, ge=1,
+                                description="decoding processes; one request holds at most all but one of them")
+    decode_timeout_s: float = Field(10.0, gt=0, description="seconds one image's header reading or decoding may "
+                                                            "take before its process is killed (422 decode_timeout)")
 
     max_file_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, ge=1, description="width × height of one image, read from its header")
