@@ -64,6 +64,8 @@ class Settings(BaseSettings, LocalizerOptions):
                                                            "are fetched from (/labelstudio)")
     label_studio_api_key: SecretStr | None = Field(None, description="Label Studio API token, to fetch task images")
     label_studio_max_body_mb: float = Field(8.0, gt=0, description="largest /labelstudio request body (413 past it)")
+    label_studio_max_tasks: int = Field(1000, ge=1, description="tasks in one /labelstudio/predict request (413 past "
+                                                                "it)")
     label_studio_downloads: int = Field(4, ge=1, description="task images downloaded at once, over all requests; "
                                                              "also the images one /labelstudio/predict holds in flight")
     label_studio_fetch_timeout_s: float = Field(10.0, gt=0, description="whole download of one task image (past it: "
