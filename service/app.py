@@ -9,6 +9,7 @@ oversized or unadmitted upload is refused before it is spooled.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, float]]:
         try:
+            protocol.quiet_accept_errors(asyncio.get_running_loop())
             await runtime.start(localizer)
             yield {protocol.STATE_KEY: settings.header_timeout_s}  # read by the connections' HTTP protocol
         finally:
