@@ -103,7 +103,8 @@ def test_out_of_file_descriptors_is_one_quiet_log_line_and_passes(server):
             socks = [stack.enter_context(connect(base, timeout=30)) for _ in range(20)]
             for sock in socks:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nx")
-            answered = [read_answer(sock, timeout=30) for sock in socks]
+            deadline = time.monotonic() + 30
+            answered = [read_answer(sock, timeout=max(0.1, deadline - time.monotonic())) for sock in socks]
             assert all(a is not None and a.status == 200 for a in answered)
         assert wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 20)
     finally:
