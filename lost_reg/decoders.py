@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pebble import ProcessExpired, ProcessPool
 
-from .decoding import MAX_PIXELS, Fitted, decode_job, limit_process, probe_job
+from .decoding import MAX_PIXELS, Fitted, decode_job, limit_process, probe_job, ready
 from .errors import DataError, DecodeTimeout, TooManyPixels
 from .images import Prepared
 
@@ -66,6 +66,10 @@ class DecodePool:
         self.max_pixels = max_pixels
         self._pool = ProcessPool(max_workers=workers, initializer=limit_process, initargs=(memory_for(max_pixels),),
                                  context=_context())
+
+    def start(self) -> None:
+        """Start the processes now (pebble starts them with the first job), not in a first request's time."""
+        self._pool.schedule(ready).result()
 
     def probe(self, data: bytes, name: str, formats: Sequence[str] | None = None) -> Future[tuple[int, int]]:
         """(width, height) from the header, checked against ``max_pixels`` (a TIFF's tiles too)."""

@@ -226,6 +226,11 @@ def _cpu_budget(seconds: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
+def ready() -> bool:
+    """A job that does nothing: it starts the processes."""
+    return True
+
+
 def _out_of_memory(name: str) -> TooManyPixels:
     return TooManyPixels(f"{name}: decoding needs more memory than allowed for one image (--max-pixels)")
 

@@ -85,6 +85,7 @@ class Runtime:
         self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics, s.max_batch_patches)
         self.worker.start()
         self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.max_pixels)
+        await asyncio.to_thread(self.decoders.start)
         self.pool = FairPool(s.decode_workers, "lost-reg-decode", per_owner=max(1, s.decode_workers - 1))
         self.downloads = asyncio.Semaphore(s.label_studio_downloads)
         blank = prepare(np.zeros((WARMUP_SIDE, WARMUP_SIDE, 3), np.uint8), localizer.patch_size)

@@ -203,7 +203,8 @@ def test_nested_content_encodings_are_refused_and_one_gzip_is_inflated_within_th
 
 def test_too_many_tasks_are_413_naming_the_setting(service):
     base, _, _ = service
-    body = b'{"label_config": "<View/>", "tasks": [' + b",".join([b"{}"] * 300_000) + b"]}"  # 900 KB
+    config = json.dumps(CONFIG).encode()
+    body = b'{"label_config": ' + config + b', "tasks": [' + b",".join([b"{}"] * 300_000) + b"]}"  # 900 KB
     response = predict(base, body)
     assert response.status_code == 413, response.text[:300]
     error = response.json()["error"]
