@@ -173,8 +173,11 @@ class Runtime:
     async def localize(self, uploads: list[UploadFile], request: BoxRequest,
                        ticket: Ticket) -> list[BoxResult | Failed]:
         """A box or a failure per file, in upload order. The headers are read first: past the request's pixel
-        budget, 413 for the whole request before anything is decoded."""
+        budget, 413 for the whole request before anything is decoded (one file within ``max_pixels`` cannot pass
+        the budget: its decode checks its header itself, one trip to a decoding process fewer)."""
         names = [u.filename or f"images[{i}]" for i, u in enumerate(uploads)]
+        if len(uploads) == 1 and self.settings.max_pixels <= self.settings.max_request_pixels:
+            return [await self._one(uploads[0], names[0], request, ticket)]
         sizes = await asyncio.gather(*(self._size(ticket, u, name) for u, name in zip(uploads, names)))
         budget = self.settings.max_request_pixels
         if sum(w * h for w, h in (s for s in sizes if not isinstance(s, Failed))) > budget:
