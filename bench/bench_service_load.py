@@ -27,8 +27,8 @@ and peak memory are those of the server and its child processes, the decoders):
   the wire) beside a normal task: memory, the longest ``/healthz`` wait, the predictions and the logged reason.
 - ``early_answer``: ``GET /healthz`` declaring a 100-byte body, one byte sent, the answer read, one more byte
   sent: how long until the server closes the connection (60 s at most); then, with the server's descriptor
-  limit lowered to 8 above what it holds, 40 such connections: the log's size after 20 s and whether a new
-  client is served.
+  limit lowered to 8 above what it holds, 40 such connections, each sending a body byte a second: the log's
+  size after 20 s and whether a new client is served then.
 
 ``--root`` runs the service of another checkout (e.g. ``git worktree add --detach /tmp/before main``) with
 this script, so before and after are measured the same way. One JSON record per run goes to
@@ -557,7 +557,13 @@ def early_answer(root: Path) -> dict:
         resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (held + 8, hard))
         before = len(server.log_text().encode())
         socks = [_early(server.base, 30) for _ in range(40)]
-        time.sleep(20)
+        for _ in range(20):  # a body byte a second on each: what cancels uvicorn's keep-alive timer
+            time.sleep(1)
+            for s in socks:
+                try:
+                    s.send(b"y")
+                except OSError:
+                    pass
         try:
             status: int | str = httpx.get(f"{server.base}/healthz", timeout=10).status_code
         except httpx.HTTPError as e:
