@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, float]]:
         try:
+            protocol.quiet_accept_errors(asyncio.get_running_loop())
             await runtime.start(localizer)
             yield {protocol.STATE_KEY: settings.header_timeout_s}  # read by the connections' HTTP protocol
         finally:

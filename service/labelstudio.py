@@ -20,10 +20,14 @@ service's size and pixel limits apply. A task whose image cannot be fetched or r
 and a logged reason, never a failed batch. Images go through the service's one inference worker, so
 they are micro-batched with ``/v1/boxes`` traffic.
 
-Bounds: the body (``label_studio_max_body_mb``, 413); a request holds ``label_studio_downloads`` places of
-the admission queue and works through its tasks that many at a time (503 when they are not free); at
-most ``label_studio_downloads`` images are downloaded and not yet decoded at once, over all requests;
-each download has ``label_studio_fetch_timeout_s`` in all, the request ``label_studio_timeout_s`` (504).
+Bounds: the body (``label_studio_max_body_mb``, 413) and its tasks (``label_studio_max_tasks``, 413); a
+request holds ``label_studio_downloads`` places of the admission queue and works through its tasks that many
+at a time (503 when they are not free), yielding to the event loop after each; at most
+``label_studio_downloads`` images are downloaded and not yet decoded at once, over all requests; each
+download has ``label_studio_fetch_timeout_s`` in all and ``max_file_mb`` of decoded bytes (one gzip or
+deflate layer is inflated a bounded piece at a time, nested encodings are refused), the request
+``label_studio_timeout_s`` (504). Tasks without a prediction are logged one line each for the first
+``LOGGED_TASKS`` of a request, then as a count per reason.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import asyncio
 import base64
 import hmac
 import logging
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -40,7 +46,7 @@ from xml.etree.ElementTree import ParseError
 import httpx
 from defusedxml.ElementTree import fromstring
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from lost_reg.export import ImageRecord, LabelStudioControls, labelstudio_prediction
 from lost_reg.recipes import resolve_prep
@@ -50,10 +56,22 @@ from .bodies import read_body, require_json
 from .errors import ServiceError, problems
 from .runtime import Runtime
 from .settings import Settings
-from .uploads import decode_upload
 from .worker import InferenceWorker, RunKey
 
 log = logging.getLogger("service")
+
+LOGGED_TASKS = 10
+"""Tasks of one request whose failure is logged on a line of its own; the others are counted by reason."""
+INFLATE = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+"""The one content coding a task image may come in (zlib window bits); Label Studio is asked for none."""
+
+
+class Skipped(ValueError):
+    """A task that gets an empty prediction: ``reason`` is what it is counted under in the log."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 MASK_CONTROLS = {"BrushLabels": "brushlabels", "PolygonLabels": "polygonlabels"}
@@ -115,38 +133,55 @@ def target_of(label_config: str) -> Target:
 def image_url(url: str, settings: Settings) -> str:
     """The absolute URL to fetch, or ValueError when it is not on the configured Label Studio."""
     if not settings.label_studio_url:
-        raise ValueError("LOST_REG_LABEL_STUDIO_URL is not set: the service does not know where Label Studio is")
+        raise Skipped("no_label_studio_url", "LOST_REG_LABEL_STUDIO_URL is not set: the service does not know where "
+                      "Label Studio is")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise ValueError(f"{url!r} holds control characters: not a URL")
+        raise Skipped("bad_url", f"{url!r} holds control characters: not a URL")
     base = settings.label_studio_url.rstrip("/") + "/"
     absolute = urljoin(base, url.lstrip("/")) if url.startswith("/") else url
     allowed, wanted = urlsplit(base), urlsplit(absolute)
     if (wanted.scheme, wanted.hostname, wanted.port) != (allowed.scheme, allowed.hostname, allowed.port):
-        raise ValueError(f"{url} is not on the Label Studio at {settings.label_studio_url}: not fetched")
+        raise Skipped("off_origin", f"{url} is not on the Label Studio at {settings.label_studio_url}: not fetched")
     return absolute
 
 
 async def fetch(client: httpx.AsyncClient, url: str, settings: Settings) -> bytes:
-    """The image's bytes, read in chunks and given up past ``max_file_bytes`` or, all of it, past
-    ``label_studio_fetch_timeout_s``; no redirects."""
-    headers = {}
+    """The image's bytes, read in chunks and given up past ``max_file_bytes`` (after inflating, one bounded
+    piece per read) or, all of it, past ``label_studio_fetch_timeout_s``; no redirects."""
+    headers = {"Accept-Encoding": "identity"}
     if settings.label_studio_api_key:
         headers["Authorization"] = f"Token {settings.label_studio_api_key.get_secret_value()}"
-    deadline = settings.label_studio_fetch_timeout_s
+    deadline, limit = settings.label_studio_fetch_timeout_s, settings.max_file_bytes
     try:
         async with asyncio.timeout(deadline), client.stream("GET", url, headers=headers,
                                                             follow_redirects=False) as response:
             if response.status_code != 200:
-                raise ValueError(f"{url}: Label Studio answered {response.status_code}")
+                raise Skipped(f"http_{response.status_code}", f"{url}: Label Studio answered {response.status_code}")
+            inflate = _inflater(url, response.headers.get_list("content-encoding", split_commas=True))
             chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
+            async for raw in response.aiter_raw():
+                chunk = raw if inflate is None else inflate.decompress(raw, limit - size + 1)
                 size += len(chunk)
-                if size > settings.max_file_bytes:
-                    raise ValueError(f"{url}: larger than the {settings.max_file_mb:g} MB limit per file")
+                if size > limit:
+                    raise Skipped("too_large", f"{url}: larger than the {settings.max_file_mb:g} MB limit per file")
                 chunks.append(chunk)
     except TimeoutError:
-        raise ValueError(f"{url}: not downloaded within {deadline:g} s") from None
+        raise Skipped("download_timeout", f"{url}: not downloaded within {deadline:g} s") from None
+    except zlib.error as e:
+        raise Skipped("content_encoding", f"{url}: its content coding does not inflate ({e})") from None
     return b"".join(chunks)
+
+
+def _inflater(url: str, encodings: list[str]) -> Any:
+    """A zlib decompressor for the response's one content coding (None for none); nested or other codings
+    are refused: ``gzip, gzip`` of 3.5 KB would otherwise inflate to gigabytes in one read."""
+    codings = [c.strip().lower() for c in encodings if c.strip().lower() not in ("", "identity")]
+    if not codings:
+        return None
+    if len(codings) > 1 or codings[0] not in INFLATE:
+        raise Skipped("content_encoding", f"{url}: Content-Encoding {', '.join(codings)} refused (at most one "
+                      f"of {', '.join(INFLATE)})")
+    return zlib.decompressobj(INFLATE[codings[0]])
 
 
 def router(runtime: Runtime, settings: Settings) -> APIRouter:
@@ -154,6 +189,8 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
     key = settings.api_key.get_secret_value() if settings.api_key else None
     api = APIRouter(prefix="/labelstudio", include_in_schema=False,  # Label Studio's protocol, not this API's
                     dependencies=[Depends(_auth(key))] if key else [])
+    capped = create_model("CappedPredictRequest", __base__=PredictRequest,  # past the cap, validation stops
+                          tasks=(list[dict[str, Any]], Field(max_length=settings.label_studio_max_tasks)))
 
     @api.get("/health", summary="Label Studio: is the model loaded")
     async def health() -> dict[str, str]:
@@ -176,9 +213,13 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
         worker = runtime.admit()
         body = await read_body(request, settings, settings.label_studio_max_body_bytes)
         try:
-            wanted = PredictRequest.model_validate_json(body)
+            wanted = capped.model_validate_json(body)
             target = target_of(wanted.label_config)
         except ValidationError as e:
+            if any(error["type"] == "too_long" and error["loc"] == ("tasks",) for error in e.errors()):
+                raise ServiceError(413, "too_many_tasks", f"more than {settings.label_studio_max_tasks:,} tasks in "
+                                   "one prediction request (LOST_REG_LABEL_STUDIO_MAX_TASKS); send fewer at once"
+                                   ) from None
             raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {problems(e)}") from None
         except ValueError as e:
             raise ServiceError(422, "invalid_request", f"not a Label Studio prediction request: {e}") from None
@@ -189,10 +230,12 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
         prep = resolve_prep(worker.localizer.backbone.family, worker.localizer.method, settings.prep)
         tasks = iter(enumerate(wanted.tasks))
         results: list[dict[str, Any]] = [{}] * len(wanted.tasks)
+        skipped: Counter[str] = Counter()
 
         async def lane(client: httpx.AsyncClient) -> None:
             for i, task in tasks:  # the lanes share one iterator: each task is taken once
-                results[i] = await _one(task, target, version, prep, client, worker, ticket)
+                results[i] = await _one(task, target, version, prep, client, worker, ticket, skipped)
+                await asyncio.sleep(0)  # a task that fails at once awaits nothing: let the loop serve others
 
         async def work() -> None:
             async with httpx.AsyncClient(timeout=settings.label_studio_fetch_timeout_s) as client, \
@@ -200,13 +243,17 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
                 for _ in range(lanes):
                     group.create_task(lane(client))
 
-        await runtime.run(ticket, request.receive, work(), settings.label_studio_timeout_s,
-                          "LOST_REG_LABEL_STUDIO_TIMEOUT_S")
+        try:
+            await runtime.run(ticket, request.receive, work(), settings.label_studio_timeout_s,
+                              "LOST_REG_LABEL_STUDIO_TIMEOUT_S")
+        finally:
+            if skipped:
+                log.warning("Label Studio: %d of %d tasks without a prediction (%s)", skipped.total(),
+                            len(wanted.tasks), ", ".join(f"{reason}: {n}" for reason, n in skipped.most_common()))
         return {"results": results}
 
     async def _one(task: dict[str, Any], target: Target, version: str, prep: str, client: httpx.AsyncClient,
-                   worker: InferenceWorker, ticket: Ticket) -> dict[str, Any]:
-        loc = worker.localizer
+                   worker: InferenceWorker, ticket: Ticket, skipped: Counter[str]) -> dict[str, Any]:
         task_id = task.get("id")
         key = RunKey(worker.default_key.features, worker.default_key.method, settings.max_objects)
         try:
@@ -214,8 +261,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
             assert runtime.downloads is not None
             async with runtime.downloads:  # held until decoded: downloaded bytes never pile up
                 data = await fetch(client, url, settings)
-                prepared = await runtime.in_pool(ticket, decode_upload, data, url, loc.patch_size, settings.max_side,
-                                                 settings.max_pixels, prep)
+                prepared = await runtime.decode(ticket, data, url, settings.max_side, prep)
             del data
             found, _ = await runtime.infer(ticket, prepared, key)
             if target.masks:
@@ -223,11 +269,16 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
             record = ImageRecord(str(task_id), "", *prepared.size, found)
             return await runtime.in_pool(ticket, labelstudio_prediction, record, version, target.controls)
         except Exception as e:  # this task's loss, never the batch's
-            if isinstance(e, ServiceError | ValueError | httpx.HTTPError | httpx.InvalidURL):
-                reason = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
-                log.warning("Label Studio task %s: no prediction (%s)", task_id, reason)
-            else:  # e.g. inference failing: the traceback is for the server log
-                log.exception("Label Studio task %s: no prediction (localisation failed)", task_id)
+            known = isinstance(e, ServiceError | ValueError | httpx.HTTPError | httpx.InvalidURL)
+            skipped[e.code if isinstance(e, ServiceError) else e.reason if isinstance(e, Skipped)
+                    else "download_failed" if known else "localisation_failed"] += 1
+            if skipped.total() <= LOGGED_TASKS:
+                if known:
+                    reason = e.message if isinstance(e, ServiceError) else str(e) if isinstance(e, Skipped) \
+                        else f"{type(e).__name__}: {e}"
+                    log.warning("Label Studio task %s: no prediction (%s)", task_id, reason)
+                else:  # e.g. inference failing: the traceback is for the server log
+                    log.exception("Label Studio task %s: no prediction (localisation failed)", task_id)
             return {"result": [], "score": 0.0, "model_version": version}
 
     return api
@@ -237,7 +288,7 @@ def _task_image(task: dict[str, Any], target: Target) -> str:
     """The task's image URL (ValueError when it has none)."""
     data = task.get("data")
     if not isinstance(data, dict) or not isinstance(data.get(target.data_key), str):
-        raise ValueError(f"the task has no image URL in data.{target.data_key}")
+        raise Skipped("no_image_url", f"the task has no image URL in data.{target.data_key}")
     return data[target.data_key]
 
 

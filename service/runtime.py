@@ -1,6 +1,7 @@
-"""What lives between start-up and shut-down: the model's worker thread, the decoding pool, admission,
-readiness, and the path of a request's files (headers → pixel budget → decode in the pool → inference
-queue → box), under the request's deadline and cancelled when it passes or the client leaves."""
+"""What lives between start-up and shut-down: the model's worker thread, the decoding processes and the
+fair pool that feeds them, admission, readiness, and the path of a request's files (headers → pixel
+budget → decode in a process → inference queue → box), under the request's deadline and cancelled (queued
+work dropped, running decodes killed) when it passes or the client leaves."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from starlette.types import Receive
 
 from lost_reg import masks as mask_tools
 from lost_reg import pipeline
+from lost_reg.decoders import DecodePool
 from lost_reg.images import Prepared, prepare
 from lost_reg.pipeline import Detection, Localizer, with_mask
 from lost_reg.vis import heat
@@ -31,7 +33,7 @@ from .fair import FairPool
 from .metrics import Metrics
 from .schemas import BoxResult, Mask, ObjectResult
 from .settings import Settings
-from .uploads import load_upload, upload_size
+from .uploads import decode_upload, load_upload, upload_size
 from .worker import InferenceWorker, RunKey
 
 log = logging.getLogger("service")
@@ -77,6 +79,7 @@ class Runtime:
         self.admission = Admission(settings.max_queue, metrics)
         self.worker: InferenceWorker | None = None
         self.pool: FairPool | None = None
+        self.decoders: DecodePool | None = None
         self.downloads: asyncio.Semaphore | None = None
         self.ready = False
 
@@ -86,7 +89,9 @@ class Runtime:
         s = self.settings
         self.worker = InferenceWorker(localizer, s.max_batch, s.max_wait_ms / 1000, self.metrics, s.max_batch_patches)
         self.worker.start()
-        self.pool = FairPool(s.decode_workers, "lost-reg-decode")
+        self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.max_pixels)
+        await asyncio.to_thread(self.decoders.start)
+        self.pool = FairPool(s.decode_workers, "lost-reg-decode", per_owner=max(1, s.decode_workers - 1))
         self.downloads = asyncio.Semaphore(s.label_studio_downloads)
         blank = prepare(np.zeros((WARMUP_SIDE, WARMUP_SIDE, 3), np.uint8), localizer.patch_size)
         await asyncio.wrap_future(self.worker.submit(blank, self.worker.default_key, warmup=True).future)
@@ -101,6 +106,8 @@ class Runtime:
             self.worker.close(timeout=self.settings.timeout_s)
         if self.pool is not None:
             self.pool.shutdown()
+        if self.decoders is not None:
+            self.decoders.close()
 
     def require_ready(self) -> InferenceWorker:
         """The worker, or 503 while loading, after its thread died, or while shutting down."""
@@ -152,9 +159,20 @@ class Runtime:
         return dropped
 
     async def in_pool(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a decoding thread, in turn with other requests' calls (round-robin)."""
+        """``fn(*args)`` on a pool thread, in turn with other requests' calls (round-robin)."""
+        return await self.decoding(ticket, lambda _watch, _decoders: fn(*args))
+
+    async def decoding(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(watch, decoders, *args)`` on a pool thread, in turn with other requests' calls (round-robin): it
+        hands its jobs for the decoding processes to ``watch``, so cancelling the request kills them."""
         assert self.pool is not None
-        return await asyncio.wrap_future(self.pool.submit(ticket, fn, *args))
+        return await asyncio.wrap_future(self.pool.submit(ticket, fn, self.decoders, *args))
+
+    async def decode(self, ticket: Ticket, data: bytes, name: str, max_side: int, prep: str) -> Prepared:
+        """Encoded bytes as a prepared image (a ServiceError saying why not), decoded in turn with other
+        requests' files."""
+        patch_size = self.require_ready().localizer.patch_size
+        return await self.decoding(ticket, decode_upload, data, name, patch_size, max_side, prep)
 
     async def infer(self, ticket: Ticket, prepared: Prepared, key: RunKey) -> tuple[list[Detection], float]:
         """The image's detections (best first), micro-batched in turn with other requests' images; and when they
@@ -165,13 +183,13 @@ class Runtime:
 
     async def with_masks(self, ticket: Ticket, prepared: Prepared, found: list[Detection],
                          refine: str) -> list[Detection]:
-        """The detections with their pixel masks, refined on a decoding thread (never the model's)."""
+        """The detections with their pixel masks, refined on a pool thread (never the model's)."""
         patch_size = self.require_ready().localizer.patch_size
         return await self.in_pool(ticket, lambda: [with_mask(prepared, d, patch_size, refine) for d in found])
 
     async def answer_objects(self, ticket: Ticket, prepared: Prepared, found: list[Detection],
                              request: BoxRequest) -> list[dict[str, Any]]:
-        """Each detection's fields of the answer (:func:`answer_object`), masks refined and written on a decoding
+        """Each detection's fields of the answer (:func:`answer_object`), masks refined and written on a pool
         thread."""
         if not request.masks:
             return [answer_object(d, None) for d in found]
@@ -181,8 +199,11 @@ class Runtime:
     async def localize(self, uploads: list[UploadFile], request: BoxRequest,
                        ticket: Ticket) -> list[BoxResult | Failed]:
         """A box or a failure per file, in upload order. The headers are read first: past the request's pixel
-        budget, 413 for the whole request before anything is decoded."""
+        budget, 413 for the whole request before anything is decoded (one file within ``max_pixels`` cannot pass
+        the budget: its decode checks its header itself, one trip to a decoding process fewer)."""
         names = [u.filename or f"images[{i}]" for i, u in enumerate(uploads)]
+        if len(uploads) == 1 and self.settings.max_pixels <= self.settings.max_request_pixels:
+            return [await self._one(uploads[0], names[0], request, ticket)]
         sizes = await asyncio.gather(*(self._size(ticket, u, name) for u, name in zip(uploads, names)))
         budget = self.settings.max_request_pixels
         if sum(w * h for w, h in (s for s in sizes if not isinstance(s, Failed))) > budget:
@@ -196,17 +217,16 @@ class Runtime:
 
     async def _size(self, ticket: Ticket, upload: UploadFile, name: str) -> tuple[int, int] | Failed:
         try:
-            return await self.in_pool(ticket, upload_size, upload.file, name, self.settings.max_pixels)
+            return await self.decoding(ticket, upload_size, upload.file, name)
         except ServiceError as e:
             return Failed(name, e)
 
     async def _one(self, upload: UploadFile, name: str, request: BoxRequest, ticket: Ticket) -> BoxResult | Failed:
-        s = self.settings
         patch_size = self.require_ready().localizer.patch_size
         start = time.perf_counter()
         try:
-            prepared = await self.in_pool(ticket, load_upload, upload.file, name, patch_size, request.max_side,
-                                          s.max_pixels, request.prep)
+            prepared = await self.decoding(ticket, load_upload, upload.file, name, patch_size, request.max_side,
+                                           request.prep)
             found, finished = await self.infer(ticket, prepared, request.key)
             objects = await self.answer_objects(ticket, prepared, found, request)
         except ServiceError as e:

@@ -44,7 +44,10 @@ class Settings(BaseSettings, LocalizerOptions, MaskOptions):
     max_wait_ms: float = Field(5.0, ge=0, description="how long the first queued image waits for others")
     max_queue: int = Field(256, ge=1, description="images in flight (from their first byte, or a Label Studio "
                                                   "download, until their answer is sent) before requests get 503")
-    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
+    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1) + 1, ge=1,
+                                description="decoding processes; one request holds at most all but one of them")
+    decode_timeout_s: float = Field(10.0, gt=0, description="seconds one image's header reading or decoding may "
+                                                            "take before its process is killed (422 decode_timeout)")
 
     max_file_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, ge=1, description="width × height of one image, read from its header")
@@ -65,6 +68,8 @@ class Settings(BaseSettings, LocalizerOptions, MaskOptions):
                                                            "are fetched from (/labelstudio)")
     label_studio_api_key: SecretStr | None = Field(None, description="Label Studio API token, to fetch task images")
     label_studio_max_body_mb: float = Field(8.0, gt=0, description="largest /labelstudio request body (413 past it)")
+    label_studio_max_tasks: int = Field(1000, ge=1, description="tasks in one /labelstudio/predict request (413 past "
+                                                                "it)")
     label_studio_downloads: int = Field(4, ge=1, description="task images downloaded at once, over all requests; "
                                                              "also the images one /labelstudio/predict holds in flight")
     label_studio_fetch_timeout_s: float = Field(10.0, gt=0, description="whole download of one task image (past it: "

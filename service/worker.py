@@ -1,6 +1,6 @@
 """The inference thread: the one consumer of a queue of prepared images, micro-batching them.
 
-Requests queue images that a thread pool already decoded and padded, in a :class:`~service.fair.FairQueue`
+Requests queue images that decoding processes already decoded and padded, in a :class:`~service.fair.FairQueue`
 (round-robin between requests). The thread takes the first, waits up to ``max_wait_s`` for more
 (``max_batch`` in all, and no more than ``max_patches`` patches: a large image goes alone, so it holds up
 no more than itself), groups them by features, method, objects per image and
