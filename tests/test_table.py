@@ -268,3 +268,26 @@ def test_the_interval_is_wilsons_score_interval():
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
         assert wilson(found, n) == pytest.approx([centre - half, centre + half], abs=1e-9)
     assert wilson(0, 0) is None
+
+
+def test_published_figures_stand_beside_whole_benchmarks_only_with_their_citation(tmp_path, monkeypatch):
+    from lost_reg.table.published import figures
+
+    lost = next(f for f in figures() if f.source == "darcet2024" and not f.same_weights and f.backbones)
+    asked = []
+
+    def beside(backbone, weights, ttr, method, kind):
+        asked.append((backbone, weights, ttr, method, kind))
+        return [{"corloc": lost.corloc[kind], "same_weights": False, "model": lost.model, "protocol": lost.protocol,
+                 "source": lost.source, "citation": lost.citation}]
+
+    monkeypatch.setattr(table_runner, "published_for", beside)
+    dev = make_voc(tmp_path / "dev", n=2)
+    cells = table(tmp_path / "t", f"{TINY}=random", f"voc07:{SAMPLE_VOC},dev=voc07:{dev}", "--protocol", "paper")
+    assert asked == [(TINY, "random", None, "lost", "voc07")]  # the labelled dev set is no whole benchmark
+    assert cells[0]["published"][0]["corloc"] == lost.corloc["voc07"] and cells[1]["published"] == []
+    md = (tmp_path / "t" / "table.md").read_text()
+    assert f"· published {lost.corloc['voc07']:.1f}≈ [1] |" in md and f"1. {lost.citation}: {lost.model}" in md
+    assert "≈: for the paper's own model (never released)" in md
+    with (tmp_path / "t" / "table.csv").open() as f:
+        assert next(csv.DictReader(f))["published"] == f"{lost.corloc['voc07']}≈"

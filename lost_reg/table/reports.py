@@ -108,9 +108,10 @@ def _markdown(plan: Plan, cells: Sequence[Cell], command: Sequence[str]) -> str:
     lines += _settings(cells)
     if sources:
         lines += ["", "## Published figures", ""]
-        cited = {p["source"]: p for c in cells for p in c.published}
         for src, n in sources.items():
-            lines.append(f"{n}. {cited[src]['citation']}.")
+            used = {(p["model"], p["protocol"]): p for c in cells for p in c.published if p["source"] == src}
+            lines.append(f"{n}. {next(iter(used.values()))['citation']}: "
+                         + "; ".join(f"{model} ({protocol})" for model, protocol in used) + ".")
     if plan.notes or any(c.skipped for c in cells):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in plan.notes]
         for c in cells:

@@ -226,7 +226,7 @@ def _run_backbone(plan: Plan, entry: BackboneEntry, context: dict[str, Any], bar
                   for s in (r.candidates if r.fixed or here else (chosen[i],))]
         bar.set_description(f"{entry.label} × {column.spec.label}")
         folder = config.out / "runs" / _backbone_key(entry, config) / _dataset_key(column.spec)
-        results, run = _sweep(config, column, list(dict.fromkeys(needed)), folder, localizer_for, cache)
+        results, run = _sweep(config, column, list(dict.fromkeys(needed)), folder, localizer_for, cache, context)
         provenance = {**_provenance(entry, config), **context, **run, "run_folder": str(folder.relative_to(config.out))}
         for i, row in enumerate(entry.rows):
             if row.fixed:
@@ -251,7 +251,7 @@ def _run_backbone(plan: Plan, entry: BackboneEntry, context: dict[str, Any], bar
 
 
 def _sweep(config: TableConfig, column: Column, settings: list[SweepSetting], folder: Path, localizer_for,
-           cache) -> tuple[dict[SweepSetting, Row], dict[str, Any]]:
+           cache, context: dict[str, Any]) -> tuple[dict[SweepSetting, Row], dict[str, Any]]:
     """One backbone × dataset: its settings' results over the whole prediction files, and what this run did.
 
     Files that could not be decoded are remembered in the folder (until they change), so a finished cell is read
@@ -270,10 +270,10 @@ def _sweep(config: TableConfig, column: Column, settings: list[SweepSetting], fo
            "forward_s": round(st.forward_s, 3), "wall_s": round(st.wall_s, 3),
            "skipped": len(known) + len(st.errors) + len(dataset.skipped)}
     if st.processed:
+        entry = {k: run[k] for k in ("images_computed", "images_from_cache", "forward_s", "wall_s")}
+        entry |= {k: context[k] for k in ("date", "device", "dtype", "lost_reg", "git_commit", "git_dirty")}
         with (folder / "runs.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({k: run[k] for k in ("images_computed", "images_from_cache", "forward_s", "wall_s")}
-                               | {"date": _now(), "device": str(resolve_device(config.device)),
-                                  "dtype": config.dtype, "lost_reg": __version__}) + "\n")
+            f.write(json.dumps(entry) + "\n")
     run["history"] = _history(folder / "runs.jsonl")
     return rows, run
 
