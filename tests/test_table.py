@@ -190,14 +190,18 @@ def _save_other_weights(path: Path) -> None:
     (f"{TINY}=random", f"voc07:{SAMPLE_VOC}", ["--select-on", "voc12"], "--select-on 'voc12' is not a column"),
     (f"{TINY}=random", f"voc07:{SAMPLE_VOC},voc07:{SAMPLE_VOC}", [], "two columns named 'voc07'"),
     (f"{TINY}=random", f"voc07:{SAMPLE_VOC}", ["--biases", "-2"], "--biases: -2 is outside [-1, 1]"),
+    (f"{TINY}=random", f"voc07:{SAMPLE_VOC}", ["--device", "cuda"], "--device cuda asked for, but torch sees no CUDA"),
 ])
 def test_bad_tables_end_in_one_line_before_any_forward_pass(tmp_path, capsys, monkeypatch, backbones, datasets,
                                                              extra, message):
     def no_backbone(*args, **kwargs):
         raise AssertionError("a backbone was loaded before the table was checked")
 
+    import torch
     from huggingface_hub import constants
 
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     monkeypatch.setattr(table_runner, "create_backbone", no_backbone)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache, the hub offline
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -130,7 +130,8 @@ class Plan:
 def plan_table(config: TableConfig) -> Plan:
     """Parse and check the whole table before any forward pass: one-line errors for a dataset root that does not fit
     its kind, a missing COCO20k list, a backbone that does not resolve (or whose weights cannot be had), neurons that
-    do not fit, a selection that names no column."""
+    do not fit, a selection that names no column, a device torch does not see."""
+    resolve_device(config.device)
     protocol = PROTOCOLS[config.protocol]
     biases = parse_biases(config.biases)
     specs = parse_datasets(config.datasets, config)
