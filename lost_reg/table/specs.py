@@ -71,9 +71,10 @@ class DatasetSpec:
 
     @property
     def full_benchmark(self) -> bool:
-        """Whether this is a whole benchmark as the papers evaluate it (no label of its own, trainval, every image):
-        only then are published figures shown beside it."""
-        return self.label == self.kind and self.options.split == "trainval" and self.options.limit is None
+        """Whether this is a whole benchmark as the papers evaluate it (no label of its own, trainval, every image, hard
+        ones included): only then are published figures shown beside it."""
+        o = self.options
+        return self.label == self.kind and o.split == "trainval" and o.limit is None and not o.no_hard
 
 
 _LABEL = re.compile(r"^[A-Za-z][\w.-]*$")
