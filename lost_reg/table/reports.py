@@ -130,7 +130,7 @@ def _settings(cells: Sequence[Cell]) -> list[str]:
         if c.candidates:
             values = [100 * x["corloc"] for x in c.candidates]
             how += f"; CorLoc over the {len(values)} candidates here: {min(values):.1f}–{max(values):.1f} %"
-        lines.append(f"| {c.row} | {c.dataset} | `{c.setting['name']}` | {how} | {c.whole_image}/{c.images} |")
+        lines.append(f"| {c.row} | {c.dataset} | `{c.setting['name']}` | {how} | {c.whole_image} |")
     lines += ["", "Reproduce a cell (its predictions, image for image) with its `lost-reg eval` command:", "",
               "```bash"]
     lines += [shlex.join(c.command) for c in cells]
