@@ -103,5 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished images are saved; rerun with --resume to go on", file=sys.stderr)
+        resume = "the same command" if command == "table" else "--resume"
+        print(f"interrupted: finished images are saved; rerun with {resume} to go on", file=sys.stderr)
         return 130
