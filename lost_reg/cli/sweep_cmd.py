@@ -13,15 +13,13 @@ import shlex
 from typing import Any
 
 from ..backbone import FEATURES
-from ..cache import FeatureCache
 from ..config import EvalConfig, SweepConfig
 from ..images import PREPS
 from ..methods import all_option_specs
 from ..models import create_backbone
 from ..pipeline import Localizer, source_of
 from ..recipes import AUTO, recipe_for
-from ..registers import RegisterNeurons
-from ..sweep import Sweep, expand, expand_settings, write_reports
+from ..sweep import Sweep, expand, expand_settings, feature_cache, write_reports
 from .common import dataset_of, write_json
 from .options import add_options, from_args
 
@@ -58,14 +56,9 @@ def run(config: SweepConfig) -> int:
     settings = expand_settings(source.family, expand(config.method), options, features, layers, preps)
     dataset = dataset_of(config)
     indices = list(range(len(dataset) if config.limit is None else min(config.limit, len(dataset))))
-    cache = None
-    if config.cache is not None:
-        n = None if config.test_time_registers is None else RegisterNeurons.load(config.test_time_registers)
-        cache = FeatureCache(config.cache, {"backbone": source.name, "weights": source.identity,
-                                            "pos_resample": source.pos_resample, "model_args": config.model_args,
-                                            "max_side": config.max_side, "dtype": config.dtype,
-                                            "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
-                             config.cache_dtype)
+    cache = None if config.cache is None else feature_cache(
+        config.cache, source, model_args=config.model_args, max_side=config.max_side, dtype=config.dtype,
+        test_time_registers=config.test_time_registers, cache_dtype=config.cache_dtype)
     backbone = None
 
     def localizer_for(prep: str) -> Localizer:
