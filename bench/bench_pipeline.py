@@ -7,7 +7,7 @@ Three modes, each in a fresh subprocess (so peak memory is per mode and nothing 
               ``devices.CPU_CHUNK`` images, as ``Localizer`` does, since that is faster there). Also times the
               method (``--method``, LOST by default) alone on the resulting features, with both
               connected-component back ends (scipy, torch).
-``pipeline``  what ``lost-reg eval`` runs: ``loop.inference_on_dataset`` (decoding in DataLoader
+``pipeline``  what ``lost-reg eval`` runs: ``loop.inference_on_dataset`` (decoding in the decoding
               workers, shape buckets, pinned memory on CUDA) + the method + a sink writing JSON lines.
 ``naive``     one image at a time in one process: decode, ``Localizer.localize([image])``, write.
 
@@ -171,7 +171,7 @@ def _child_pids(pid: int) -> list[int]:
 
 
 class MemorySampler:
-    """Peak RSS of this process (VmHWM, exact) and of its children (DataLoader workers), sampled.
+    """Peak RSS of this process (VmHWM, exact) and of its children (the decoding processes), sampled.
 
     ``ru_maxrss`` would not do: Linux carries it over ``execve``, so a child reports at least its
     parent's size. Forked workers share the parent's pages (torch, the model) copy-on-write, so
@@ -445,7 +445,7 @@ def report(args, results: dict, device: str, agree: dict | None) -> tuple[str, d
             f"{fmt(ms.get('total')):>9}  {r['peak_rss_mb']:>7.0f} {r['peak_pss_workers_total_mb']:>10.0f} "
             f"{fmt(r.get('peak_gpu_mb'), '.0f'):>7}")
     lines.append("(ms per image; RSS MB = peak resident memory of the mode's main process; workers MB = peak sum of the "
-                 "DataLoader workers' PSS (pages shared with the main process split between them))")
+                 "decoding processes' PSS (pages shared with the main process split between them))")
     ratios = {}
     if pipe and bare:
         ratios["pipeline_over_bare"] = pipe["images_per_s"] / bare["images_per_s"]

@@ -97,20 +97,30 @@ class FeatureCache:
         atomic_write(self.path(prep, tap, image_id),
                      lambda tmp: save_file({"patches": tensor}, str(tmp), metadata={"geometry": json.dumps(meta)}))
 
-
     def unreadable(self, image_id: str, path: Path) -> str | None:
         """Why ``path`` could not be decoded last time, if it has not changed since; else None."""
-        record = self.root / "unreadable" / f"{quote(image_id, safe='')}.json"
-        try:
-            known = json.loads(record.read_text())
-            return known["error"] if known["stat"] == _stat(path) else None
-        except (OSError, ValueError, KeyError):
-            return None
+        return known_unreadable(self.root / "unreadable", image_id, path)
 
     def save_unreadable(self, image_id: str, path: Path, error: str) -> None:
         """Remember that ``path`` (as it is now) cannot be decoded."""
-        record = self.root / "unreadable" / f"{quote(image_id, safe='')}.json"
-        atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"stat": _stat(path), "error": error})))
+        remember_unreadable(self.root / "unreadable", image_id, path, error)
+
+
+def known_unreadable(folder: Path, image_id: str, path: Path) -> str | None:
+    """Why ``path`` could not be decoded when :func:`remember_unreadable` recorded it in ``folder``, if the file has
+    not changed since (size, modification time); else None."""
+    record = Path(folder) / f"{quote(image_id, safe='')}.json"
+    try:
+        known = json.loads(record.read_text())
+        return known["error"] if known["stat"] == _stat(path) else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def remember_unreadable(folder: Path, image_id: str, path: Path, error: str) -> None:
+    """Record in ``folder`` that ``path`` (as it is now) cannot be decoded, so a later run reports it undecoded."""
+    record = Path(folder) / f"{quote(image_id, safe='')}.json"
+    atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"stat": _stat(path), "error": error})))
 
 
 def _stat(path: Path) -> list[int] | None:

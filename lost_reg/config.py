@@ -24,6 +24,7 @@ from .methods import METHODS, all_option_specs
 from .models import DEFAULT_BACKBONE, OFFLINE_BACKBONE
 from .options import Cli, Options
 from .posembed import POS_RESAMPLES
+from .refine import DEFAULT_REFINE, REFINERS
 
 AUTO = "auto"
 PATHS_HELP = "images: files, folders (searched recursively), glob patterns or .txt lists of paths"
@@ -117,6 +118,16 @@ preparation and the largest side."""
 class LocalizerOptions(ModelOptions, FeatureOptions, RuntimeOptions, CompileOptions,  # type: ignore[misc,valid-type]
                        MethodOptions):
     """Everything a :class:`~lost_reg.pipeline.Localizer` is built from (:func:`~lost_reg.pipeline.build_localizer`)."""
+
+
+class MaskOptions(Options):
+    """How an object's patches on the grid become its mask in the image's pixels."""
+
+    group: ClassVar[str | None] = "masks"
+    refine: Literal[tuple(REFINERS)] = Field(  # type: ignore[valid-type]
+        DEFAULT_REFINE, description="from the patch grid to the image's pixels: none = each patch's square, "
+                                    "bilinear, guided = onto the image's edges, crf = MaskCut's dense CRF (README: "
+                                    "Every object)")
 
 
 class RunOptions(Options):

@@ -388,14 +388,28 @@ BENCHMARKS = tuple(d for d in DATASETS if d != "folder")
 """The datasets with ground truth, which ``eval`` and ``sweep`` take."""
 
 
-class DatasetOptions(Options):
-    """The benchmark and where it is (eval, sweep)."""
+class _Benchmark(Options):
+    """Which benchmark, and where it is."""
 
     group: ClassVar[str | None] = "data"
     dataset: Annotated[str, Cli(choices=BENCHMARKS)] = Field(
         description="which benchmark (a split of VOC: --split)")
     root: Path = Field(description="VOC: folder holding VOC2007/ or VOC2012/; COCO20k: a COCO 2014 or 2017 download "
                                    "(folder holding annotations/ and train2014/ or train2017/)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        return name
+
+
+class DataOptions(Options):
+    """What a benchmark needs besides its root, and which of its images count (``lost-reg table``: every
+    benchmark of the table shares them)."""
+
+    group: ClassVar[str | None] = "data"
     coco20k_list: Path | None = Field(None, description="COCO20k file list (coco_20k_filenames.txt from the LOST repo)")
     coco_annotations: Path | None = Field(
         None, description="instances_train2014.json or instances_train2017.json (default: the first of them in "
@@ -407,12 +421,9 @@ class DatasetOptions(Options):
     split: str = Field("trainval", description="VOC: the image set (ImageSets/Main/SPLIT.txt)")
     limit: int | None = Field(None, ge=1, description="evaluate the first N images only")
 
-    @field_validator("dataset")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-        return name
+
+class DatasetOptions(_Benchmark, DataOptions):
+    """The benchmark and where it is (eval, sweep)."""
 
 
 def build_dataset(name: str, root: str | Path, **options: Any) -> Dataset:

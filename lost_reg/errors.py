@@ -23,3 +23,7 @@ class TooManyPixels(DataError):
 
 class ImageTooSmall(DataError):
     """An image smaller than one patch (after any downscaling): there is nothing to find in it."""
+
+
+class DecodeTimeout(DataError):
+    """An image whose decoding ran past its deadline (a hostile or broken file): its decoding process was stopped."""

@@ -1,9 +1,10 @@
 """The inference loop, as detectron2's: ``inference_on_dataset(model, loader, evaluators)``.
 
-:func:`build_loader` decodes and pads images in DataLoader worker processes (pinned memory on CUDA:
-the localizer's :class:`~lost_reg.devices.DevicePlan` says how many workers and whether to pin) and
+:func:`build_loader` decodes and pads images in decoding processes (:class:`~lost_reg.decoders.DecodePool`,
+the service's too: a file that would decode for minutes or take gigabytes is stopped; pinned memory on
+CUDA: the localizer's :class:`~lost_reg.devices.DevicePlan` says how many workers and whether to pin) and
 groups them by padded shape, so each model call is one :class:`Batch` of one shape; a file that
-cannot be read comes out as a :class:`FailedImage`. :func:`inference_on_dataset` knows no files: it
+cannot be read, or is stopped, comes out as a :class:`FailedImage`. :func:`inference_on_dataset` knows no files: it
 calls the model on each batch and hands inputs and outputs to the evaluators and hooks
 (:class:`DatasetEvaluator`: CorLoc, the prediction writer, pictures, the progress bar), and each
 failed image to their :meth:`~DatasetEvaluator.skip`. The run goes on.
@@ -14,16 +15,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .datasets import Sample
+from .decoders import DECODE_TIMEOUT_S, DecodePool
 from .devices import can_pin
 from .errors import LostRegError
 from .images import MAX_PIXELS, Prepared, decode_image, grid_size, prepare
@@ -47,27 +49,15 @@ class Item:
         return self
 
 
-class _Decoded(Dataset):
-    """Decodes and pads the dataset's images (runs inside the workers)."""
-
-    def __init__(self, dataset: Sequence[Sample], indices: Sequence[int], patch_size: int, max_side: int | None,
-                 prep: str, max_pixels: int | None) -> None:
-        self.dataset, self.indices = dataset, indices
-        self.patch_size, self.max_side, self.prep, self.max_pixels = patch_size, max_side, prep, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Item:
-        index = self.indices[i]
-        sample = self.dataset[index]
-        got = read_prepared(sample.path, sample.image_id, self.patch_size, self.max_side, self.prep, self.max_pixels)
-        return Item(index, sample, error=got) if isinstance(got, str) else Item(index, sample, prepared=got)
+DECODE_WALL_S = 6 * DECODE_TIMEOUT_S
+"""A run's images are held to ``DECODE_TIMEOUT_S`` of CPU time each; the wall-clock deadline only catches a
+decode that waits on something (the machine is shared with the model's threads)."""
 
 
 def read_prepared(path: str | Path, image_id: str, patch_size: int, max_side: int | None, prep: str,
                   max_pixels: int | None) -> Prepared | str:
-    """An image file decoded and put on the patch grid, or why it could not be (every engine's decoding)."""
+    """An image file decoded and put on the patch grid in this process, or why it could not be (the ray engine's
+    decoding: its tasks are processes of their own)."""
     try:
         return prepare(decode_image(path, name=image_id, max_pixels=max_pixels), patch_size, max_side, prep,
                        name=image_id)
@@ -75,10 +65,6 @@ def read_prepared(path: str | Path, image_id: str, patch_size: int, max_side: in
         return str(e)
     except Exception as e:  # a decoder crash on one file must not end a 10k-image run
         return f"{image_id}: {type(e).__name__}: {e}"
-
-
-def _single(item: Item) -> Item:
-    return item
 
 
 class ShapeBucketer:
@@ -220,34 +206,47 @@ class LoopStats:
 
 def build_loader(localizer: Localizer, dataset: Sequence[Sample], indices: Sequence[int], *, batch_size: int = 16,
                  workers: int | None = None, max_pixels: int | None = MAX_PIXELS) -> Iterator[Batch | FailedImage]:
-    """``dataset[indices]`` decoded and prepared for ``localizer`` in worker processes, as batches of one padded
-    shape (and failed images, in completion order). Images over ``max_pixels`` (read from the header, before
-    decoding) or smaller than one patch fail like unreadable ones."""
+    """``dataset[indices]`` decoded and prepared for ``localizer`` in decoding processes (at least one: a
+    hostile file is stopped, never the run), as batches of one padded shape and failed images, in order.
+    Images over ``max_pixels`` (header and TIFF tiles, before decoding), smaller than one patch, or not
+    decoded within ``DECODE_TIMEOUT_S`` of CPU time fail like unreadable ones."""
     plan = localizer.plan
-    workers = plan.workers if workers is None else workers
-    if plan.pin_memory and not can_pin():
+    workers = max(1, plan.workers if workers is None else workers)
+    pin = plan.pin_memory and can_pin()
+    if plan.pin_memory and not pin:
         log.info("pinned memory asked for, but there is no CUDA driver here: decoded images stay pageable")
     if not indices:
         return
-    decoded = _Decoded(dataset, indices, localizer.patch_size, localizer.max_side, localizer.prep, max_pixels)
-    loader = DataLoader(
-        decoded,
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_single,
-        pin_memory=plan.pin_memory and can_pin(),
-        prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
-        persistent_workers=False,
-    )
+    pool = DecodePool(workers, timeout_s=DECODE_WALL_S, max_pixels=max_pixels, cpu_s=DECODE_TIMEOUT_S)
+    depth = workers * max(2, batch_size // workers)  # decodes in flight ahead of the model
+    todo = iter(indices)
+    pending: deque[tuple[int, Sample, Future]] = deque()
+
+    def top_up() -> None:
+        while len(pending) < depth and (index := next(todo, None)) is not None:
+            sample = dataset[index]
+            pending.append((index, sample, pool.decode(sample.path, sample.image_id, localizer.patch_size,
+                                                        localizer.max_side, localizer.prep)))
+
     bucketer = ShapeBucketer(batch_size, max_pending=4 * batch_size)
-    for item in loader:
-        if item.error is not None:
-            yield FailedImage(item.sample.image_id, str(item.sample.path), item.error)
-        else:
-            for batch in bucketer.add(item):
+    try:
+        top_up()
+        while pending:
+            index, sample, future = pending.popleft()
+            try:
+                prepared = pool.result(future, sample.image_id)
+            except LostRegError as e:
+                yield FailedImage(sample.image_id, str(sample.path), str(e))
+                continue
+            finally:
+                top_up()
+            item = Item(index, sample, prepared=prepared)
+            for batch in bucketer.add(item.pin_memory() if pin else item):
                 yield _batch(batch)
-    for batch in bucketer.flush():
-        yield _batch(batch)
+        for batch in bucketer.flush():
+            yield _batch(batch)
+    finally:
+        pool.close()
 
 
 def _batch(items: list[Item]) -> Batch:

@@ -291,6 +291,45 @@ def _from_hub(name: str, fetch: Callable[[], Any]) -> Any:
         ) from e
 
 
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+"""The files a timm hub repo holds its weights in (timm takes the first it finds)."""
+
+
+def cached_hub_weights(source: Source) -> Path | None:
+    """The local Hugging Face cache's file of ``source``'s timm hub weights; None when not cached, or when ``source``
+    takes its weights from elsewhere (a file, a package, a URL)."""
+    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None)
+    if not repo:
+        return None
+    repo, _, revision = repo.partition("@")
+    for name in HUB_WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, name, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def check_fetchable(source: Source) -> None:
+    """BackboneError at once, before any work, when ``source`` needs timm hub weights that can be neither downloaded
+    (the hub is offline or unreachable) nor read from the local cache: what ``create_model`` would say later."""
+    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
+        return
+    if not getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None):
+        return  # weights from a URL: torch.hub's cache, which create_model reports on its own
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+    if why is None or cached_hub_weights(source) is not None:
+        return
+    raise BackboneError(f"could not fetch pretrained weights for {source.name!r} ({why} and they are not in the "
+                        f"local cache); without network pass local weights (NAME=FILE, or --weights FILE), or use "
+                        f"{OFFLINE_BACKBONE}")
+
+
 def _hf_snapshot(repo: str) -> Path:
     """The local folder of Hugging Face repo ``repo``: its config and weights, downloaded unless cached."""
     from huggingface_hub import hf_hub_download

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,10 +28,13 @@ from .devices import (
     using,
 )
 from .images import Prepared, normalize, prepare
+from .masks import RLE, encode
 from .methods import Discovery, Method
 from .models import Source, create_backbone, resolve_source
 from .recipes import AUTO, resolve, resolve_dtype, resolve_method, resolve_prep
-from .scores import DEFAULT_SCORE, find_objects
+from .multiobject import DEFAULT_MULTI, MULTI_MODES
+from .refine import refine_mask
+from .scores import DEFAULT_SCORE
 
 if TYPE_CHECKING:
     from .config import LocalizerOptions, ModelOptions
@@ -52,6 +55,10 @@ class Detection:
     score: float | None = field(default=None, metadata={
         "description": "the box's ncut score in [0, 1] (README, Scores): higher = more object-like"})
     """Confidence (:mod:`lost_reg.scores`; higher = more object-like); None where nothing scored it."""
+    segmentation: RLE | None = field(default=None, metadata={
+        "description": "the object's pixel mask in original pixels, COCO RLE: size [height, width], counts"})
+    """The object's pixel mask, COCO RLE in original pixels (:mod:`lost_reg.masks`), refined from the grid mask
+    (:mod:`lost_reg.refine`); None when masks are off."""
     result: Discovery | None = field(default=None, repr=False, compare=False)
     """The method's answer on the patch grid (mask, heat map, its own evidence); None once read back from a file."""
 
@@ -62,6 +69,7 @@ class Timings:
 
     forward: float = 0.0
     discovery: float = 0.0
+    masks: float = 0.0
     images: int = 0
 
 
@@ -119,17 +127,27 @@ class Localizer:
 
     def localize_prepared_multi(
         self, batch: Sequence[Prepared], max_objects: int = 1, min_score: float | None = None,
-        score: str = DEFAULT_SCORE,
+        score: str = DEFAULT_SCORE, refine: str | None = None, mode: str = DEFAULT_MULTI,
     ) -> list[list[Detection]]:
-        """Up to ``max_objects`` scored boxes per prepared image (one padded shape), best first.
+        """Up to ``max_objects`` scored boxes per prepared image (one padded shape), best first; with
+        ``refine`` (a :data:`~lost_reg.refine.REFINERS` name) each with its pixel mask.
 
-        See :func:`lost_reg.scores.find_objects`: the first box is the method's, later ones come
-        from the patches earlier masks left; an image whose box scores below ``min_score`` gets no box.
+        The first box is the method's; ``mode`` (:data:`lost_reg.multiobject.MULTI_MODES`) finds the others:
+        ``prompts`` ranks the regions that prompts on the patch graph grow, ``iterative`` runs the method again
+        on the patches earlier masks left. An image whose first box scores below ``min_score`` gets no box.
         """
+        if mode not in MULTI_MODES:
+            raise ValueError(f"unknown multi-object mode {mode!r}: use one of {', '.join(MULTI_MODES)}")
+        find = MULTI_MODES[mode]
         features = self._forward(batch)
-        found = self._discover(features, lambda patches, grid: find_objects(
+        found = self._discover(features, lambda patches, grid: find(
             self.method, patches, grid, max_objects=max_objects, min_score=min_score, kind=score))
-        return [[detection(p, r, self.patch_size, s) for r, s in objects] for p, objects in zip(batch, found)]
+        out = [[detection(p, r, self.patch_size, s) for r, s in objects] for p, objects in zip(batch, found)]
+        if refine is not None:
+            start = time.perf_counter()
+            out = [[with_mask(p, d, self.patch_size, refine) for d in dets] for p, dets in zip(batch, out)]
+            self.timings.masks += time.perf_counter() - start
+        return out
 
     def forward_taps(self, batch: Sequence[Prepared], taps: Sequence[Tap]) -> dict[Tap, Features]:
         """Features of several (kind, layer) taps of prepared images of one padded shape, from one forward
@@ -180,6 +198,14 @@ def detection(p: Prepared, r: Discovery, patch_size: int, score: float | None = 
     w, h = p.size
     return Detection(box=p.to_original(r.box_pixels(patch_size, vw, vh)), seed=r.seed, width=w, height=h,
                      score=score, result=r)
+
+
+def with_mask(p: Prepared, det: Detection, patch_size: int, refine: str) -> Detection:
+    """The detection with its pixel mask (:attr:`Detection.segmentation`), refined from its grid mask by the
+    ``refine`` refiner (:func:`~lost_reg.refine.refine_mask`)."""
+    if det.result is None:
+        raise ValueError("a detection read back from a file has no grid mask to refine")
+    return replace(det, segmentation=encode(refine_mask(p, det.result.mask, patch_size, refine)))
 
 
 def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[int]]:

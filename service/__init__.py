@@ -1,4 +1,5 @@
-"""HTTP object-localization service: ``POST /v1/boxes`` answers one object box (LOST, TokenCut) per uploaded image.
+"""HTTP object-localization service: ``POST /v1/boxes`` answers object boxes (LOST, TokenCut), one per uploaded image
+or several, with their pixel masks on request.
 
 ``service.app.create_app`` builds the FastAPI app; ``uvicorn service.app:app`` or ``lost-reg serve``
 runs it. Configuration: :class:`service.settings.Settings` (``LOST_REG_*`` environment variables).

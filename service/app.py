@@ -9,6 +9,7 @@ oversized or unadmitted upload is refused before it is spooled.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,13 +85,14 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, float]]:
         try:
+            protocol.quiet_accept_errors(asyncio.get_running_loop())
             await runtime.start(localizer)
             yield {protocol.STATE_KEY: settings.header_timeout_s}  # read by the connections' HTTP protocol
         finally:
             runtime.stop()
 
     app = FastAPI(title="lost-reg", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="One object box per image: LOST or TokenCut on a register-aware ViT.")
+                  description="Object boxes and masks per image: LOST or TokenCut on a register-aware ViT.")
     app.state.runtime = runtime
     install_error_handlers(app, metrics)
     install_docs(app)
@@ -131,10 +133,11 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             test_time_registers=bb.test_time_registers, features=bb.features,
             layer=bb.layer, device=str(loc.device), dtype=loc.dtype, method=loc.method.describe(),
             defaults={"method": loc.method.name, **loc.method.options(), "max_side": settings.max_side,
-                      "features": bb.features},
+                      "features": bb.features, "max_objects": settings.max_objects, "refine": settings.refine},
             limits={"max_files": settings.max_files, "max_file_bytes": settings.max_file_bytes,
                     "max_pixels": settings.max_pixels, "max_request_pixels": settings.max_request_pixels,
-                    "max_queue": settings.max_queue, "timeout_s": settings.timeout_s},
+                    "max_queue": settings.max_queue, "timeout_s": settings.timeout_s,
+                    "max_objects": settings.max_objects_limit},
         )
 
     @app.post("/v1/export", dependencies=protected, response_class=Response, summary="Boxes as an export file",
@@ -142,19 +145,26 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
                                "description": "the file, as an attachment"},
                          **{k: v for k, v in ERRORS.items() if k in (401, 408, 413, 415, 422)}})
     async def export_boxes(request: Request) -> Response:
-        """Boxes (what ``/v1/boxes`` answered, e.g. the web page's session) as a COCO, COCO results, JSON lines or
-        Label Studio file, written by the same code as ``lost-reg discover --format``."""
+        """Boxes and masks (what ``/v1/boxes`` answered, e.g. the web page's session) as a COCO, COCO results, JSON
+        lines or Label Studio file, written by the same code as ``lost-reg discover --format``."""
         require_json(request)
         body = await read_body(request, settings, MAX_EXPORT_BYTES)
         try:
             wanted = ExportRequest.model_validate_json(body)
         except ValidationError as e:
             raise ServiceError(422, "invalid_request", problems(e)) from None
-        records = [ImageRecord(i.file_name, i.file_name, i.width, i.height,
-                               [Detection(o.box, None, i.width, i.height, o.score) for o in i.objects])
-                   for i in wanted.images]
+        masked = sum(i.width * i.height for i in wanted.images if any(o.segmentation for o in i.objects))
+        if masked > settings.max_request_pixels:
+            raise ServiceError(413, "request_pixels", f"the images with masks add up to over "
+                               f"{settings.max_request_pixels:,} pixels, the budget per request "
+                               "(LOST_REG_MAX_REQUEST_PIXELS); export fewer images per request")
+        records = [ImageRecord(i.file_name, i.file_name, i.width, i.height, [
+            Detection(o.box, None, i.width, i.height, o.score,
+                      None if o.segmentation is None else o.segmentation.model_dump(mode="json"))
+            for o in i.objects]) for i in wanted.images]
         version = wanted.model_version or runtime.model_version()
-        text = render(records, wanted.format, ExportOptions(wanted.image_url_prefix, version))
+        options = ExportOptions(wanted.image_url_prefix, version, mask_format=wanted.mask_format)
+        text = await asyncio.to_thread(render, records, wanted.format, options)  # masks to polygons: off the loop
         name, media = ("boxes.jsonl", "application/x-ndjson") if wanted.format == "jsonl" else (
             f"boxes-{wanted.format}.json", "application/json")
         return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -170,7 +180,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/boxes", dependencies=protected, response_model=BoxesResponse, response_model_exclude_none=True,
-              responses=ERRORS, summary="One object box per uploaded image")
+              responses=ERRORS, summary="Object boxes (and masks) per uploaded image")
     async def boxes(request: Request) -> BoxesResponse:
         worker = runtime.admit()
         ticket: Ticket = request.state.ticket
@@ -200,7 +210,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         patch = loc.patch_size if loc else 1
         method = loc.method.name if loc else settings.resolved("other").method.name  # provisional: not kept
         schema["paths"]["/v1/boxes"]["post"]["requestBody"] = boxes_request_schema(
-            settings.max_files, (patch, settings.max_side), method)
+            settings.max_files, (patch, settings.max_side), method, settings.max_objects_limit)
         export = ExportRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         schema["components"]["schemas"].update(export.pop("$defs", {}), ExportRequest=export)
         schema["paths"]["/v1/export"]["post"]["requestBody"] = {"required": True, "content": {
@@ -289,8 +299,11 @@ def _box_request(form: FormData, settings: Settings, worker: InferenceWorker) ->
     except ValueError as e:
         raise ServiceError(422, "invalid_option", str(e)) from None
     prep = resolve_prep(worker.localizer.backbone.family, method, settings.prep)
-    return BoxRequest(RunKey(options.features or defaults.features, method), max_side, prep, options.return_mask,
-                      options.return_heat)
+    max_objects = options.max_objects or settings.max_objects
+    if max_objects > settings.max_objects_limit:
+        raise ServiceError(422, "invalid_option", f"max_objects: at most {settings.max_objects_limit} on this server")
+    return BoxRequest(RunKey(options.features or defaults.features, method, max_objects), max_side, prep,
+                      options.return_mask, options.return_heat, options.masks, options.refine or settings.refine)
 
 
 app = create_app()

@@ -8,10 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
 
+from lost_reg import masks as mask_tools
 from lost_reg.backbone import FeatureKind
-from lost_reg.export import LABEL_STUDIO_PREFIX, RENDERERS
+from lost_reg.export import LABEL_STUDIO_PREFIX, MASK_FORMATS_WRITTEN, RENDERERS
 from lost_reg.methods import METHODS, all_option_specs
 from lost_reg.pipeline import Detection
+from lost_reg.refine import REFINERS
 
 
 class ErrorBody(BaseModel):
@@ -34,6 +36,14 @@ class _BoxOptions(BaseModel):
     features: FeatureKind | None = Field(None, description="which features build the method's graph")
     max_side: int | None = Field(None, ge=1, description="downscale so the longer side is at most this (from the "
                                                          "patch size to the server's max_side)")
+    max_objects: int | None = Field(None, ge=1, description="objects per image, at most (default: the server's "
+                                                            "max_objects; up to its max_objects_limit); with more "
+                                                            "than one, the answer lists them in objects")
+    masks: Literal[MASK_FORMATS_WRITTEN] | None = Field(  # type: ignore[valid-type]
+        None, description="add each object's pixel mask in original pixels as segmentation: COCO RLE (rle) or COCO "
+                          "polygons (polygon)")
+    refine: Literal[tuple(REFINERS)] | None = Field(  # type: ignore[valid-type]
+        None, description="with masks: how the patch grid becomes pixels (default: the server's refine)")
     return_mask: bool = Field(False, description="add the object's patch-grid mask as COCO RLE")
     return_heat: bool = Field(False, description="add the method's heat map on the patch grid as a PNG")
 
@@ -52,18 +62,23 @@ BoxOptions = create_model(
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/tiff, image/bmp, image/gif"
 
 
-def boxes_request_schema(max_files: int, max_side: tuple[int, int], default_method: str) -> dict[str, Any]:
+def boxes_request_schema(max_files: int, max_side: tuple[int, int], default_method: str,
+                         max_objects: int) -> dict[str, Any]:
     """OpenAPI body of ``POST /v1/boxes``, saying what the server enforces: 1 to ``max_files`` images, the
-    ``max_side`` range, each option's bounds, no other field, and which options go with which method
-    (``dependentSchemas``: an option of another method than ``default_method`` needs ``method``)."""
+    ``max_side`` range, at most ``max_objects`` objects, each option's bounds, no other field, and which
+    options go with which method (``dependentSchemas``: an option of another method than ``default_method``
+    needs ``method``)."""
     properties: dict[str, Any] = {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                    "maxItems": max_files, "description": "one or more image files (JPEG, PNG, WebP, TIFF, BMP, GIF)"},
     }
     for name, field in BoxOptions.model_json_schema()["properties"].items():
         plain = next((v for v in field.get("anyOf", [field]) if v.get("type") != "null"), field)  # a form field
+        if "const" in plain:  # a choice of one (pydantic's const) is an enum of one, as for choices of several
+            plain = {**{k: v for k, v in plain.items() if k != "const"}, "enum": [plain["const"]]}
         properties[name] = {**plain, **{k: v for k, v in field.items() if k in ("description", "default")}}
     properties["max_side"].update(minimum=max_side[0], maximum=max_side[1])  # is either absent or a string
+    properties["max_objects"].update(maximum=max_objects)
     dependent = {}
     for name, (spec, owners) in all_option_specs().items():
         if set(owners) != set(METHODS):
@@ -78,8 +93,14 @@ def boxes_request_schema(max_files: int, max_side: tuple[int, int], default_meth
 class Mask(BaseModel):
     """COCO run-length encoding (pycocotools.mask) of a bool [rows, cols] mask."""
 
-    size: tuple[int, int]
-    counts: str
+    size: tuple[int, int] = Field(description="rows, cols (for a pixel mask: the image's height, width)")
+    counts: str = Field(description="COCO's compressed RLE string (column-major runs)")
+
+
+Polygons = list[list[float]]
+"""COCO polygons: ``[x0, y0, x1, y1, …]`` flat lists in pixels, vertices on pixel corners."""
+SEGMENTATION = ("the object's pixel mask in original pixels (with masks): COCO RLE, or COCO polygons "
+                "([x0, y0, x1, y1, …] lists, vertices on pixel corners, holes filled)")
 
 
 def detection_fields(*names: str) -> dict[str, Any]:
@@ -96,10 +117,23 @@ def detection_fields(*names: str) -> dict[str, Any]:
     return out
 
 
+ObjectResult = create_model(
+    "ObjectResult",
+    **detection_fields("box", "score", "seed"),
+    segmentation=(Mask | Polygons | None, Field(None, description=SEGMENTATION)),
+)
+"""One object of an image: its box, score, seed and (with ``masks``) pixel mask."""
+
 BoxResult = create_model(
     "BoxResult",
     filename=(str, ...),
-    **detection_fields("width", "height", "box", "score", "seed"),
+    **detection_fields("width", "height"),
+    **{name: (kind | None, Field(None, description=f"{info.description}; the best object's (objects[0]), absent "
+                                                   "only for an image without one"))
+       for name, (kind, info) in detection_fields("box", "score", "seed").items()},
+    segmentation=(Mask | Polygons | None, Field(None, description=SEGMENTATION)),
+    objects=(list[ObjectResult] | None, Field(None, description="with max_objects over 1: every object found, "
+                                                                "best first (the fields above repeat the first)")),
     ms=(float, Field(description="milliseconds from reading this file to its box (decoding and queueing included)")),
     mask=(Mask | None, Field(None, description="with return_mask: the object's patches on the grid")),
     heat=(str | None, Field(None, description="with return_heat: base64 PNG, one pixel per grid cell, the method's "
@@ -155,11 +189,22 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]  # 4272.0 is an integer
 JsonNumber = Annotated[float, Strict()]  # an int or a float, never true or "0.5"
 
 
+class ExportedMask(BaseModel):
+    """COCO compressed RLE of an object's mask, as ``/v1/boxes`` answers with ``masks=rle``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[JsonInt, JsonInt] = Field(description="the image's height, width")
+    counts: str = Field(max_length=16 * 2**20, description="COCO's compressed RLE string (column-major runs)")
+
+
 class ExportedObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     box: tuple[JsonInt, JsonInt, JsonInt, JsonInt] = Field(description="x0, y0, x1, y1 in pixels, max exclusive, inside the image")
     score: JsonNumber = Field(0.0, ge=0, le=1)
+    segmentation: ExportedMask | None = Field(None, description="the object's pixel mask, COCO RLE of the image's "
+                                                                "size (what /v1/boxes answers with masks=rle)")
 
 
 class ExportedImage(BaseModel):
@@ -176,6 +221,12 @@ class ExportedImage(BaseModel):
             x0, y0, x1, y1 = o.box
             if not (0 <= x0 < x1 <= self.width and 0 <= y0 < y1 <= self.height):
                 raise ValueError(f"{self.file_name}: box {list(o.box)} is not inside the {self.width}×{self.height} image")
+            if o.segmentation is not None:
+                rle = {"size": list(o.segmentation.size), "counts": o.segmentation.counts}
+                try:
+                    mask_tools.check(rle, (self.height, self.width))
+                except ValueError as e:
+                    raise ValueError(f"{self.file_name}: segmentation of box {list(o.box)}: {e}") from None
         return self
 
 
@@ -190,3 +241,6 @@ class ExportRequest(BaseModel):
                                   description="labelstudio: put before each file name to make its image URL")
     model_version: str | None = Field(None, max_length=1024, description="labelstudio: the predictions' model "
                                                                           "version (default: the server's model)")
+    mask_format: Literal[MASK_FORMATS_WRITTEN] = Field(  # type: ignore[valid-type]
+        "rle", description="coco: segmentation as RLE or polygons; labelstudio: brush or polygon results (from a "
+                           "control named mask)")

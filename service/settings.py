@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from lost_reg.config import LocalizerOptions
+from lost_reg.config import LocalizerOptions, MaskOptions
 from lost_reg.options import Cli
 from lost_reg.recipes import RECIPES, Setting, resolve
 
@@ -24,15 +24,19 @@ from . import MAX_SIDE
 MB = 1024 * 1024
 
 
-class Settings(BaseSettings, LocalizerOptions):
-    """Everything the service needs: which model and method (:class:`~lost_reg.config.LocalizerOptions`),
-    batching and request limits."""
+class Settings(BaseSettings, LocalizerOptions, MaskOptions):
+    """Everything the service needs: which model and method (:class:`~lost_reg.config.LocalizerOptions`), how
+    masks are refined (:class:`~lost_reg.config.MaskOptions`), batching and request limits."""
 
     model_config = SettingsConfigDict(env_prefix="LOST_REG_", frozen=True, extra="forbid")
     group: ClassVar[str | None] = "server"
 
     max_side: Annotated[int, Cli(default_text=f"{MAX_SIDE} in the service")] = Field(
         MAX_SIDE, ge=1, description="longer side of the network input; requests may only lower it")
+    max_objects: int = Field(1, ge=1, description="objects per image when a request (or Label Studio) sets none "
+                                                   "(at most max_objects_limit)")
+    max_objects_limit: int = Field(10, ge=1, description="most objects per image a request may ask for (each is "
+                                                         "another round of the method: 422 past it)")
     max_batch: int = Field(16, ge=1, description="images per backbone call")
     max_batch_patches: int = Field(16 * 24 * 24, ge=1, description="patches per backbone call (a larger image goes "
                                                                    "alone): large images batched together would "
@@ -40,7 +44,10 @@ class Settings(BaseSettings, LocalizerOptions):
     max_wait_ms: float = Field(5.0, ge=0, description="how long the first queued image waits for others")
     max_queue: int = Field(256, ge=1, description="images in flight (from their first byte, or a Label Studio "
                                                   "download, until their answer is sent) before requests get 503")
-    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
+    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1) + 1, ge=1,
+                                description="decoding processes; one request holds at most all but one of them")
+    decode_timeout_s: float = Field(10.0, gt=0, description="seconds one image's header reading or decoding may "
+                                                            "take before its process is killed (422 decode_timeout)")
 
     max_file_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, ge=1, description="width × height of one image, read from its header")
@@ -61,6 +68,8 @@ class Settings(BaseSettings, LocalizerOptions):
                                                            "are fetched from (/labelstudio)")
     label_studio_api_key: SecretStr | None = Field(None, description="Label Studio API token, to fetch task images")
     label_studio_max_body_mb: float = Field(8.0, gt=0, description="largest /labelstudio request body (413 past it)")
+    label_studio_max_tasks: int = Field(1000, ge=1, description="tasks in one /labelstudio/predict request (413 past "
+                                                                "it)")
     label_studio_downloads: int = Field(4, ge=1, description="task images downloaded at once, over all requests; "
                                                              "also the images one /labelstudio/predict holds in flight")
     label_studio_fetch_timeout_s: float = Field(10.0, gt=0, description="whole download of one task image (past it: "
@@ -81,6 +90,12 @@ class Settings(BaseSettings, LocalizerOptions):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_max_objects(self) -> Settings:
+        if self.max_objects > self.max_objects_limit:
+            raise ValueError(f"max_objects ({self.max_objects}) exceeds max_objects_limit ({self.max_objects_limit})")
+        return self
 
     @model_validator(mode="after")
     def _check_method(self) -> Settings:

@@ -2,8 +2,10 @@
 
 Everything here runs in the decoding pool, so at most ``decode_workers`` files are in memory at once
 (Starlette keeps uploads in spooled temporary files). Sizes are checked before work: bytes while
-reading the upload in chunks, pixels from the image header (PIL reads it lazily) before anything
-is decoded, so a decompression bomb never gets decoded.
+reading the upload in chunks, pixels from the image header (and a TIFF's tiles) before anything
+is decoded, so a decompression bomb never gets decoded. Headers are read and images decoded in the
+decoding processes (:mod:`lost_reg.decoders`): a file that would parse or decode for minutes is stopped
+at ``decode_timeout_s`` (422 ``decode_timeout``), one that needs gigabytes at the memory limit (413).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any, BinaryIO
 
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from lost_reg.errors import DataError, ImageTooSmall, NotAnImage, TooManyPixels
-from lost_reg.images import Prepared, check_pixels, decode_image, header_size, prepare
+from lost_reg.decoders import DecodePool
+from lost_reg.errors import DataError, DecodeTimeout, ImageTooSmall, NotAnImage, TooManyPixels
+from lost_reg.images import Prepared
 
 from .errors import ServiceError
+from .fair import Watch
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 """Formats accepted (PIL names); others, e.g. EPS (which would run Ghostscript), are refused."""
@@ -75,40 +79,42 @@ class LimitedMultiPartParser(MultiPartParser):
         self.complete = True
 
 
-def upload_size(file: BinaryIO, name: str, max_pixels: int) -> tuple[int, int]:
-    """Width and height of an uploaded file from its header (nothing decoded), or a ServiceError saying why
-    not (413 past ``max_pixels``)."""
+def upload_size(watch: Watch, decoders: DecodePool, file: BinaryIO, name: str) -> tuple[int, int]:
+    """Width and height of an uploaded file from its header (read in a decoding process, nothing decoded), or a
+    ServiceError saying why not (413 past ``max_pixels``, a TIFF's tiles included)."""
     file.seek(0)
     head = file.read(HEADER_BYTES)
     if not head:
         raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
     with _as_service_errors():
         try:
-            size = header_size(head, name, FORMATS)
+            return decoders.result(watch(decoders.probe(head, name, FORMATS)), name)
+        except (TooManyPixels, DecodeTimeout):
+            raise
         except DataError:
             if len(head) < HEADER_BYTES:
                 raise
-            file.seek(0)
-            size = header_size(file.read(), name, FORMATS)
-        check_pixels(*size, max_pixels, name)
-    return size
+        file.seek(0)
+        return decoders.result(watch(decoders.probe(file.read(), name, FORMATS)), name)
 
 
-def load_upload(file: BinaryIO, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
+def load_upload(watch: Watch, decoders: DecodePool, file: BinaryIO, name: str, patch_size: int, max_side: int,
+                prep: str) -> Prepared:
     """An uploaded file (its size already held to the limit by :class:`LimitedMultiPartParser`) as a prepared
     image, or a ServiceError saying why not."""
     file.seek(0)
     data = file.read()
     if not data:
         raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
-    return decode_upload(data, name, patch_size, max_side, max_pixels, prep)
+    return decode_upload(watch, decoders, data, name, patch_size, max_side, prep)
 
 
-def decode_upload(data: bytes, name: str, patch_size: int, max_side: int, max_pixels: int, prep: str) -> Prepared:
-    """Check the header, decode, and bring onto the patch grid (``prep``, after ``max_side``)."""
+def decode_upload(watch: Watch, decoders: DecodePool, data: bytes, name: str, patch_size: int, max_side: int,
+                  prep: str) -> Prepared:
+    """Check the header, decode, and bring onto the patch grid (``prep``, after ``max_side``), in a decoding
+    process under its deadline and memory limit."""
     with _as_service_errors():
-        check_pixels(*header_size(data, name, FORMATS), max_pixels, name)
-        return prepare(decode_image(data, name=name), patch_size, max_side, prep, name=name)
+        return decoders.result(watch(decoders.decode(data, name, patch_size, max_side, prep, FORMATS)), name)
 
 
 @contextmanager
@@ -122,5 +128,7 @@ def _as_service_errors() -> Iterator[None]:
         raise ServiceError(413, "too_many_pixels", str(e).replace(" (--max-pixels)", "")) from e
     except ImageTooSmall as e:
         raise ServiceError(422, "image_too_small", str(e)) from e
+    except DecodeTimeout as e:
+        raise ServiceError(422, "decode_timeout", f"{e} (LOST_REG_DECODE_TIMEOUT_S)") from e
     except DataError as e:
         raise ServiceError(422, "corrupt_image", str(e)) from e

@@ -1,12 +1,13 @@
 """The inference thread: the one consumer of a queue of prepared images, micro-batching them.
 
-Requests queue images that a thread pool already decoded and padded, in a :class:`~service.fair.FairQueue`
+Requests queue images that decoding processes already decoded and padded, in a :class:`~service.fair.FairQueue`
 (round-robin between requests). The thread takes the first, waits up to ``max_wait_s`` for more
 (``max_batch`` in all, and no more than ``max_patches`` patches: a large image goes alone, so it holds up
-no more than itself), groups them by features, method and
+no more than itself), groups them by features, method, objects per image and
 padded shape (:func:`~lost_reg.pipeline.group_by_shape`), makes one
-:meth:`~lost_reg.pipeline.Localizer.localize_prepared_multi` call (one object, scored) per group and
-resolves each image's future. Only this thread touches the model, so it needs no lock.
+:meth:`~lost_reg.pipeline.Localizer.localize_prepared_multi` call (scored objects) per group and
+resolves each image's future with its objects (their pixel masks are refined later, off this thread).
+Only this thread touches the model, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -38,17 +39,18 @@ class RunKey:
     features: FeatureKind
     method: Method
     """Resolved for the backbone (no ``auto`` left), so equal settings batch together."""
+    max_objects: int = 1
 
 
 @dataclass
 class Job:
-    """One queued image; ``future`` resolves to its Detection (or the batch's exception)."""
+    """One queued image; ``future`` resolves to its detections, best first (or the batch's exception)."""
 
     prepared: Prepared
     key: RunKey
     warmup: bool = False
     """The start-up image: run like any other, counted in no metric."""
-    future: Future[Detection] = field(default_factory=Future)
+    future: Future[list[Detection]] = field(default_factory=Future)
     finished: float = 0.0
     """``time.perf_counter()`` when the result was ready."""
 
@@ -111,7 +113,7 @@ class InferenceWorker:
         self._thread.join(timeout)
 
     def _make_localizer(self, key: RunKey) -> Localizer:
-        if key == self.default_key:
+        if (key.features, key.method) == (self.default_key.features, self.default_key.method):
             return self.localizer
         return Localizer(self._backbones[key.features], key.method, device=str(self.localizer.device),
                          dtype=self.localizer.dtype)
@@ -149,7 +151,8 @@ class InferenceWorker:
     def _run_group(self, key: RunKey, group: list[Job]) -> None:
         start = time.perf_counter()
         try:
-            detections = [found[0] for found in self._localizer(key).localize_prepared_multi([j.prepared for j in group])]
+            localizer = self._localizer(RunKey(key.features, key.method))
+            detections = localizer.localize_prepared_multi([j.prepared for j in group], key.max_objects)
         except Exception as e:  # the thread must outlive a failing batch (out of memory, driver error…)
             log.exception("inference failed on a batch of %d", len(group))
             for job in group:

@@ -8,9 +8,11 @@
   array is no part at all, so what goes over the wire is a valid request (the option left out), which the
   server rightly accepts; schemathesis would count that as a schema-violating request accepted. Arrays
   with values are kept: they become repeated fields, which the server refuses (422).
-- ``/v1/export``: a box must lie inside its image, which JSON Schema cannot say (it relates two fields).
-  Well-typed boxes are moved inside their well-typed image; anything else is left as drawn, so negative
-  examples keep their violation.
+- ``/v1/export``: a box must lie inside its image, and a mask (``segmentation``) must be an RLE of its image's
+  size whose runs cover it, which JSON Schema cannot say (they relate fields, or need decoding). Well-typed
+  boxes are moved inside their well-typed image; a well-typed mask becomes a valid one of its image's size
+  (dropped past the images' pixel budget of a request, or on an image too large for one RLE run);
+  anything else is left as drawn, so negative examples keep their violation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import cv2
 import numpy as np
 import schemathesis
 from hypothesis import strategies as st
+
+from lost_reg import masks
+
+MASKED_PIXELS = 50_000_000
+"""Pixels of the images given masks in one example, well under the server's budget per request (413 past it)."""
 
 
 def _image(side: int, seed: int, ext: str) -> bytes:
@@ -57,12 +64,31 @@ def map_case(ctx, case):
     body = case.body
     if case.operation.path != "/v1/export" or not isinstance(body, dict) or not isinstance(body.get("images"), list):
         return case
+    masked = 0
     for image in body["images"]:
         if not (isinstance(image, dict) and _is_int(image.get("width"), 1, 1_000_000)
                 and _is_int(image.get("height"), 1, 1_000_000) and isinstance(image.get("objects"), list)):
             continue
+        width, height = int(image["width"]), int(image["height"])
         for obj in image["objects"]:
             box = obj.get("box") if isinstance(obj, dict) else None
             if isinstance(box, list) and len(box) == 4 and all(_is_int(v) for v in box):
-                obj["box"] = _inside([int(v) for v in box], int(image["width"]), int(image["height"]))
+                obj["box"] = _inside([int(v) for v in box], width, height)
+            if isinstance(obj, dict) and _is_mask(obj.get("segmentation")):
+                if width * height <= 2**24 and masked + width * height <= MASKED_PIXELS:
+                    obj["segmentation"] = _empty_mask(height, width)
+                    masked += width * height
+                else:
+                    del obj["segmentation"]
     return case
+
+
+def _is_mask(value) -> bool:
+    """A well-typed ``segmentation``: ``{"size": [int, int], "counts": str}``."""
+    return (isinstance(value, dict) and set(value) == {"size", "counts"} and isinstance(value["counts"], str)
+            and isinstance(value["size"], list) and len(value["size"]) == 2 and all(_is_int(v) for v in value["size"]))
+
+
+def _empty_mask(height: int, width: int) -> dict:
+    """The RLE of an empty mask of that size (one run, written by pycocotools)."""
+    return masks.encode(np.zeros((height, width), bool))

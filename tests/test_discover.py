@@ -6,6 +6,7 @@ import argparse
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 from lost_reg.cli import main
@@ -137,6 +138,84 @@ def test_coco_results_take_ids_from_the_ground_truth(photos, tmp_path, capsys):
     assert "--coco-gt is for --format coco-results" in capsys.readouterr().err
 
 
+def test_masks_by_default_in_every_format_that_holds_them_and_none_with_no_masks(photos, tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    from lost_reg import masks
+
+    from .test_masks import filled
+
+    args = ["discover", str(photos), "--max-objects", "2", "--refine", "none", *TINY_ARGS]
+    assert main([*args, "--out", str(tmp_path / "labels.json")]) == 0
+    assert "8 boxes, 8 masks (none)" in capsys.readouterr().out
+    coco = COCO(str(tmp_path / "labels.json"))
+    for a in coco.dataset["annotations"]:
+        img = coco.imgs[a["image_id"]]
+        assert a["segmentation"]["size"] == [img["height"], img["width"]]
+        x, y, w, h = a["bbox"]
+        assert masks.box(a["segmentation"]) == (x, y, x + w, y + h)  # the none refiner: the box's patches
+        assert a["area"] == coco.annToMask(a).sum() > 0
+
+    assert main([*args, "--out", str(tmp_path / "poly.json"), "--mask-format", "polygon"]) == 0
+    polygons = COCO(str(tmp_path / "poly.json"))
+    for a, b in zip(polygons.dataset["annotations"], coco.dataset["annotations"]):
+        assert isinstance(a["segmentation"], list)
+        np.testing.assert_array_equal(polygons.annToMask(a), filled(coco.annToMask(b).astype(bool)))  # holes filled
+
+    assert main([*args, "--out", str(tmp_path / "plain.json"), "--no-masks"]) == 0
+    assert "8 boxes (0 images" in capsys.readouterr().out
+    assert all(a["segmentation"] == [] for a in json.loads((tmp_path / "plain.json").read_text())["annotations"])
+    assert main([*args, "--out", str(tmp_path / "seg"), "--format", "yolo-seg", "--no-masks"]) == 2
+    assert "--format yolo-seg writes masks" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "seg"), "--format", "yolo-seg"]) == 0
+    assert len((tmp_path / "seg" / "labels" / "train" / "cat.txt").read_text().splitlines()) == 2
+    assert main([*args, "--out", str(tmp_path / "yolo"), "--format", "yolo"]) == 0  # boxes: YOLO 1.1 as it was
+    assert all(len(line.split()) == 5 for line in (tmp_path / "yolo" / "obj_train_data" / "cat.txt").read_text()
+               .splitlines())
+
+
+def test_resume_keeps_the_masks_and_says_which_boxes_have_none(photos, tmp_path, capsys):
+    out = tmp_path / "labels.json"
+    args = ["discover", str(photos), "--out", str(out), *TINY_ARGS]
+    assert main(args) == 0
+    full = out.read_text()
+    partial = tmp_path / "labels.json.partial.jsonl"
+    assert all("segmentation" in json.loads(line)["objects"][0] for line in partial.read_text().splitlines())
+    lines = partial.read_text().splitlines()
+    partial.write_text(lines[0] + "\n")
+    assert main([*args, "--resume"]) == 0
+    assert out.read_text() == full  # the resumed image's mask came from the work file
+    capsys.readouterr()
+    assert main([*args, "--no-masks", "--out", str(tmp_path / "plain.json")]) == 0
+    (tmp_path / "plain.json.partial.jsonl").write_text(
+        (tmp_path / "plain.json.partial.jsonl").read_text().splitlines()[0] + "\n")
+    assert main([*args, "--out", str(tmp_path / "plain.json"), "--resume"]) == 0
+    assert "1 boxes have no mask" in capsys.readouterr().out
+
+
+def test_coco_results_carry_masks_that_cocoeval_segm_scores(photos, tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    (photos / "broken.jpg").unlink()  # the ground truth holds every image
+    out = tmp_path / "labels.json"
+    assert main(["discover", str(photos), "--out", str(out), "--max-objects", "2", *TINY_ARGS]) == 0
+    gt = json.loads(out.read_text())  # the run's own masks as the ground truth, under other ids
+    for img in gt["images"]:
+        img["id"] += 100
+    for a in gt["annotations"]:
+        a["image_id"] += 100
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    results = tmp_path / "results.json"
+    assert main(["discover", str(photos), "--out", str(results), "--format", "coco-results", "--max-objects", "2",
+                 "--coco-gt", str(tmp_path / "gt.json"), *TINY_ARGS]) == 0
+    truth = COCO(str(tmp_path / "gt.json"))
+    evaluation = COCOeval(truth, truth.loadRes(str(results)), "segm")
+    evaluation.params.useCats = 0
+    evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)
+
+
 def test_bad_options_are_one_line_errors(photos, tmp_path, capsys):
     assert main(["discover", str(photos), "--out", str(tmp_path / "x.json"), "--max-objects", "0", *TINY_ARGS]) == 2
     assert capsys.readouterr().err.startswith("error: --max-objects")
@@ -179,7 +258,8 @@ def test_discover_with_tokencut_names_the_method_in_the_model_version(photos, tm
     for task in tasks:
         (prediction,) = task["predictions"]
         assert "tokencut(tau=0.3" in prediction["model_version"]
-        assert 1 <= len(prediction["result"]) <= 2
+        kinds = [r["type"] for r in prediction["result"]]
+        assert 1 <= kinds.count("rectanglelabels") == kinds.count("brushlabels") <= 2  # each box with its mask
 
 
 def test_a_decompression_bomb_and_a_tiny_image_are_reported_and_the_run_goes_on(photos, tmp_path, capsys):

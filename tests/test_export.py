@@ -4,8 +4,11 @@
 import json
 import xml.etree.ElementTree as ET
 
+import cv2
+import numpy as np
 import pytest
 
+from lost_reg import masks
 from lost_reg.evaluation import load_predictions
 from lost_reg.export import ExportOptions, ImageRecord, coco_image_ids, export
 from lost_reg.pipeline import Detection
@@ -146,3 +149,137 @@ def test_labelstudio_tasks_have_percent_rectangles(tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         export(RECORDS, tmp_path / "x", "pascal")
+
+
+def masked_records() -> tuple[list[ImageRecord], dict[tuple[str, int], np.ndarray]]:
+    """Records whose objects carry masks (an ellipse, a mask in two parts, a rectangle at the border), boxes
+    their masks' boxes; and each object's mask by (file name, index)."""
+    ellipse = np.zeros((480, 640), np.uint8)
+    cv2.ellipse(ellipse, (200, 180), (120, 60), 30, 0, 360, 1, -1)
+    parts = np.zeros((480, 640), np.uint8)
+    parts[300:420, 400:600] = 1
+    parts[20:60, 560:630] = 1
+    border = np.zeros((500, 333), np.uint8)
+    border[250:, :200] = 1
+    made = {("b.jpg", 0): ellipse, ("b.jpg", 1): parts, ("sub/a.png", 0): border}
+    records = []
+    for name, width, height in (("b.jpg", 640, 480), ("sub/a.png", 333, 500), ("c.jpeg", 100, 50)):
+        objects = []
+        for k in range(2):
+            if (name, k) in made:
+                rle = masks.encode(made[name, k].astype(bool))
+                objects.append(Detection(masks.box(rle), (k, k), width, height, 0.5 - k / 4, rle))
+        records.append(ImageRecord(name, name, width, height, objects))
+    return records, {key: m.astype(bool) for key, m in made.items()}
+
+
+def test_coco_segmentation_rle_and_polygons_load_in_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+
+    records, made = masked_records()
+    for mask_format in ("rle", "polygon"):
+        out = tmp_path / f"{mask_format}.json"
+        export(records, out, "coco", ExportOptions(mask_format=mask_format))
+        coco = COCO(str(out))
+        for img in coco.dataset["images"]:
+            for k, a in enumerate(coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))):
+                want = made[img["file_name"], k]
+                got = coco.annToMask(a).astype(bool)
+                assert got.shape == want.shape
+                if mask_format == "rle":
+                    assert isinstance(a["segmentation"], dict)
+                    np.testing.assert_array_equal(got, want)
+                else:  # polygons on pixel corners: exact for masks without holes or specks
+                    assert isinstance(a["segmentation"], list) and len(a["segmentation"]) == 1 + (k == 1)
+                    np.testing.assert_array_equal(got, want)
+                assert a["area"] == want.sum()
+                x, y, w, h = a["bbox"]
+                assert masks.box(masks.encode(got)) == (x, y, x + w, y + h)
+
+
+def test_coco_results_with_masks_score_in_cocoeval_segm(tmp_path):
+    """The masks as their own ground truth (COCO polygons, as COCO's own annotations are): segm AP 1."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    records, made = masked_records()
+    export(records, tmp_path / "gt.json", "coco", ExportOptions(mask_format="polygon"))
+    gt = json.loads((tmp_path / "gt.json").read_text())
+    gt["categories"] = [{"id": 3, "name": "thing"}]
+    for a in gt["annotations"]:
+        a["category_id"] = 3
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    ids = coco_image_ids(gt, [r.file_name for r in records])
+    export(records, tmp_path / "results.json", "coco-results", ExportOptions(image_ids=ids, category_id=3))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert all(isinstance(r["segmentation"]["counts"], str) for r in results)
+    truth = COCO(str(tmp_path / "gt.json"))
+    for kind in ("segm", "bbox"):
+        evaluation = COCOeval(truth, truth.loadRes(str(tmp_path / "results.json")), kind)
+        evaluation.params.useCats = 0
+        evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+        assert evaluation.stats[0] == pytest.approx(1.0), kind
+    shifted = [{**r, "segmentation": masks.encode(np.roll(masks.decode(r["segmentation"]), 60, axis=1))}
+               for r in results]  # the same boxes, masks moved: segm AP drops, box AP does not
+    evaluation = COCOeval(truth, truth.loadRes(shifted), "segm")
+    evaluation.params.useCats = 0
+    evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert evaluation.stats[0] < 0.5
+
+
+def test_jsonl_carries_the_masks_and_checks_them(tmp_path):
+    records, _ = masked_records()
+    out = tmp_path / "labels.jsonl"
+    export(records, out, "jsonl")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "segmentation" in rows[0]["objects"][0] and rows[1]["objects"] == []
+    back = [ImageRecord.from_json(r) for r in load_predictions(out)]
+    assert sorted(back, key=lambda r: r.file_name) == sorted(records, key=lambda r: r.file_name)
+    wrong = {**rows[0], "objects": [{**rows[0]["objects"][0], "segmentation": masks.encode(np.ones((10, 10), bool))}]}
+    with pytest.raises(ValueError, match=r"not the image's \[height, width\] \[480, 640\]"):
+        ImageRecord.from_json(wrong)
+
+
+def test_yolo_seg_lines_fill_back_to_the_masks(tmp_path):
+    records, made = masked_records()
+    out = tmp_path / "seg"
+    export(records, out, "yolo-seg")
+    assert "train: images/train" in (out / "data.yaml").read_text() and "names: [object]" in (out / "data.yaml").read_text()
+    assert sorted((out / "train.txt").read_text().split()) == [f"images/train/{r.file_name}" for r in
+                                                               sorted(records, key=lambda r: r.file_name)]
+    assert (out / "labels" / "train" / "c.txt").read_text() == ""
+    for r in records:
+        lines = (out / "labels" / "train" / (r.file_name.rsplit(".", 1)[0] + ".txt")).read_text().splitlines()
+        assert len(lines) == len(r.objects)
+        for k, line in enumerate(lines):
+            cls, *values = line.split()
+            points = np.array(values, float).reshape(-1, 2) * (r.width, r.height)
+            assert cls == "0" and len(points) >= 3 and (points >= 0).all()
+            back = np.zeros((r.height, r.width), np.uint8)
+            cv2.fillPoly(back, [np.round(points).astype(np.int32)], 1)  # as supervision and Ultralytics fill them
+            want = made[r.file_name, k]
+            assert (back.astype(bool) & want).sum() == want.sum()
+            assert (back.astype(bool) & ~want).sum() < 0.01 * want.sum()  # at most the path joining the parts
+
+
+def test_labelstudio_masks_are_brush_or_polygon_results(tmp_path):
+    records, made = masked_records()
+    out = tmp_path / "tasks.json"
+    export(records, out, "labelstudio")
+    [b, _, a] = json.loads(out.read_text())
+    kinds = [(r["type"], r["from_name"]) for r in b["predictions"][0]["result"]]
+    assert kinds == [("rectanglelabels", "label"), ("brushlabels", "mask")] * 2
+    brush = b["predictions"][0]["result"][1]
+    assert brush["value"]["format"] == "rle" and brush["value"]["brushlabels"] == ["object"]
+    assert brush["value"]["rle"] == masks.brush_rle(made["b.jpg", 0]) and brush["score"] == 0.5
+    export(records, out, "labelstudio", ExportOptions(mask_format="polygon"))
+    [b, _, a] = json.loads(out.read_text())
+    polygons = [r for r in b["predictions"][0]["result"] if r["type"] == "polygonlabels"]
+    assert [r["id"] for r in polygons] == ["m0p0", "m1p0", "m1p1"]
+    for mask_id, key in (("m0", ("b.jpg", 0)), ("m1", ("b.jpg", 1))):
+        points = [np.array(r["value"]["points"]) * (6.4, 4.8) for r in polygons if r["id"].startswith(mask_id)]
+        rle = masks.from_polygons([p.ravel().tolist() for p in points], 480, 640)
+        np.testing.assert_array_equal(masks.decode(rle), made[key])
+    assert all(r["value"]["closed"] and r["value"]["polygonlabels"] == ["object"] for r in polygons)
+    with pytest.raises(ValueError, match="mask_format"):
+        export(records, out, "coco", ExportOptions(mask_format="png"))

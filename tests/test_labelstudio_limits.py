@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from .bombs import nested_gzip
 from .conftest import serving
 from .rawhttp import metrics
 from .test_service import encode, photo
@@ -24,10 +25,12 @@ JSON = {"Content-Type": "application/json"}
 
 
 class FileServer:
-    """Images by path; ``/drip/…`` declares 300 bytes and sends 10 every 2 s; counts downloads at once."""
+    """Images by path; ``/drip/…`` declares 300 bytes and sends 10 every 2 s; ``/gzip2/…`` sends 50 MB of zeros
+    as ``Content-Encoding: gzip, gzip`` (a few hundred bytes); counts downloads at once."""
 
     def __init__(self) -> None:
         self.files = {f"/data/upload/{i}.png": encode(photo(120 + i, 90, i)) for i in range(12)}
+        self.gzip2 = nested_gzip(50)
         self.lock = threading.Lock()
         self.running = self.most = 0
         server = self
@@ -56,6 +59,13 @@ class FileServer:
                         self.wfile.write(b"\0" * 10)
                         self.wfile.flush()
                         time.sleep(2)
+                    return
+                if self.path.startswith("/gzip2/"):
+                    self.send_response(200)
+                    self.send_header("Content-Encoding", "gzip, gzip")
+                    self.send_header("Content-Length", str(len(server.gzip2)))
+                    self.end_headers()
+                    self.wfile.write(server.gzip2)
                     return
                 data = server.files.get(self.path)
                 if data is None:
@@ -180,3 +190,34 @@ def test_a_prediction_request_has_a_deadline_of_its_own(tmp_path):
             assert m["lost_reg_images_in_flight"] == 0 and m['lost_reg_rejections_total{reason="timeout"}'] == 1
     finally:
         files.httpd.shutdown()
+
+
+def test_nested_content_encodings_are_refused_and_one_gzip_is_inflated_within_the_limit(service):
+    base, _, log = service
+    tasks = [{"id": 31, "data": {"image": "/gzip2/zeros.png"}}, {"id": 32, "data": {"image": "/data/upload/3.png"}}]
+    response = predict(base, {"tasks": tasks, "label_config": CONFIG})
+    assert response.status_code == 200, response.text
+    assert [bool(r["result"]) for r in response.json()["results"]] == [False, True]
+    assert "/gzip2/zeros.png: Content-Encoding gzip, gzip refused" in log.read_text()
+
+
+def test_too_many_tasks_are_413_naming_the_setting(service):
+    base, _, _ = service
+    config = json.dumps(CONFIG).encode()
+    body = b'{"label_config": ' + config + b', "tasks": [' + b",".join([b"{}"] * 300_000) + b"]}"  # 900 KB
+    response = predict(base, body)
+    assert response.status_code == 413, response.text[:300]
+    error = response.json()["error"]
+    assert error["code"] == "too_many_tasks" and "LOST_REG_LABEL_STUDIO_MAX_TASKS" in error["message"]
+    assert "1,000 tasks" in error["message"]
+
+
+def test_failed_tasks_are_logged_as_a_count_per_reason(service):
+    base, _, log = service
+    before = log.read_text().count("Label Studio task ")
+    tasks = [{"id": 1000 + i, "data": {}} for i in range(30)] + [{"id": 2000, "data": {"image": "/nowhere.png"}}]
+    response = predict(base, {"tasks": tasks, "label_config": CONFIG})
+    assert response.status_code == 200 and not any(r["result"] for r in response.json()["results"])
+    text = log.read_text()
+    assert text.count("Label Studio task ") - before == 10  # the first ten, then counts
+    assert "Label Studio: 31 of 31 tasks without a prediction (no_image_url: 30, http_404: 1)" in text

@@ -19,6 +19,7 @@ from lost_reg.backbone import Backbone
 from lost_reg.images import decode_image
 from lost_reg.methods import Lost, TokenCut
 from lost_reg.pipeline import Localizer
+from lost_reg.refine import DEFAULT_REFINE, REFINERS
 from service.app import create_app
 from service.metrics import Metrics
 from service.settings import Settings
@@ -206,7 +207,8 @@ def test_method_form_field_picks_tokencut_and_its_options(make_client):
 @pytest.mark.parametrize("options", [
     {"k_patches": "0"}, {"k_patches": "many"}, {"features": "cls"}, {"affinity": "nope"},
     {"max_side": "5000"}, {"return_mask": "perhaps"}, {"k_patch": "5"}, {"method": "maskcut"},
-    {"tau": "7"}, {"affinity": "bias:nan"},
+    {"tau": "7"}, {"affinity": "bias:nan"}, {"masks": "png"}, {"max_objects": "0"}, {"max_objects": "11"},
+    {"refine": "crf9"},
 ])
 def test_bad_options_are_422(client, options):
     response = client.post("/v1/boxes", files=files(("a.png", encode(photo(64, 64)))), data=options)
@@ -386,7 +388,7 @@ def test_worker_batches_by_options_and_shape():
         prepared = [localizer.prepare(im) for im in images]
         raw = RunKey("k", Lost(100, "centered"))
         jobs = [worker.submit(p, worker.default_key) for p in prepared] + [worker.submit(prepared[0], raw)]
-        detections = [job.future.result(timeout=10) for job in jobs]
+        detections = [job.future.result(timeout=10)[0] for job in jobs]
     finally:
         worker.close(timeout=10)
     for got, want in zip(detections, localizer.localize(images)):
@@ -439,3 +441,93 @@ def test_serve_help_states_the_services_max_side(capsys):
         build_parser().parse_args(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 1024 in the service)" in text and "no downscaling" not in text
+
+
+def test_masks_on_request_in_original_pixels_as_rle_or_polygons(make_client):
+    from lost_reg import masks
+    from lost_reg.pipeline import with_mask
+
+    localizer = tiny_localizer()
+    client = make_client(localizer)
+    data = encode(photo(150, 100, 5))
+    plain = client.post("/v1/boxes", files=files(("a.png", data))).json()["results"][0]
+    assert "segmentation" not in plain and "objects" not in plain  # the answer of old clients, unchanged
+    (result,) = client.post("/v1/boxes", files=files(("a.png", data)),
+                            data={"masks": "rle", "refine": "none"}).json()["results"]
+    prepared = localizer.prepare(decode_image(data))
+    found = localizer.localize_prepared_multi([prepared])[0][0]
+    want = with_mask(prepared, found, 14, "none").segmentation
+    assert result["segmentation"] == want and want["size"] == [100, 150]
+    assert masks.box(result["segmentation"]) == tuple(result["box"])
+    (default,) = client.post("/v1/boxes", files=files(("a.png", data)), data={"masks": "rle"}).json()["results"]
+    assert default["segmentation"] == with_mask(prepared, found, 14, DEFAULT_REFINE).segmentation
+    (polygon,) = client.post("/v1/boxes", files=files(("a.png", data)),
+                             data={"masks": "polygon", "refine": "none"}).json()["results"]
+    assert isinstance(polygon["segmentation"], list) and all(len(p) >= 6 for p in polygon["segmentation"])
+    back = masks.decode(masks.from_polygons(polygon["segmentation"], 100, 150))
+    np.testing.assert_array_equal(back, masks.decode(want))  # a union of patches: polygons carry it exactly
+    mixed = client.post("/v1/boxes", files=files(("small.png", encode(photo(10, 60))), ("a.png", data)),
+                        data={"masks": "rle", "max_objects": "2", "refine": "none"})
+    small, good = mixed.json()["results"]
+    assert small["error"]["code"] == "image_too_small" and good["objects"][0]["segmentation"] == want
+    info = client.get("/v1/model").json()
+    assert info["defaults"]["refine"] == DEFAULT_REFINE and info["defaults"]["max_objects"] == 1
+    schema = client.get("/openapi.json").json()["paths"]["/v1/boxes"]["post"]["requestBody"]
+    fields = schema["content"]["multipart/form-data"]["schema"]["properties"]
+    assert fields["masks"]["enum"] == ["rle", "polygon"] and fields["max_objects"]["maximum"] == 10
+    assert fields["refine"]["enum"] == list(REFINERS)
+
+
+def test_several_objects_per_image_best_first(make_client):
+    from lost_reg import masks
+
+    localizer = tiny_localizer()
+    client = make_client(localizer, max_objects_limit=4)
+    data = encode(photo(200, 150, 8))
+    response = client.post("/v1/boxes", files=files(("a.png", data)),
+                           data={"max_objects": "3", "masks": "rle", "refine": "none"})
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    prepared = localizer.prepare(decode_image(data))
+    want = localizer.localize_prepared_multi([prepared], 3)[0]
+    assert [tuple(o["box"]) for o in result["objects"]] == [d.box for d in want] and len(want) == 3
+    assert [o["score"] for o in result["objects"]] == [round(d.score, 4) for d in want]
+    first = result["objects"][0]
+    assert (result["box"], result["score"], result["seed"], result["segmentation"]) == (
+        first["box"], first["score"], first["seed"], first["segmentation"])
+    assert all(masks.box(o["segmentation"]) == tuple(o["box"]) for o in result["objects"])
+    response = client.post("/v1/boxes", files=files(("a.png", data)), data={"max_objects": "5"})
+    assert response.status_code == 422 and "max_objects: at most 4" in response.json()["error"]["message"]
+    two = make_client(localizer, max_objects=2).post("/v1/boxes", files=files(("a.png", data))).json()["results"][0]
+    assert [tuple(o["box"]) for o in two["objects"]] == [d.box for d in want[:2]]  # the server's default
+    with pytest.raises(ValueError, match="exceeds max_objects_limit"):
+        Settings(max_objects=12)
+
+
+def test_export_writes_the_masks_it_is_sent_and_refuses_bad_ones(client):
+    from lost_reg import masks
+
+    mask = np.zeros((50, 100), bool)
+    mask[10:40, 20:70] = True
+    rle = masks.encode(mask)
+    image = {"file_name": "a.jpg", "width": 100, "height": 50,
+             "objects": [{"box": [20, 10, 70, 40], "score": 0.5, "segmentation": rle}]}
+    response = client.post("/v1/export", json={"format": "coco", "images": [image]})
+    assert response.status_code == 200, response.text
+    annotation = response.json()["annotations"][0]
+    assert annotation["segmentation"] == rle and annotation["area"] == 1500
+    response = client.post("/v1/export", json={"format": "coco", "images": [image], "mask_format": "polygon"})
+    assert response.json()["annotations"][0]["segmentation"] == [[20, 10, 20, 40, 70, 40, 70, 10]]
+    response = client.post("/v1/export", json={"format": "labelstudio", "images": [image]})
+    results = response.json()[0]["predictions"][0]["result"]
+    assert [r["type"] for r in results] == ["rectanglelabels", "brushlabels"]
+    assert results[1]["value"]["rle"] == masks.brush_rle(mask)
+    for bad, problem in [({**rle, "counts": "!!"}, "characters outside"), ({**rle, "size": [100, 50]}, "not the image"),
+                         ({**rle, "counts": rle["counts"] + "5"}, "cover"), ({"size": [50, 100]}, "counts")]:
+        wrong = {**image, "objects": [{**image["objects"][0], "segmentation": bad}]}
+        response = client.post("/v1/export", json={"format": "coco", "images": [wrong]})
+        assert response.status_code == 422 and problem in response.json()["error"]["message"], response.text
+    big = {"file_name": "b.jpg", "width": 20_000, "height": 20_000, "objects": [
+        {"box": [0, 0, 1, 1], "score": 0.5, "segmentation": masks.encode(np.zeros((20_000, 20_000), bool))}]}
+    response = client.post("/v1/export", json={"format": "coco", "images": [big]})
+    assert response.status_code == 413 and error_of(response) == "request_pixels"

@@ -1,9 +1,9 @@
 """The web page at ``/`` in a real browser: Playwright driving Debian's chromium against a real uvicorn server.
 
-Real photos go in through the file picker; the boxes, seeds, masks and heat maps drawn must be the API's
-answer for the same file, placed on the picture; refused files show the service's error next to them;
-the options form re-runs everything with another method; downloads are the export formats. A
-screenshot is saved (``LOST_REG_SCREENSHOTS=DIR`` keeps it).
+Real photos go in through the file picker; the boxes, seeds, pixel masks and heat maps drawn must be the
+API's answer for the same file, placed on the picture; refused files show the service's error next to them;
+the options form re-runs everything with another method and several objects per image; downloads are the
+export formats, masks included. A screenshot is saved (``LOST_REG_SCREENSHOTS=DIR`` keeps it).
 """
 
 from __future__ import annotations
@@ -73,26 +73,31 @@ def browser():
 def api_answer(service: str, path: Path, **options: str) -> dict:
     response = httpx.post(f"{service}/v1/boxes", headers={"Authorization": f"Bearer {KEY}"},
                           files={"images": (path.name, path.read_bytes())},
-                          data={**options, "return_mask": "true", "return_heat": "true"}, timeout=60)
+                          data={**options, "masks": "rle", "return_heat": "true"}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()["results"][0]
 
 
 def drawn(page, name: str) -> dict:
-    """What the card of ``name`` shows: the SVG's attributes, and the box measured on screen in image pixels."""
+    """What the card of ``name`` shows, per object (best first): the SVG's attributes, and the box measured on
+    screen in image pixels."""
     return page.evaluate("""name => {
         const card = document.querySelector(`.card[data-file="${name}"]`);
-        const img = card.querySelector('img'), rect = card.querySelector('rect.box');
-        const seed = card.querySelector('circle.seed'), heat = card.querySelector('image.heat');
-        const mask = card.querySelector('image.mask');
-        const i = img.getBoundingClientRect(), r = rect.getBoundingClientRect();
+        const img = card.querySelector('img'), heat = card.querySelector('image.heat');
+        const i = img.getBoundingClientRect();
         const sx = img.naturalWidth / i.width, sy = img.naturalHeight / i.height;
-        const a = n => parseFloat(rect.getAttribute(n));
-        return {box: [a('x'), a('y'), a('x') + a('width'), a('y') + a('height')],
-                screen: [(r.left - i.left) * sx, (r.top - i.top) * sy, (r.right - i.left) * sx, (r.bottom - i.top) * sy],
-                seed: [parseFloat(seed.getAttribute('cx')), parseFloat(seed.getAttribute('cy'))],
-                heat: heat.getAttribute('href'), mask: mask.getAttribute('href'),
-                facts: card.querySelector('.facts').textContent};
+        const of = (selector) => [...card.querySelectorAll(selector)]
+            .sort((a, b) => a.dataset.object - b.dataset.object);
+        const seeds = of('circle.seed'), masks = of('image.mask');
+        const objects = of('rect.box').map((rect, k) => {
+            const r = rect.getBoundingClientRect(), a = n => parseFloat(rect.getAttribute(n));
+            return {box: [a('x'), a('y'), a('x') + a('width'), a('y') + a('height')],
+                    screen: [(r.left - i.left) * sx, (r.top - i.top) * sy, (r.right - i.left) * sx, (r.bottom - i.top) * sy],
+                    seed: [parseFloat(seeds[k].getAttribute('cx')), parseFloat(seeds[k].getAttribute('cy'))],
+                    mask: masks[k].getAttribute('href'), mask_size: [masks[k].getAttribute('width'),
+                                                                     masks[k].getAttribute('height')]};
+        });
+        return {objects, heat: heat.getAttribute('href'), facts: card.querySelector('.facts').textContent};
     }""", name)
 
 
@@ -116,13 +121,19 @@ def check_drawn(page, service: str, files: dict[str, Path], **options: str) -> d
     for name in PHOTOS:
         want = answers[name] = api_answer(service, files[name], **options)
         got = drawn(page, name)
-        assert got["box"] == want["box"], name
-        assert got["screen"] == [pytest.approx(v, abs=1.5) for v in want["box"]], name  # on the picture
-        (row, col), (cw, ch) = want["seed"], want["cell_px"]
-        assert got["seed"] == [pytest.approx((col + 0.5) * cw), pytest.approx((row + 0.5) * ch)]
+        objects = want.get("objects", [want])
+        assert len(got["objects"]) == len(objects), name
+        (cw, ch) = want["cell_px"]
+        for shown, o in zip(got["objects"], objects):
+            assert shown["box"] == o["box"], name
+            assert shown["screen"] == [pytest.approx(v, abs=1.5) for v in o["box"]], name  # on the picture
+            row, col = o["seed"]
+            assert shown["seed"] == [pytest.approx((col + 0.5) * cw), pytest.approx((row + 0.5) * ch)]
+            assert shown["mask_size"] == [str(want["width"]), str(want["height"])]  # over the whole picture
+            rle = {"size": o["segmentation"]["size"], "counts": o["segmentation"]["counts"].encode()}
+            assert o["segmentation"]["size"] == [want["height"], want["width"]]
+            assert mask_pixels(page, shown["mask"]) == mask_utils.decode(rle).tolist()  # the page's RLE decoder
         assert got["heat"] == f"data:image/png;base64,{want['heat']}"
-        rle = {"size": want["mask"]["size"], "counts": want["mask"]["counts"].encode()}
-        assert mask_pixels(page, got["mask"]) == mask_utils.decode(rle).tolist()  # the page's RLE decoder
         assert f"box {', '.join(map(str, want['box']))} · score {want['score']:.2f}" in got["facts"]
     return answers
 
@@ -166,24 +177,30 @@ def test_the_page_draws_the_apis_boxes_shows_errors_reruns_and_downloads(browser
             by_id = {img["id"]: img["file_name"] for img in content["images"]}
             boxes = {by_id[a["image_id"]]: [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                             a["bbox"][1] + a["bbox"][3]] for a in content["annotations"]}
+            segmentations = {by_id[a["image_id"]]: a["segmentation"] for a in content["annotations"]}
+            assert segmentations == {n: answers[n]["segmentation"] for n in PHOTOS}  # the masks, as sent
             assert download.value.suggested_filename == "boxes-coco.json"
         else:
             boxes = {}
             for task in content:
-                [result] = task["predictions"][0]["result"]
+                [result, brush] = task["predictions"][0]["result"]
                 v, w, h = result["value"], result["original_width"], result["original_height"]
                 boxes[task["data"]["image"].rsplit("=", 1)[1]] = [
                     round(v["x"] * w / 100), round(v["y"] * h / 100),
                     round((v["x"] + v["width"]) * w / 100), round((v["y"] + v["height"]) * h / 100)]
+                assert brush["type"] == "brushlabels" and brush["value"]["format"] == "rle"
             assert content[0]["predictions"][0]["model_version"].startswith("lost-reg vit_small_patch14_dinov2 tokencut(")
         assert boxes == {n: answers[n]["box"] for n in PHOTOS}, fmt
 
     page.select_option('select[name="method"]', "lost")
     page.fill('input[name="k_patches"]', "50")
+    page.fill('input[name="max_objects"]', "2")
     page.click("#rerun")
     page.wait_for_function(f"() => [...document.querySelectorAll('.card[data-state=done] .facts')].every("
                            f"f => f.textContent.includes('lost(k_patches=50')) && {STILL_WORKING}")
-    check_drawn(page, service, files, method="lost", k_patches="50")
+    several = check_drawn(page, service, files, method="lost", k_patches="50", max_objects="2")
+    assert all(len(a["objects"]) == 2 for a in several.values())  # each drawn, box, seed and mask
+    assert "2 objects · best box" in drawn(page, PHOTOS[0])["facts"]
     page.screenshot(path=str(shots / "web-page-lost.png"), full_page=True)
 
     assert not problems, problems

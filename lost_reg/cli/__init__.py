@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": "CorLoc of LOST or TokenCut on VOC07, VOC12 or COCO20k, with every prediction written out",
     "discover": "boxes for unlabeled images, as COCO, JSON lines, YOLO, VOC or Label Studio pre-annotations",
     "sweep": "CorLoc of many settings (methods, options, features, layers) from one forward pass per image",
+    "table": "the registers paper's LOST table: backbones x datasets x a protocol, with provenance, resumable",
     "registers": "test-time registers: find a ViT's register neurons (for --test-time-registers)",
     "artifacts": "the registers paper's high-norm token analysis (norm histograms, outliers, CLS and register norms)",
     "serve": "HTTP service: POST images to /v1/boxes, get one object box per image (micro-batched)",
@@ -102,5 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished images are saved; rerun with --resume to go on", file=sys.stderr)
+        resume = "the same command" if command == "table" else "--resume"
+        print(f"interrupted: finished images are saved; rerun with {resume} to go on", file=sys.stderr)
         return 130

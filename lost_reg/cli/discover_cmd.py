@@ -2,7 +2,8 @@
 
 Every image gets up to ``--max-objects`` boxes of the category ``object`` with a score (see
 :mod:`lost_reg.scores`); ``--min-score`` drops boxes, and so images, where nothing stands out.
-Formats and how to import each into CVAT or Label Studio: :mod:`lost_reg.export`.
+Each object also gets its pixel mask (``--refine``) in the formats that hold masks, unless
+``--no-masks``. Formats and how to import each into CVAT or Label Studio: :mod:`lost_reg.export`.
 
 It runs on an engine (:mod:`lost_reg.engines`): ``local`` appends results to ``OUT.partial.jsonl``
 as they are made, so a killed run loses nothing and ``--resume`` skips the images in it; ``ray``
@@ -56,11 +57,14 @@ def run(config: DiscoverConfig) -> int:
     method = resolve_method(source.family, config.method, config.method_options())  # checked before any image
     if config.coco_gt and config.format != "coco-results":
         raise LostRegError("--coco-gt is for --format coco-results")
+    if config.format == "yolo-seg" and config.no_masks:
+        raise LostRegError("--format yolo-seg writes masks: drop --no-masks, or use --format yolo for boxes")
     image_ids, category = (ground_truth_ids(config.coco_gt, [file_name(s) for s in samples]) if config.coco_gt
                            else (None, 1))
     outcome = run_engine(config, samples)
     prefix = local_files_prefix(config.paths) if config.image_url_prefix is None else config.image_url_prefix
-    options = ExportOptions(prefix, f"lost-reg {source.name} {method.describe()}", image_ids, category)
+    options = ExportOptions(prefix, f"lost-reg {source.name} {method.describe()}", image_ids, category,
+                            config.mask_format)
     export(outcome.records, config.out, config.format, options)
     errors = errors_file(config.out)
     if outcome.errors:
@@ -70,9 +74,15 @@ def run(config: DiscoverConfig) -> int:
         errors.unlink(missing_ok=True)
     boxes = sum(len(r.objects) for r in outcome.records)
     empty = sum(not r.objects for r in outcome.records)
-    print(f"{len(outcome.records)} images, {boxes} boxes ({empty} images without a box) -> {config.out} "
+    unmasked = sum(o.segmentation is None for r in outcome.records for o in r.objects)
+    written = "" if not config.masks else f", {boxes - unmasked} masks ({config.refine})"
+    print(f"{len(outcome.records)} images, {boxes} boxes{written} ({empty} images without a box) -> {config.out} "
           f"({config.format}); {outcome.summary}")
-    hint = load_hint(config.format, config.out, config.paths)
+    if config.masks and unmasked:
+        print(f"{unmasked} boxes have no mask: a resumed run with --no-masks or another format found them "
+              f"(without --resume they get one)")
+    control = "BrushLabels" if config.mask_format == "rle" else "PolygonLabels"
+    hint = load_hint(config.format, config.out, config.paths, control if config.masks and boxes > unmasked else None)
     if hint:
         print(hint)
     return 0

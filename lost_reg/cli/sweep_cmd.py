@@ -13,7 +13,6 @@ import shlex
 from typing import Any
 
 from ..backbone import FEATURES
-from ..cache import FeatureCache
 from ..config import EvalConfig, SweepConfig
 from ..devices import bf16_hardware, resolve_device
 from ..images import PREPS
@@ -21,8 +20,7 @@ from ..methods import all_option_specs
 from ..models import create_backbone
 from ..pipeline import Localizer, source_of
 from ..recipes import AUTO, recipe_for, resolve_dtype
-from ..registers import RegisterNeurons
-from ..sweep import Sweep, expand, expand_settings, write_reports
+from ..sweep import Sweep, expand, expand_settings, feature_cache, write_reports
 from .common import dataset_of, write_json
 from .options import add_options, from_args
 
@@ -61,14 +59,9 @@ def run(config: SweepConfig) -> int:
     indices = list(range(len(dataset) if config.limit is None else min(config.limit, len(dataset))))
     device = resolve_device(config.device)
     dtype = resolve_dtype(source.family, device, config.dtype)  # keys the cache: bf16 and fp32 features never mix
-    cache = None
-    if config.cache is not None:
-        n = None if config.test_time_registers is None else RegisterNeurons.load(config.test_time_registers)
-        cache = FeatureCache(config.cache, {"backbone": source.name, "weights": source.identity,
-                                            "pos_resample": source.pos_resample, "model_args": config.model_args,
-                                            "max_side": config.max_side, "dtype": dtype,
-                                            "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
-                             config.cache_dtype)
+    cache = None if config.cache is None else feature_cache(
+        config.cache, source, model_args=config.model_args, max_side=config.max_side, dtype=dtype,
+        test_time_registers=config.test_time_registers, cache_dtype=config.cache_dtype)
     backbone = None
 
     def localizer_for(prep: str) -> Localizer:

@@ -19,13 +19,14 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from ..config import PATHS_HELP, LocalizerOptions, RunOptions
+from ..config import PATHS_HELP, LocalizerOptions, MaskOptions, RunOptions
 from ..datasets import Sample
-from ..export import FORMATS, LABEL_STUDIO_PREFIX, ImageRecord
+from ..export import FORMATS, LABEL_STUDIO_PREFIX, MASK_FORMATS, MASK_FORMATS_WRITTEN, ImageRecord
 from ..images import Prepared
 from ..loop import FailedImage
 from ..options import Cli, Options
 from ..pipeline import Detection, Localizer
+from ..multiobject import DEFAULT_MULTI, MULTI_MODES
 from ..scores import DEFAULT_SCORE, SCORES
 
 ENGINES = {"local": "one process: decoding workers, shape buckets, the model on one device",
@@ -54,11 +55,16 @@ class DiscoverOutput(Options):
     """What ``discover`` writes: boxes per image, scored, in an annotation tool's format."""
 
     group: ClassVar[str | None] = "output"
-    out: Path = Field(description="output file (coco, jsonl, labelstudio) or folder (yolo, voc)")
+    out: Path = Field(description="output file (coco, coco-results, jsonl, labelstudio) or folder (yolo, yolo-seg, "
+                                  "voc)")
     format: Literal[tuple(FORMATS)] = Field(  # type: ignore[valid-type]
         "coco", description="output format (see README: discover)")
-    max_objects: int = Field(1, ge=1, description="boxes per image: after each box its patches leave the graph and the "
-                                            "method looks again")
+    max_objects: int = Field(1, ge=1, description="at most this many boxes per image (see --multi); 1: the method's "
+                                                   "own object")
+    multi: Literal[tuple(MULTI_MODES)] = Field(  # type: ignore[valid-type]
+        DEFAULT_MULTI, description="how objects after the first are found: prompts (regions grown from prompt "
+                                   "patches, ranked by their cut, deduplicated) or iterative (the method again on the "
+                                   "patches earlier boxes left); README, Multi-object discovery and masks")
     min_score: float | None = Field(None, description="drop boxes scoring below this (and stop looking); images "
                                                       "where nothing stands out get none")
     score: Literal[tuple(SCORES)] = Field(  # type: ignore[valid-type]
@@ -70,6 +76,15 @@ class DiscoverOutput(Options):
                           f"folder (default: Label Studio's local files, {LABEL_STUDIO_PREFIX}FOLDER/ for one folder)")
     coco_gt: Annotated[Path | None, Cli(metavar="JSON")] = Field(
         None, description="coco-results: take image ids from this COCO ground truth, matching file names")
+    no_masks: bool = Field(False, description="leave the objects' pixel masks out (they are written by default "
+                                              f"where the format holds them: {', '.join(MASK_FORMATS)})")
+    mask_format: Literal[MASK_FORMATS_WRITTEN] = Field(  # type: ignore[valid-type]
+        "rle", description="coco: segmentation as COCO RLE or polygons; labelstudio: brush (RLE) or polygon results")
+
+    @property
+    def masks(self) -> bool:
+        """Whether this run makes masks: unless ``--no-masks``, for the formats that hold them."""
+        return not self.no_masks and self.format in MASK_FORMATS
 
 
 class DiscoverRun(RunOptions):
@@ -97,15 +112,17 @@ class EngineOptions(Options):
     decode_batch: int = Field(32, ge=1, description="ray: images per decoding task call")
 
 
-class DiscoverConfig(DiscoverOutput, LocalizerOptions, DiscoverRun, EngineOptions):  # type: ignore[misc]
+class DiscoverConfig(DiscoverOutput, LocalizerOptions, MaskOptions, DiscoverRun, EngineOptions):  # type: ignore[misc]
     """``lost-reg discover``: boxes for unlabeled images, for annotation tools."""
 
     group: ClassVar[str | None] = None
     paths: Annotated[list[str], Cli(metavar="PATH", positional=True)] = Field(description=PATHS_HELP)
 
     def find(self, localizer: Localizer, batch: Sequence[Prepared]) -> list[list[Detection]]:
-        """Up to ``max_objects`` scored detections per prepared image of one padded shape (``min_score``, ``score``)."""
-        return localizer.localize_prepared_multi(batch, self.max_objects, self.min_score, self.score)
+        """Up to ``max_objects`` scored detections per prepared image of one padded shape (``min_score``, ``score``),
+        with their masks (``refine``) when the run makes masks."""
+        return localizer.localize_prepared_multi(batch, self.max_objects, self.min_score, self.score,
+                                                 self.refine if self.masks else None, self.multi)
 
 
 @dataclass

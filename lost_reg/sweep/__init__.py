@@ -14,6 +14,6 @@ over its file (and its neighbours': robustness); :mod:`.reports` writes the tabl
 from .grid import SweepSetting, expand, expand_settings
 from .reports import write_reports
 from .rows import Row
-from .runner import Sweep, SweepStats
+from .runner import Sweep, SweepStats, feature_cache
 
-__all__ = ["Row", "Sweep", "SweepSetting", "SweepStats", "expand", "expand_settings", "write_reports"]
+__all__ = ["Row", "Sweep", "SweepSetting", "SweepStats", "expand", "expand_settings", "feature_cache", "write_reports"]

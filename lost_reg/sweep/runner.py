@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,8 +29,25 @@ from ..loop import (
     shape_order,
 )
 from ..pipeline import Detection, Localizer, detection
+from ..registers import RegisterNeurons
 from .grid import SweepSetting
 from .rows import Row, is_whole, robustness
+
+if TYPE_CHECKING:
+    from ..models import Source
+
+
+def feature_cache(root: Path, source: Source, *, model_args: dict[str, Any], max_side: int | None, dtype: str,
+                  test_time_registers: str | None = None, cache_dtype: str = "float32",
+                  identity: str | None = None) -> FeatureCache:
+    """The feature cache of ``source`` under ``root``, fingerprinted by everything its features depend on besides the
+    tap and the preparation (``sweep`` and ``table`` share it); ``identity``: the weights'
+    :attr:`~lost_reg.models.Source.identity` when already computed (a file is hashed by content)."""
+    n = None if test_time_registers is None else RegisterNeurons.load(test_time_registers)
+    return FeatureCache(root, {"backbone": source.name, "weights": identity or source.identity,
+                               "pos_resample": source.pos_resample, "model_args": model_args, "max_side": max_side,
+                               "dtype": dtype, "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
+                        cache_dtype)
 
 @dataclass
 class _Done:

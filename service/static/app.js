@@ -1,12 +1,14 @@
-// lost-reg's web page: drop images, see each one's box, seed, mask and heat map, change the method and
-// its options, download the boxes. Only the public API: /v1/model, /openapi.json (the form fields and
-// their bounds), /v1/boxes (one file per request, so each error lands next to its file), /v1/export.
+// lost-reg's web page: drop images, see each one's objects (boxes, seeds, pixel masks) and heat map, change
+// the method, its options and the number of objects, download the boxes and masks. Only the public API:
+// /v1/model, /openapi.json (the form fields and their bounds), /v1/boxes (one file per request, so each
+// error lands next to its file), /v1/export.
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const SVG = "http://www.w3.org/2000/svg";
 const PARALLEL = 3; // requests in flight; the server micro-batches them
-const GENERAL = ["method", "features", "max_side"]; // the form fields that are not a method's option
+const GENERAL = ["method", "features", "max_side", "max_objects", "refine", "masks"]; // not a method's option
+const COLOURS = [[0, 229, 255], [255, 64, 129], [255, 214, 0], [118, 255, 3], [213, 0, 249], [255, 145, 0]];
 
 const state = { model: null, fields: {}, images: [], queue: [], running: 0 };
 const token = $("#token");
@@ -81,6 +83,12 @@ function buildForm(body) {
   maxSide.min = body.properties.max_side.minimum;
   maxSide.max = body.properties.max_side.maximum;
   maxSide.placeholder = state.model.defaults.max_side;
+  const objects = form.elements.max_objects;
+  objects.min = body.properties.max_objects.minimum;
+  objects.max = body.properties.max_objects.maximum;
+  objects.placeholder = state.model.defaults.max_objects;
+  fillSelect(form.elements.refine, body.properties.refine.enum, null, true);
+  form.elements.refine.options[0].text = `default (${state.model.defaults.refine})`;
 
   const holder = $("#method-options");
   holder.replaceChildren();
@@ -196,7 +204,7 @@ async function run(item) {
   const body = new FormData();
   body.append("images", file, file.name);
   for (const [k, v] of Object.entries(options)) body.append(k, v);
-  body.append("return_mask", "true");
+  body.append("masks", "rle");
   body.append("return_heat", "true");
   try {
     const answer = await (await api("v1/boxes", { method: "POST", body })).json();
@@ -218,6 +226,11 @@ function fail(item, error) {
   $(".error", item.card).textContent = error.text;
 }
 
+/** Every object of an answer, best first: its `objects`, or the one object its own fields describe. */
+function objectsOf(r) {
+  return r.objects || (r.box ? [{ box: r.box, score: r.score, seed: r.seed, segmentation: r.segmentation }] : []);
+}
+
 // ---- drawing: everything in the image's own pixels (the SVG's viewBox), so it scales with the picture ----
 
 function draw(item) {
@@ -228,17 +241,30 @@ function draw(item) {
   const [rows, cols] = r.grid;
   const [cw, ch] = r.cell_px;
   const grid = { x: 0, y: 0, width: cols * cw, height: rows * ch, preserveAspectRatio: "none" };
-  svg.append(
-    element("image", { ...grid, class: "heat", href: `data:image/png;base64,${r.heat}` }),
-    element("image", { ...grid, class: "mask", href: maskPicture(r.mask, rows, cols) }),
-    element("rect", { class: "box", x: r.box[0], y: r.box[1], width: r.box[2] - r.box[0], height: r.box[3] - r.box[1] }),
-    element("circle", { class: "seed", cx: (r.seed[1] + 0.5) * cw, cy: (r.seed[0] + 0.5) * ch, r: 0.3 * Math.min(cw, ch) }),
-  );
+  svg.append(element("image", { ...grid, class: "heat", href: `data:image/png;base64,${r.heat}` }));
+  const objects = objectsOf(r);
+  const colour = (k) => COLOURS[k % COLOURS.length];
+  const last = [...objects.entries()].reverse(); // the best object drawn last: on top
+  for (const [k, o] of last) {
+    if (o.segmentation) {
+      svg.append(element("image", { x: 0, y: 0, width: r.width, height: r.height, class: "mask", "data-object": k,
+        preserveAspectRatio: "none", href: maskPicture(o.segmentation, colour(k)) }));
+    }
+  }
+  for (const [k, o] of last) {
+    const box = element("rect", { class: "box", "data-object": k, x: o.box[0], y: o.box[1],
+      width: o.box[2] - o.box[0], height: o.box[3] - o.box[1] });
+    if (k) box.style.stroke = `rgb(${colour(k)})`; // the CSSOM, which the page's policy allows (no style attribute)
+    svg.append(box, element("circle", { class: "seed", "data-object": k, cx: (o.seed[1] + 0.5) * cw,
+      cy: (o.seed[0] + 0.5) * ch, r: 0.3 * Math.min(cw, ch) }));
+  }
   item.card.dataset.state = "done";
   delete item.card.dataset.error;
   $(".error", item.card).textContent = "";
-  $(".facts", item.card).textContent =
-    `box ${r.box.join(", ")} · score ${r.score.toFixed(2)} · ${Math.round(r.ms)} ms · ${r.madeWith}`;
+  const count = objects.length === 1 ? "" : `${objects.length} objects · best `;
+  $(".facts", item.card).textContent = objects.length
+    ? `${count}box ${r.box.join(", ")} · score ${r.score.toFixed(2)} · ${Math.round(r.ms)} ms · ${r.madeWith}`
+    : `no object · ${Math.round(r.ms)} ms · ${r.madeWith}`;
 }
 
 function element(name, attributes) {
@@ -272,15 +298,18 @@ function decodeRle(counts, rows, cols) {
   return mask;
 }
 
-function maskPicture(rle, rows, cols) {
+/** A COCO RLE mask as a PNG data URL of its size, its pixels in `colour`, the rest transparent. */
+function maskPicture(rle, colour) {
+  const [rows, cols] = rle.size;
   const mask = decodeRle(rle.counts, rows, cols);
   const canvas = document.createElement("canvas");
   canvas.width = cols;
   canvas.height = rows;
   const context = canvas.getContext("2d");
   const pixels = context.createImageData(cols, rows);
+  const rgba = [...colour, 255];
   mask.forEach((on, i) => {
-    if (on) pixels.data.set([0, 229, 255, 255], 4 * i);
+    if (on) pixels.data.set(rgba, 4 * i);
   });
   context.putImageData(pixels, 0, 0);
   return canvas.toDataURL("image/png");
@@ -305,7 +334,8 @@ async function download(format) {
   const body = {
     format,
     images: done.map(({ file, result: r }) => ({
-      file_name: file.name, width: r.width, height: r.height, objects: [{ box: r.box, score: r.score }],
+      file_name: file.name, width: r.width, height: r.height,
+      objects: objectsOf(r).map((o) => ({ box: o.box, score: o.score, segmentation: o.segmentation })),
     })),
   };
   if (versions.size === 1) body.model_version = `lost-reg ${state.model.backbone} ${[...versions][0]}`;

@@ -1,0 +1,48 @@
+"""``lost-reg table``: the registers paper's LOST table for any backbones and datasets, reproducible in one command.
+
+Writes to ``OUT``: ``table.md``, ``table.csv``, ``table.json`` (a list of cells, each with its setting, its
+``lost-reg eval`` reproduce command and its provenance), ``summary.json`` (``--config`` repeats the run) and
+``runs/`` (each backbone × dataset's predictions, resumed by the next run). See :mod:`lost_reg.table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ..options import fields_in_order
+from ..table import TableConfig, plan_table, run_table, summary, write_table
+from ..table.config import PER_ROW
+from .common import skipped_lines, write_json
+from .options import add_options, from_args
+
+CONFIG = TableConfig
+
+
+def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
+    add_options(p, CONFIG, skip=PER_ROW, saved=saved)
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(from_args(CONFIG, args))
+
+
+def run(config: TableConfig) -> int:
+    """Check the whole table, run every cell (resuming what earlier runs finished), write the table."""
+    start = time.perf_counter()
+    plan = plan_table(config)
+    for column in plan.columns:
+        for line in skipped_lines(column.dataset.skipped):
+            print(f"{column.spec.label}: {line}")
+    for note in plan.notes:
+        print(f"note: {note}")
+    print(f"{plan.cells} cells: {len(plan.backbones)} backbone(s) × {len(plan.columns)} dataset(s), protocol "
+          f"{plan.protocol.name}")
+    cells = run_table(plan, progress=not config.quiet)
+    command = ["lost-reg", "table", *config.argv([name for name, _ in fields_in_order(CONFIG)])]
+    markdown = write_table(plan, cells, command)
+    write_json(config.out / "summary.json", summary(plan, cells, command, time.perf_counter() - start))
+    print("\n" + markdown.split("\n## ")[0].strip())
+    print(f"\n-> {config.out / 'table.md'}, table.csv, table.json")
+    return 0

@@ -1,0 +1,78 @@
+"""Patch-grid masks to pixel masks (lost_reg/refine.py): shapes, clipping, filling, and edges found."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from lost_reg.images import prepare
+from lost_reg.refine import DEFAULT_REFINE, REFINERS, refine_mask
+
+KINDS = [k for k in REFINERS if k != "crf" or importlib.util.find_spec("pydensecrf")]
+
+
+def step_image(width: int = 140, height: int = 98, edge: int = 61) -> np.ndarray:
+    """RGB uint8: dark left of column ``edge``, bright from it on (with a little texture)."""
+    rng = np.random.default_rng(0)
+    image = np.full((height, width, 3), 40, np.uint8)
+    image[:, edge:] = 210
+    return (image.astype(int) + rng.integers(-5, 6, image.shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("prep, max_side, size", [("resize", None, (150, 101)), ("pad", None, (150, 101)),
+                                                  ("resize", 56, (300, 203)), ("pad", 70, (97, 260))])
+def test_every_refiner_gives_a_filled_mask_of_the_original_size(kind, prep, max_side, size):
+    width, height = size
+    image = step_image(width, height, edge=width // 2)
+    p = prepare(image, 14, max_side, prep)
+    rows, cols = p.pixels.shape[1] // 14, p.pixels.shape[2] // 14
+    grid = np.zeros((rows, cols), bool)
+    grid[:, cols // 2:] = True
+    grid[rows // 2, -1] = False  # a hole on the border stays a notch; inside holes are filled
+    out = refine_mask(p, grid, 14, kind)
+    assert out.shape == (height, width) and out.dtype == bool
+    assert out[:, -3:].mean() > 0.5 and not out[:, :3].any()  # on the object's side, never beyond the image
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_full_and_holed_masks(kind):
+    p = prepare(step_image(), 14, None, "resize")
+    rows, cols = p.pixels.shape[1] // 14, p.pixels.shape[2] // 14
+    assert not refine_mask(p, np.zeros((rows, cols), bool), 14, kind).any()
+    assert refine_mask(p, np.ones((rows, cols), bool), 14, "none").all()
+    ring = np.zeros((rows, cols), bool)
+    ring[1:6, 1:6] = True
+    ring[3, 3] = False
+    assert refine_mask(p, ring, 14, "none")[3 * 14 + 7, 3 * 14 + 7]  # the hole is filled
+
+
+def test_the_default_refiner_moves_a_patch_border_to_the_image_edge():
+    edge = 61  # inside patch column 4 (56..69)
+    image = step_image(edge=edge)
+    p = prepare(image, 14, None, "pad")
+    truth = np.zeros(image.shape[:2], bool)
+    truth[:, edge:] = True
+    grid = np.zeros((7, 10), bool)
+    grid[:, 4:] = True  # the patch grid can only say "from column 56"
+
+    def iou(m: np.ndarray) -> float:
+        return (m & truth).sum() / (m | truth).sum()
+
+    assert iou(refine_mask(p, grid, 14, DEFAULT_REFINE)) > iou(refine_mask(p, grid, 14, "none")) + 0.03
+    assert iou(refine_mask(p, grid, 14, DEFAULT_REFINE)) > 0.97
+
+
+def test_soft_maps_and_bad_arguments():
+    p = prepare(step_image(), 14, None, "resize")
+    grid = np.zeros((7, 10), bool)
+    grid[:, 5:] = True
+    soft = np.where(grid, 0.9, 0.1)
+    assert refine_mask(p, grid, 14, "bilinear", soft=soft).sum() == pytest.approx(
+        refine_mask(p, grid, 14, "bilinear").sum(), rel=0.05)
+    with pytest.raises(ValueError, match="unknown refiner"):
+        refine_mask(p, grid, 14, "magic")
+    with pytest.raises(ValueError, match="does not cover"):
+        refine_mask(p, grid[:3], 14, "none")
