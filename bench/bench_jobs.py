@@ -10,8 +10,9 @@ ONE table is printed with the medians over the rounds:
 - ``sweep``: ``lost-reg sweep`` of :data:`SWEEP` (14 settings, one forward per image), per setting;
 - ``serve``: a real ``lost-reg serve`` (``bench/bench_service.py``'s server and clients), single-image
   requests of the devkit's JPEGs at 1, 4 and 16 concurrent clients: req/s, p50 / p95 latency;
-- ``eval --compile`` (``--compile``): the eval job in bfloat16 with the backbone compiled, once with an empty
-  compile cache (a first run on a machine: inductor compiles) and once with the cache the first one left.
+- ``eval --compile`` (``--compile``): the eval job in bfloat16 with the backbone compiled, first in each round,
+  once with an empty compile cache (a first run on a machine: inductor compiles) and once with the cache the
+  first round's empty-cache run left.
 
 Times are wall seconds of the whole process, from its start to its exit. The machine may be shared:
 before each run the benchmark waits (up to ``--wait-s``) until the other processes use under
@@ -56,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--dataset", default="voc12")
     ap.add_argument("--backbone", default="dinov2_vits14_imgfocus")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=0,
+                    help="eval, discover, sweep: the devkit's first N images only (default: all)")
     ap.add_argument("--jobs", default="eval,discover,sweep,serve", help="comma-separated subset")
     ap.add_argument("--compile", action="store_true", help="also eval --compile in bfloat16, cold and warm cache")
     ap.add_argument("--requests", type=int, default=32, help="serve: requests per client count")
@@ -143,10 +146,20 @@ class Jobs:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
         self.common = ["--backbone", args.backbone, "--device", "cpu"]
-        self.data = ["--dataset", args.dataset, "--root", str(args.voc_root)]
+        self.data = ["--dataset", args.dataset, "--root", str(args.voc_root),
+                     *(["--limit", str(args.images)] if args.images else [])]
+        devkit = args.voc_root / f"VOC20{args.dataset[3:]}"
+        ids = (devkit / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+        self.jpegs = [devkit / "JPEGImages" / f"{i}.jpg" for i in ids[:args.images or None]]
+        self.runs = 0
+
+    def out(self, name: str) -> Path:
+        """A fresh output path for each run: no run reads or resumes another's."""
+        self.runs += 1
+        return self.tmp / f"{self.runs}-{name}"
 
     def eval(self, dtype: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict:
-        out = self.tmp / f"eval-{dtype}{'-'.join(extra)}"
+        out = self.out(f"eval-{dtype}{'-'.join(extra)}")
         wall = timed([*CLI, "eval", *self.data, *self.common, "--dtype", dtype, "--quiet", "--out", str(out), *extra],
                      env)
         summary = json.loads((out / "summary.json").read_text())
@@ -155,15 +168,14 @@ class Jobs:
                 "boxes": read_jsonl(out / "predictions.jsonl")}
 
     def discover(self, dtype: str, objects: int) -> dict:
-        out = self.tmp / f"discover{objects}-{dtype}.jsonl"
-        images = self.args.voc_root / f"VOC20{self.args.dataset[3:]}" / "JPEGImages"
-        wall = timed([*CLI, "discover", str(images), *self.common, "--dtype", dtype, "--quiet", "--format", "jsonl",
-                      "--max-objects", str(objects), "--out", str(out)])
+        out = self.out(f"discover{objects}-{dtype}.jsonl")
+        wall = timed([*CLI, "discover", *map(str, self.jpegs), *self.common, "--dtype", dtype, "--quiet",
+                      "--format", "jsonl", "--max-objects", str(objects), "--out", str(out)])
         boxes = read_jsonl(out)
         return {"wall_s": wall, "boxes": boxes, "objects": sum(len(b) for b in boxes.values())}
 
     def sweep(self, dtype: str) -> dict:
-        out = self.tmp / f"sweep-{dtype}"
+        out = self.out(f"sweep-{dtype}")
         wall = timed([*CLI, "sweep", *self.data, *self.common, "--dtype", dtype, "--quiet", "--out", str(out),
                       *SWEEP])
         summary = json.loads((out / "summary.json").read_text())
@@ -175,16 +187,16 @@ class Jobs:
     def serve(self, dtype: str) -> dict:
         from bench_service import measure, server
 
-        jpegs = sorted((self.args.voc_root / f"VOC20{self.args.dataset[3:]}" / "JPEGImages").glob("*.jpg"))
-        payloads = [p.read_bytes() for p in jpegs]
+        payloads = [p.read_bytes() for p in self.jpegs]
         spec = argparse.Namespace(root=ROOT, backbone=self.args.backbone, weights=None, model_arg=[], device="cpu",
                                   dtype=dtype, max_wait_ms=5.0)
-        out = {}
+        out, start = {}, time.perf_counter()
         with server(spec, 16) as (base, model, _):
             out["dtype"] = model["dtype"]
             for c in CLIENTS:
                 m = asyncio.run(measure(base, payloads, self.args.requests, c))
                 out[c] = {k: m[k] for k in ("req_s", "p50_ms", "p95_ms")}
+        out["wall_s"] = time.perf_counter() - start
         return out
 
 
@@ -290,16 +302,15 @@ def main() -> int:
                   f"{100 * result['others']:.0f} % of the CPUs (waited {waited:.0f} s before)", flush=True)
 
         for r in range(args.rounds):
+            if args.compile:  # first in the round: a compiler failure stops the benchmark early
+                warm = Path(tmp) / "inductor"  # the cache round 1's cold run leaves (inductor's own, per machine)
+                cold = warm if r == 0 else Path(tmp) / f"inductor-{r}"
+                for key, cache in (("compile_cold", cold), ("compile_warm", warm)):
+                    record_run(r, key, "bfloat16", lambda: run.eval("bfloat16", ("--compile",),
+                                                                 {"TORCHINDUCTOR_CACHE_DIR": str(cache)}))
             for name, fn in plan:
                 for dtype in DTYPES if r % 2 == 0 else DTYPES[::-1]:
                     record_run(r, name, dtype, lambda: fn(dtype))
-            if args.compile:
-                warm = str(Path(tmp) / "inductor")  # the cache the first run left (inductor's own, per machine)
-                if r == 0:
-                    run.eval("bfloat16", ("--compile",), {"TORCHINDUCTOR_CACHE_DIR": warm})  # fills it
-                for key, cache in (("compile_cold", str(Path(tmp) / f"inductor-{r}")), ("compile_warm", warm)):
-                    record_run(r, key, "bfloat16", lambda: run.eval("bfloat16", ("--compile",),
-                                                                 {"TORCHINDUCTOR_CACHE_DIR": cache}))
             load.append(os.getloadavg())
     text = table(runs)
     others = [r["others"] for job in runs.values() for rs in job.values() for r in rs]
