@@ -28,7 +28,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
 from lost_reg import __version__
@@ -56,7 +55,7 @@ from .schemas import (
     boxes_request_schema,
 )
 from .settings import Settings
-from .uploads import FileTooLarge, LimitedMultiPartParser
+from .uploads import MultipartForm
 from .worker import InferenceWorker, RunKey
 
 MAX_OPTION_FIELDS = 16
@@ -248,22 +247,10 @@ async def _read_form(request: Request, settings: Settings, ticket: Ticket) -> Fo
     if content_type != b"multipart/form-data":  # a url-encoded form holds no files: the images are missing (422)
         return await Request(request.scope, receive).form(max_files=0, max_fields=MAX_OPTION_FIELDS,
                                                            max_part_size=MAX_OPTION_BYTES)
-    parser = LimitedMultiPartParser(request.headers, Request(request.scope, receive).stream(),
-                                    max_files=settings.max_files, max_fields=MAX_OPTION_FIELDS,
-                                    max_part_size=MAX_OPTION_BYTES, max_file_size=settings.max_file_bytes,
-                                    on_file=ticket.take)
-    try:
-        form = await parser.parse()
-    except FileTooLarge as e:
-        raise ServiceError(413, "file_too_large", e.message) from e
-    except MultiPartException as e:  # Starlette's multipart limits and syntax errors
-        if e.message.startswith("Too many files"):
-            raise ServiceError(413, "too_many_files", f"at most {settings.max_files} files per request") from e
-        raise ServiceError(400, "bad_multipart", f"cannot parse the multipart body: {e.message}") from e
-    if not parser.complete:
-        await form.close()
-        raise ServiceError(400, "bad_multipart", "the multipart body ends before its closing boundary")
-    return form
+    form = MultipartForm(request.headers["content-type"], max_files=settings.max_files,
+                         max_fields=MAX_OPTION_FIELDS, max_part_size=MAX_OPTION_BYTES,
+                         max_file_size=settings.max_file_bytes, on_file=ticket.take)
+    return await form.parse(Request(request.scope, receive).stream())
 
 
 def _uploads(form: FormData) -> list[UploadFile]:
