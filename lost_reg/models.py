@@ -253,16 +253,16 @@ def create_backbone(
     features = recipe.features if features == AUTO else features
     layer = recipe.layer if layer is None else layer
     model = create_model(source)
+    neurons_from = None if test_time_registers is None else str(test_time_registers)
     if test_time_registers is not None:
         from .registers import RegisterNeurons, attach
 
         neurons = RegisterNeurons.load(test_time_registers)
         neurons.check(source.name, source.identity)
         attach(model, neurons)
-        model.test_time_register_source = str(test_time_registers)
     try:
         return Backbone(model, features=features, layer=layer, name=source.name, family=source.family,
-                        source=source.describe())
+                        source=source.describe(), test_time_register_neurons=neurons_from)
     except ValueError as e:
         raise BackboneError(f"{source.name}: {e}") from e
 

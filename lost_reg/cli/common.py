@@ -49,7 +49,7 @@ def run_info(config: Options, localizer: Localizer) -> dict[str, Any]:
         "method": {"name": localizer.method.name, **localizer.method.options()},
         "backbone": {"name": bb.name, "patch_size": bb.patch_size, "registers": bb.num_registers,
                      "test_time_registers": bb.test_time_registers,
-                     "test_time_register_neurons": getattr(bb.model, "test_time_register_source", None),
+                     "test_time_register_neurons": bb.test_time_register_neurons,
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
                      "source": bb.source,
                      "prep": localizer.prep,
