@@ -177,21 +177,16 @@ def upload_size(watch: Watch, decoders: DecodePool, file: BinaryIO, name: str) -
         return decoders.result(watch(decoders.probe(file.read(), name, FORMATS)), name)
 
 
-def load_upload(watch: Watch, decoders: DecodePool, file: BinaryIO, name: str, patch_size: int, max_side: int,
-                prep: str) -> Prepared:
-    """An uploaded file (its size already held to the limit by :class:`MultipartForm`) as a prepared
-    image, or a ServiceError saying why not."""
-    file.seek(0)
-    data = file.read()
-    if not data:
-        raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
-    return decode_upload(watch, decoders, data, name, patch_size, max_side, prep)
-
-
-def decode_upload(watch: Watch, decoders: DecodePool, data: bytes, name: str, patch_size: int, max_side: int,
-                  prep: str) -> Prepared:
-    """Check the header, decode, and bring onto the patch grid (``prep``, after ``max_side``), in a decoding
-    process under its deadline and memory limit."""
+def decode_upload(watch: Watch, decoders: DecodePool, data: bytes | BinaryIO, name: str, patch_size: int,
+                  max_side: int, prep: str) -> Prepared:
+    """An upload's bytes (or its file, held to the size limit by :class:`MultipartForm`) checked, decoded and brought
+    onto the patch grid (``prep``, after ``max_side``) in a decoding process under its deadline and memory limit;
+    a ServiceError saying why not."""
+    if not isinstance(data, bytes):
+        data.seek(0)
+        data = data.read()
+        if not data:
+            raise ServiceError(422, "empty_file", f"{name}: the upload is empty")
     with _as_service_errors():
         return decoders.result(watch(decoders.decode(data, name, patch_size, max_side, prep, FORMATS)), name)
 
