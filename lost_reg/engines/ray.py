@@ -27,7 +27,7 @@ from ..datasets import Sample
 from ..errors import LostRegError
 from ..export import ImageRecord
 from ..loop import FailedImage
-from . import DiscoverConfig, Outcome, file_name
+from . import DiscoverConfig, Outcome, file_name, find
 
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ def state_folder(out: Path) -> Path:
 
 def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, max_pixels: int) -> dict:
     """CPU task: image files → uint8 pixels on the patch grid, or the reason they could not be read."""
-    from ..errors import LostRegError
     from ..images import read_image
 
     columns = ("pixels", "valid_h", "valid_w", "width", "height", "error")
@@ -89,7 +88,7 @@ class DiscoverActor:
                                      (int(batch["width"][i]), int(batch["height"][i]))))
         for indices in group_by_shape(prepared).values():
             group = [prepared[j] for j in indices]
-            for j, found in zip(indices, self.config.find(self.localizer, group)):
+            for j, found in zip(indices, find(self.config, self.localizer, group)):
                 i = ok[j]
                 objects[i] = json.dumps(image_record(samples[i], prepared[j].size, found).to_json()["objects"])
                 if self.visualizer is not None:
