@@ -10,7 +10,6 @@ at ``decode_timeout_s`` (422 ``decode_timeout``), one that needs gigabytes at th
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from tempfile import SpooledTemporaryFile
@@ -48,24 +47,20 @@ class MultipartForm:
         _, params = parse_options_header(content_type)
         if b"boundary" not in params:
             raise _bad("Missing boundary in multipart.")
-        charset = params.get(b"charset", b"utf-8").decode("latin-1")
-        try:
-            self.charset = codecs.lookup(charset).name
-        except LookupError:
-            self.charset = "latin-1"
-        self.limits = (max_files, max_fields, max_part_size, max_file_size)
+        self.charset = params.get(b"charset", b"utf-8").decode("latin-1")
+        self.max_files, self.max_fields, self.max_part_size, self.max_file_size = (max_files, max_fields,
+                                                                                   max_part_size, max_file_size)
         self.on_file = on_file
         self.items: list[tuple[str, str | UploadFile]] = []
-        self.counts = [0, 0]  # files, fields
-        self.complete = False
+        self.files: list[UploadFile] = []
+        self.fields, self.complete = 0, False
         self._writes: list[tuple[UploadFile, bytes]] = []
-        self._files: list[UploadFile] = []
         self._begin()
         self._parser = MultipartParser(params[b"boundary"], {
-            "on_part_begin": self._begin, "on_header_field": self._header_field,
-            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_part_begin": self._begin, "on_header_field": lambda data, a, b: self._field.extend(data[a:b]),
+            "on_header_value": lambda data, a, b: self._value.extend(data[a:b]), "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished, "on_part_data": self._data, "on_part_end": self._end,
-            "on_end": self._finished})
+            "on_end": lambda: setattr(self, "complete", True)})
 
     async def parse(self, stream: AsyncIterator[bytes]) -> FormData:
         """The form, its files written and rewound; every file closed when the body is refused or breaks off."""
@@ -76,36 +71,27 @@ class MultipartForm:
                     await file.write(data)
                 self._writes.clear()
             self._parser.finalize()
-            for file in self._files:
+            if not self.complete:
+                raise ServiceError(400, "bad_multipart", "the multipart body ends before its closing boundary")
+            for file in self.files:
                 await file.seek(0)
         except BaseException as e:
-            for file in self._files:
+            for file in self.files:
                 file.file.close()
             if isinstance(e, FormParserError):
                 raise _bad("Invalid multipart data.") from e
             raise
-        if not self.complete:
-            for file in self._files:
-                file.file.close()
-            raise ServiceError(400, "bad_multipart", "the multipart body ends before its closing boundary")
         return FormData(self.items)
 
     def _begin(self) -> None:
         self._headers: list[tuple[bytes, bytes]] = []
-        self._field, self._value, self._name = b"", b"", ""
-        self._text = bytearray()
+        self._field, self._value, self._text = bytearray(), bytearray(), bytearray()
+        self._name, self._size = "", 0
         self._file: UploadFile | None = None
-        self._size = 0
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
 
     def _header_end(self) -> None:
-        self._headers.append((self._field.lower(), self._value))
-        self._field, self._value = b"", b""
+        self._headers.append((bytes(self._field).lower(), bytes(self._value)))
+        self._field, self._value = bytearray(), bytearray()
 
     def _headers_finished(self) -> None:
         headers = dict(self._headers)
@@ -113,44 +99,38 @@ class MultipartForm:
         if b"name" not in options:
             raise _bad('The Content-Disposition header field "name" must be provided.')
         self._name = self._decode(options[b"name"])
-        max_files, max_fields, _, _ = self.limits
         if b"filename" in options or not headers.get(b"content-type", b"text/plain").lower().startswith(b"text/"):
-            self.counts[0] += 1
-            if self.counts[0] > max_files:
-                raise ServiceError(413, "too_many_files", f"at most {max_files} files per request")
+            if len(self.files) >= self.max_files:
+                raise ServiceError(413, "too_many_files", f"at most {self.max_files} files per request")
             self._file = UploadFile(cast(BinaryIO, SpooledTemporaryFile(max_size=SPOOL_BYTES)), size=0,
                                     filename=self._decode(options.get(b"filename", b"")),
                                     headers=Headers(raw=self._headers))
-            self._files.append(self._file)
+            self.files.append(self._file)
             self.on_file()
-        else:
-            self.counts[1] += 1
-            if self.counts[1] > max_fields:
-                raise _bad(f"Too many fields. Maximum number of fields is {max_fields}.")
+            return
+        self.fields += 1
+        if self.fields > self.max_fields:
+            raise _bad(f"Too many fields. Maximum number of fields is {self.max_fields}.")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
-        _, _, max_part_size, max_file_size = self.limits
         if self._file is None:
-            if len(self._text) + end - start > max_part_size:
-                raise _bad(f"Part exceeded maximum size of {int(max_part_size / 1024)}KB.")
+            if len(self._text) + end - start > self.max_part_size:
+                raise _bad(f"Part exceeded maximum size of {int(self.max_part_size / 1024)}KB.")
             self._text += data[start:end]
             return
         self._size += end - start
-        if self._size > max_file_size:
+        if self._size > self.max_file_size:
             raise ServiceError(413, "file_too_large", f"{self._file.filename or self._name}: larger than the "
-                               f"{max_file_size / 2**20:g} MB limit per file")
+                               f"{self.max_file_size / 2**20:g} MB limit per file")
         self._writes.append((self._file, data[start:end]))
 
     def _end(self) -> None:
         self.items.append((self._name, self._file if self._file is not None else self._decode(self._text)))
 
-    def _finished(self) -> None:
-        self.complete = True
-
     def _decode(self, value: bytes) -> str:
         try:
             return value.decode(self.charset)
-        except UnicodeDecodeError:
+        except (UnicodeDecodeError, LookupError):  # as Starlette: an unknown charset or bad bytes read as latin-1
             return value.decode("latin-1")
 
 
