@@ -292,7 +292,7 @@ def _from_hub(name: str, fetch: Callable[[bool], Any]) -> Any:
 
 def _pretrained(source: Source, timm_kwargs: dict[str, Any], offline: bool) -> nn.Module:
     """timm's pretrained model; ``offline``, its hub weights from the local cache's file (timm's own filter applies)."""
-    if offline and getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None):
+    if offline and _hub_repo(source):
         file = cached_hub_weights(source)
         if file is None:
             raise FileNotFoundError(f"{source.arch}: hub weights not in the local cache")
@@ -304,14 +304,19 @@ HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch
 """The files a timm hub repo holds its weights in (timm takes the first it finds)."""
 
 
+def _hub_repo(source: Source) -> str | None:
+    """The timm hub repo ``source`` takes its weights from; None for a file, a package or a URL."""
+    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
+        return None
+    return getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None) or None
+
+
 def cached_hub_weights(source: Source) -> Path | None:
     """The local Hugging Face cache's file of ``source``'s timm hub weights; None when not cached, or when ``source``
     takes its weights from elsewhere (a file, a package, a URL)."""
-    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
-        return None
     from huggingface_hub import try_to_load_from_cache
 
-    repo = getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None)
+    repo = _hub_repo(source)
     if not repo:
         return None
     repo, _, revision = repo.partition("@")
@@ -325,10 +330,8 @@ def cached_hub_weights(source: Source) -> Path | None:
 def check_fetchable(source: Source) -> None:
     """BackboneError at once, before any work, when ``source`` needs timm hub weights that can be neither downloaded
     (the hub is offline or unreachable) nor read from the local cache: what ``create_model`` would say later."""
-    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
-        return
-    if not getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None):
-        return  # weights from a URL: torch.hub's cache, which create_model reports on its own
+    if not _hub_repo(source):
+        return  # a file, a package, or a URL (torch.hub's cache, which create_model reports on its own)
     from huggingface_hub import constants
 
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
