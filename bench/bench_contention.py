@@ -4,7 +4,7 @@ code its own small thread count (``lost_reg.devices.GRAPH_THREADS``), side by si
 The features of every image are computed once (the backbone's recipe; offline DINOv2 ViT-S/14 on
 voc12_dev by default). Then the method runs on each image's features, quiet and while a second process
 runs a ViT-S/14 forward loop at torch's default thread count (another ``lost-reg eval``, say), round by
-round *before* (the graph code at torch's own thread count, ``graph_threads(0)``) and *after* (the
+round *before* (the graph code at torch's own thread count, a plan with ``graph_threads=0``) and *after* (the
 library's default). The other process runs throughout and is stopped (SIGSTOP) for the quiet rounds, so
 quiet and busy rounds interleave and the machine's own load weighs on both alike. Prints ms per image
 (median over rounds of each round's mean) and the busy/quiet ratios; the target is busy ≤ 2× quiet.
@@ -17,6 +17,7 @@ Appends a JSON record to bench/results.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -50,7 +51,7 @@ def main() -> int:
 
     from lost_reg import Localizer, create_backbone
     from lost_reg.datasets import VOCDataset
-    from lost_reg.devices import GRAPH_THREADS, graph_threads
+    from lost_reg.devices import GRAPH_THREADS, DevicePlan, using
     from lost_reg.images import decode_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,7 +83,7 @@ def main() -> int:
 
     def one_round(threads: int) -> tuple[float, float]:
         """Wall and CPU time (this process's, all its threads) per image, in ms."""
-        with graph_threads(threads):
+        with using(dataclasses.replace(DevicePlan.of("cpu"), graph_threads=threads)):
             start, start_cpu = time.perf_counter(), time.process_time()
             for patches, grid in features:
                 method(patches, grid)

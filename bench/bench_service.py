@@ -18,7 +18,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from service.launch import NotReady, free_port, launched
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.jsonl")
@@ -83,12 +84,6 @@ def images(size: str, n: int = 8) -> list[bytes]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def server(args: argparse.Namespace, max_batch: int, extra: Sequence[str] = ()):
     """``lost-reg serve`` with this batching (and ``extra`` flags); yields (base URL, /v1/model, process id)."""
@@ -96,29 +91,15 @@ def server(args: argparse.Namespace, max_batch: int, extra: Sequence[str] = ()):
     command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve",
                *server_args(args), "--port", str(port), "--max-batch", str(max_batch),
                "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning", *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
+    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(command, cwd=args.root, env={**env, "PYTHONPATH": str(args.root.resolve())},
-                                stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 900  # a first run may download weights
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    sys.exit(f"server exited with {proc.returncode}:\n{log.read()}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit("server not ready in 15 minutes")
-                time.sleep(0.3)
-            yield base, httpx.get(f"{base}/v1/model").json(), proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+        try:  # a first run may download weights: 15 minutes
+            with launched(command, [f"{base}/readyz"], log, {"PYTHONPATH": str(args.root.resolve())}, args.root,
+                          timeout_s=900, stop_s=60) as proc:
+                yield base, httpx.get(f"{base}/v1/model").json(), proc.pid
+        except NotReady as e:
+            log.seek(0)
+            sys.exit(f"{e}:\n{log.read()}")
 
 
 async def measure(base: str, payloads: list[bytes], requests: int, concurrency: int,

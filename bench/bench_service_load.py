@@ -49,7 +49,6 @@ import platform
 import resource
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +63,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from service.launch import NotReady, free_port, launched
 
 from bench_service import commit  # this folder is on sys.path when a script of it runs
 
@@ -86,12 +87,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--scenario", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     return p.parse_args()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -187,34 +182,16 @@ def serve(root: Path, env: dict[str, str]) -> Iterator[Server]:
     port = free_port()
     command = [sys.executable, "-c", "import sys; from lost_reg.cli import main; sys.exit(main())", "serve", *TINY,
                "--port", str(port), "--log-level", "warning"]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
-    full_env = {**clean, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", **env}
+    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(command, cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    sys.exit(f"server exited with {proc.returncode}:\n{log.read()[-3000:]}")
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200 and \
-                            httpx.get(f"{base}/v1/model", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit("server not ready in 2 minutes")
-                time.sleep(0.3)
-            yield Server(base, proc.pid, log)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            with launched(command, [f"{base}/healthz", f"{base}/v1/model"], log,
+                          {"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", **env}, root, timeout_s=120,
+                          stop_s=60) as proc:
+                yield Server(base, proc.pid, log)
+        except NotReady as e:
+            log.seek(0)
+            sys.exit(f"{e}:\n{log.read()[-3000:]}")
 
 
 def encode(pixels: np.ndarray, fmt: str, **options: int) -> bytes:

@@ -37,7 +37,8 @@ class Backbone(nn.Module):
     """Wraps a timm VisionTransformer to return :class:`Features` of one layer."""
 
     def __init__(self, model: nn.Module, features: FeatureKind = "k", layer: int = -1, name: str = "",
-                 family: str = "other", source: dict[str, Any] | None = None) -> None:
+                 family: str = "other", source: dict[str, Any] | None = None,
+                 test_time_register_neurons: str | None = None) -> None:
         super().__init__()
         if features not in FEATURES:
             raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
@@ -60,6 +61,8 @@ class Backbone(nn.Module):
         self.test_time_registers = int(getattr(model, "num_test_time_registers", 0))
         """Registers added at test time (:mod:`lost_reg.registers`), counted in the prefix and in
         :attr:`num_registers` too."""
+        self.test_time_register_neurons = test_time_register_neurons
+        """Where the test-time register's neurons came from (a ``neurons.json`` or ``preset:NAME``), for summaries."""
         self.num_registers = self.num_prefix_tokens - int(model.has_class_token)
         """Prefix tokens after CLS: trained registers, then test-time ones."""
         cfg = getattr(model, "pretrained_cfg", None) or {}

@@ -4,8 +4,8 @@
 memory, synchronising before the clock is read, decoding workers, solving a batch of graphs at once);
 ``Localizer(..., device="cpu", plan=DevicePlan.of("cuda"))`` runs a GPU's branches on the CPU, the
 methods' included (:func:`using`).
-:class:`BatchLimit` halves a batch when the device runs out of memory and goes on. :func:`graph_threads`
-gives the methods' graph code its own small thread count, so another busy process on the same cores
+:class:`BatchLimit` halves a batch when the device runs out of memory and goes on. :func:`graph_code`
+gives the methods' graph code the plan's own small thread count, so another busy process on the same cores
 does not stall its many small operations (README, CPU contention).
 """
 
@@ -45,7 +45,8 @@ nothing and lose cache (bench/bench_pipeline.py, ViT-S/14 on 378x504: ~14 % slow
 than at 4 on 2 cores); the features are the same either way."""
 
 GRAPH_THREADS = int(os.environ.get("LOST_REG_GRAPH_THREADS", "1"))
-"""torch intra-op threads of the methods' graph code (0: torch's own count). Its operations are small
+"""Read once, never changed: torch intra-op threads of the methods' graph code in every plan (0: torch's own count;
+a plan of one's own changes it for a block: ``using(replace(plan, graph_threads=0))``). Its operations are small
 (N x N graphs, Lanczos vectors): with several threads each one waits at a barrier for the slowest, and
 when another process holds a core that is a whole time slice (README, CPU contention)."""
 
@@ -68,6 +69,8 @@ class DevicePlan:
     batched_graphs: bool
     """TokenCut solves a batch's graphs at once (a GPU), or one image at a time (the CPU, where one N x N
     graph stays in cache: 11.0 vs 15.7 ms per image for a batch of 16)."""
+    graph_threads: int = GRAPH_THREADS
+    """torch threads of the methods' graph code (:func:`graph_code`; 0: torch's own count)."""
 
     @classmethod
     def of(cls, device: torch.device | str) -> DevicePlan:
@@ -236,23 +239,12 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-@contextmanager
-def graph_threads(n: int) -> Iterator[None]:
-    """The methods' graph code at ``n`` threads inside the block (0: torch's own count), e.g. to compare."""
-    global GRAPH_THREADS
-    before, GRAPH_THREADS = GRAPH_THREADS, n
-    try:
-        yield
-    finally:
-        GRAPH_THREADS = before
-
-
 def graph_code(fn: Callable[..., T]) -> Callable[..., T]:
-    """Runs a method's graph code at :data:`GRAPH_THREADS` torch threads."""
+    """Runs a method's graph code (its first argument: the features) at the plan's graph threads."""
 
     @functools.wraps(fn)
-    def run(*args, **kwargs) -> T:
-        with torch_threads(GRAPH_THREADS):
-            return fn(*args, **kwargs)
+    def run(features: torch.Tensor, *args, **kwargs) -> T:
+        with torch_threads(plan_for(features.device).graph_threads):
+            return fn(features, *args, **kwargs)
 
     return run

@@ -5,6 +5,10 @@ class LostRegError(Exception):
     """Base class for errors shown to users as one line, without a traceback."""
 
 
+class OptionError(LostRegError, ValueError):
+    """An option's text that cannot be read (the CLI shows it as its usage error)."""
+
+
 class BackboneError(LostRegError):
     """A backbone or its weights could not be created or loaded."""
 

@@ -16,6 +16,7 @@ the torch side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +59,13 @@ def prepare(image: np.ndarray, patch_size: int, max_side: int | None = None, pre
     """Resize (past ``max_side``; for ``resize`` onto the grid) and pad an RGB uint8 image to the patch grid
     (:func:`~lost_reg.decoding.fit`; :class:`ImageTooSmall` when it is smaller than one patch)."""
     return Prepared.of(fit(image, patch_size, max_side, prep, name=name))
+
+
+def read_image(source: str | Path | bytes, name: str, patch_size: int, max_side: int | None = None,
+               prep: str = "pad", max_pixels: int | None = None) -> Prepared:
+    """An image file (or its bytes) decoded and prepared in this process: the ray engine's decoding tasks and the
+    token analyses; the loop and the service decode in killable processes (:class:`~lost_reg.decoders.DecodePool`)."""
+    return prepare(decode_image(source, name=name, max_pixels=max_pixels), patch_size, max_side, prep, name=name)
 
 
 def normalize(pixels: torch.Tensor, valid: list[tuple[int, int]], mean: tuple, std: tuple) -> torch.Tensor:

@@ -19,7 +19,6 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from .datasets import Sample
 from .decoders import DECODE_TIMEOUT_S, DecodePool
 from .devices import can_pin
 from .errors import LostRegError
-from .images import MAX_PIXELS, Prepared, decode_image, grid_size, prepare
+from .images import MAX_PIXELS, Prepared, grid_size
 from .pipeline import Localizer
 
 log = logging.getLogger(__name__)
@@ -52,19 +51,6 @@ class Item:
 DECODE_WALL_S = 6 * DECODE_TIMEOUT_S
 """A run's images are held to ``DECODE_TIMEOUT_S`` of CPU time each; the wall-clock deadline only catches a
 decode that waits on something (the machine is shared with the model's threads)."""
-
-
-def read_prepared(path: str | Path, image_id: str, patch_size: int, max_side: int | None, prep: str,
-                  max_pixels: int | None) -> Prepared | str:
-    """An image file decoded and put on the patch grid in this process, or why it could not be (the ray engine's
-    decoding: its tasks are processes of their own)."""
-    try:
-        return prepare(decode_image(path, name=image_id, max_pixels=max_pixels), patch_size, max_side, prep,
-                       name=image_id)
-    except LostRegError as e:
-        return str(e)
-    except Exception as e:  # a decoder crash on one file must not end a 10k-image run
-        return f"{image_id}: {type(e).__name__}: {e}"
 
 
 class ShapeBucketer:

@@ -14,7 +14,7 @@ import importlib.metadata
 import functools
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -225,7 +225,7 @@ def create_model(source: Source | str | None = None, weights: str | Path | None 
             torch.manual_seed(0)  # "random" weights are the same in every process, so runs can resume
             model = _create(source.arch, pretrained=False, **timm_kwargs)
     elif source.checkpoint is None and source.offline is None:
-        model = _from_hub(source.arch, lambda: _create(source.arch, pretrained=True, **timm_kwargs))
+        model = _from_hub(source.arch, lambda offline: _pretrained(source, timm_kwargs, offline))
     else:
         model = _create(source.arch, pretrained=False, **timm_kwargs)
         _load_state_dict(model, source)
@@ -253,16 +253,16 @@ def create_backbone(
     features = recipe.features if features == AUTO else features
     layer = recipe.layer if layer is None else layer
     model = create_model(source)
+    neurons_from = None if test_time_registers is None else str(test_time_registers)
     if test_time_registers is not None:
         from .registers import RegisterNeurons, attach
 
         neurons = RegisterNeurons.load(test_time_registers)
         neurons.check(source.name, source.identity)
         attach(model, neurons)
-        model.test_time_register_source = str(test_time_registers)
     try:
         return Backbone(model, features=features, layer=layer, name=source.name, family=source.family,
-                        source=source.describe())
+                        source=source.describe(), test_time_register_neurons=neurons_from)
     except ValueError as e:
         raise BackboneError(f"{source.name}: {e}") from e
 
@@ -271,15 +271,14 @@ HUB_PROBE_TIMEOUT_S = 3.0
 """How long the hub may take to accept a connection before it counts as unreachable."""
 
 
-def _from_hub(name: str, fetch: Callable[[], Any]) -> Any:
-    """``fetch()`` from the Hugging Face Hub, failing fast with one line when it is unreachable and the
-    files are not cached."""
+def _from_hub(name: str, fetch: Callable[[bool], Any]) -> Any:
+    """``fetch(offline)`` from the Hugging Face Hub, failing fast with one line when it is unreachable and the
+    files are not cached (``offline``: read the local cache only, asking the hub nothing)."""
     from huggingface_hub import constants
 
     unreachable = None if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
     try:
-        with _hub_offline(unreachable is not None):
-            return fetch()
+        return fetch(unreachable is not None)
     except BackboneError:
         raise
     except Exception as e:  # hub unreachable, missing file, HTTP error… all end here
@@ -291,18 +290,33 @@ def _from_hub(name: str, fetch: Callable[[], Any]) -> Any:
         ) from e
 
 
+def _pretrained(source: Source, timm_kwargs: dict[str, Any], offline: bool) -> nn.Module:
+    """timm's pretrained model; ``offline``, its hub weights from the local cache's file (timm's own filter applies)."""
+    if offline and _hub_repo(source):
+        file = cached_hub_weights(source)
+        if file is None:
+            raise FileNotFoundError(f"{source.arch}: hub weights not in the local cache")
+        timm_kwargs = {**timm_kwargs, "pretrained_cfg_overlay": {"file": str(file)}}
+    return _create(source.arch, pretrained=True, **timm_kwargs)
+
+
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 """The files a timm hub repo holds its weights in (timm takes the first it finds)."""
+
+
+def _hub_repo(source: Source) -> str | None:
+    """The timm hub repo ``source`` takes its weights from; None for a file, a package or a URL."""
+    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
+        return None
+    return getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None) or None
 
 
 def cached_hub_weights(source: Source) -> Path | None:
     """The local Hugging Face cache's file of ``source``'s timm hub weights; None when not cached, or when ``source``
     takes its weights from elsewhere (a file, a package, a URL)."""
-    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
-        return None
     from huggingface_hub import try_to_load_from_cache
 
-    repo = getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None)
+    repo = _hub_repo(source)
     if not repo:
         return None
     repo, _, revision = repo.partition("@")
@@ -316,10 +330,8 @@ def cached_hub_weights(source: Source) -> Path | None:
 def check_fetchable(source: Source) -> None:
     """BackboneError at once, before any work, when ``source`` needs timm hub weights that can be neither downloaded
     (the hub is offline or unreachable) nor read from the local cache: what ``create_model`` would say later."""
-    if source.weights is not None or source.offline is not None or source.checkpoint is not None:
-        return
-    if not getattr(timm.models.get_pretrained_cfg(source.arch), "hf_hub_id", None):
-        return  # weights from a URL: torch.hub's cache, which create_model reports on its own
+    if not _hub_repo(source):
+        return  # a file, a package, or a URL (torch.hub's cache, which create_model reports on its own)
     from huggingface_hub import constants
 
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
@@ -335,15 +347,15 @@ def _hf_snapshot(repo: str) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    def fetch() -> Path:
-        config = Path(hf_hub_download(repo, "config.json"))
+    def fetch(offline: bool) -> Path:
+        config = Path(hf_hub_download(repo, "config.json", local_files_only=offline))
         for name in WEIGHT_FILES:
             try:
-                hf_hub_download(repo, name)
+                hf_hub_download(repo, name, local_files_only=offline)
             except EntryNotFoundError:
                 continue
             with contextlib.suppress(EntryNotFoundError):
-                hf_hub_download(repo, "preprocessor_config.json")
+                hf_hub_download(repo, "preprocessor_config.json", local_files_only=offline)
             return config.parent
         raise BackboneError(f"Hugging Face repo {repo} has no {' or '.join(WEIGHT_FILES)}")
 
@@ -359,22 +371,6 @@ def _unreachable(endpoint: str) -> str | None:
     except OSError as e:
         return f"{endpoint} is unreachable ({e.strerror or type(e).__name__})"
     return None
-
-
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """Hugging Face Hub offline mode while ``offline``: cached weights load, a missing file fails at once
-    instead of after ~50 s of retries (huggingface_hub reads the flag at every request)."""
-    from huggingface_hub import constants
-
-    if not offline:
-        yield
-        return
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = False
 
 
 VIT_MODULES = ("vision_transformer", "deit", "eva")

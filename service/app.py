@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
 from lost_reg import __version__
@@ -56,7 +55,7 @@ from .schemas import (
     boxes_request_schema,
 )
 from .settings import Settings
-from .uploads import FileTooLarge, LimitedMultiPartParser
+from .uploads import MultipartForm
 from .worker import InferenceWorker, RunKey
 
 MAX_OPTION_FIELDS = 16
@@ -81,6 +80,26 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     settings = settings or Settings()
     metrics = Metrics()
     runtime = Runtime(settings, metrics)
+    app = FastAPI(title="lost-reg", version=__version__, lifespan=_lifespan(runtime, settings, localizer),
+                  docs_url=None, redoc_url=None,
+                  description="Object boxes and masks per image: LOST or TokenCut on a register-aware ViT.")
+    app.state.runtime = runtime
+    install_error_handlers(app, metrics)
+    install_docs(app)
+    _add_middleware(app, settings, runtime, metrics)
+    protected = [_bearer_auth(settings.api_key.get_secret_value())] if settings.api_key else []
+    app.include_router(labelstudio.router(runtime, settings))
+    _add_probes(app, runtime, settings)
+    _add_model(app, runtime, settings, protected)
+    _add_export(app, runtime, settings, protected)
+    _add_page_and_metrics(app, metrics, protected)
+    _add_boxes(app, runtime, settings, metrics, protected)
+    app.openapi = _openapi(app, runtime, settings)  # type: ignore[method-assign]
+    return app
+
+
+def _lifespan(runtime: Runtime, settings: Settings, localizer: Localizer | None) -> Callable[[FastAPI], Any]:
+    """Start-up: the model loaded and warmed up (or ``localizer``); shut-down: the worker and decoders stopped."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, float]]:
@@ -91,12 +110,12 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         finally:
             runtime.stop()
 
-    app = FastAPI(title="lost-reg", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Object boxes and masks per image: LOST or TokenCut on a register-aware ViT.")
-    app.state.runtime = runtime
-    install_error_handlers(app, metrics)
-    install_docs(app)
-    # Added innermost first: Observe sees every answer, the Host check's included.
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, settings: Settings, runtime: Runtime, metrics: Metrics) -> None:
+    """CORS and trusted hosts when configured, security headers, and the observer (added innermost first: it sees
+    every answer, the Host check's included)."""
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
@@ -105,9 +124,9 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     app.add_middleware(SecurityHeaders)
     app.add_middleware(Observe, admission=runtime.admission, metrics=metrics)
 
-    protected = [_bearer_auth(settings.api_key.get_secret_value())] if settings.api_key else []
 
-    app.include_router(labelstudio.router(runtime, settings))
+def _add_probes(app: FastAPI, runtime: Runtime, settings: Settings) -> None:
+    """``/healthz`` and ``/readyz``, open to all (probes)."""
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -122,6 +141,10 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         except ServiceError as e:
             return error_response(e)
         return Readiness(status="ready", images_in_flight=runtime.admission.in_flight, max_queue=settings.max_queue)
+
+
+def _add_model(app: FastAPI, runtime: Runtime, settings: Settings, protected: list[DependsParam]) -> None:
+    """``GET /v1/model``: the loaded model, the request defaults and the server's limits."""
 
     @app.get("/v1/model", dependencies=protected, responses=ERRORS)
     async def model() -> ModelInfo:
@@ -139,6 +162,10 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
                     "max_queue": settings.max_queue, "timeout_s": settings.timeout_s,
                     "max_objects": settings.max_objects_limit},
         )
+
+
+def _add_export(app: FastAPI, runtime: Runtime, settings: Settings, protected: list[DependsParam]) -> None:
+    """``POST /v1/export``: boxes as an annotation tool's file."""
 
     @app.post("/v1/export", dependencies=protected, response_class=Response, summary="Boxes as an export file",
               responses={200: {"content": {"application/json": {}, "application/x-ndjson": {}},
@@ -169,6 +196,10 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             f"boxes-{wanted.format}.json", "application/json")
         return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
+
+def _add_page_and_metrics(app: FastAPI, metrics: Metrics, protected: list[DependsParam]) -> None:
+    """The web page at ``/`` (and ``/static``), and Prometheus' ``/metrics``."""
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -178,6 +209,11 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
     @app.get("/metrics", dependencies=protected, response_class=Response, summary="Prometheus metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_boxes(app: FastAPI, runtime: Runtime, settings: Settings, metrics: Metrics,
+               protected: list[DependsParam]) -> None:
+    """``POST /v1/boxes``: the multipart body read under the limits, each file decoded and localised."""
 
     @app.post("/v1/boxes", dependencies=protected, response_model=BoxesResponse, response_model_exclude_none=True,
               responses=ERRORS, summary="Object boxes (and masks) per uploaded image")
@@ -200,9 +236,12 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             FileError(filename=r.filename, error=r.error.body) if isinstance(r, Failed) else r for r in results
         ])
 
+
+def _openapi(app: FastAPI, runtime: Runtime, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema, with the body of ``POST /v1/boxes`` (parsed by hand) saying what is enforced; it
+    depends on the loaded model (patch size, default method), so it is kept only once that is ready."""
+
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema, with the body of ``POST /v1/boxes`` (parsed by hand) saying what is enforced; it
-        depends on the loaded model (patch size, default method), so it is kept only once that is ready."""
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -219,8 +258,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
             app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    return openapi
 
 
 def _bearer_auth(secret: str) -> DependsParam:
@@ -248,22 +286,10 @@ async def _read_form(request: Request, settings: Settings, ticket: Ticket) -> Fo
     if content_type != b"multipart/form-data":  # a url-encoded form holds no files: the images are missing (422)
         return await Request(request.scope, receive).form(max_files=0, max_fields=MAX_OPTION_FIELDS,
                                                            max_part_size=MAX_OPTION_BYTES)
-    parser = LimitedMultiPartParser(request.headers, Request(request.scope, receive).stream(),
-                                    max_files=settings.max_files, max_fields=MAX_OPTION_FIELDS,
-                                    max_part_size=MAX_OPTION_BYTES, max_file_size=settings.max_file_bytes,
-                                    on_file=ticket.take)
-    try:
-        form = await parser.parse()
-    except FileTooLarge as e:
-        raise ServiceError(413, "file_too_large", e.message) from e
-    except MultiPartException as e:  # Starlette's multipart limits and syntax errors
-        if e.message.startswith("Too many files"):
-            raise ServiceError(413, "too_many_files", f"at most {settings.max_files} files per request") from e
-        raise ServiceError(400, "bad_multipart", f"cannot parse the multipart body: {e.message}") from e
-    if not parser.complete:
-        await form.close()
-        raise ServiceError(400, "bad_multipart", "the multipart body ends before its closing boundary")
-    return form
+    form = MultipartForm(request.headers["content-type"], max_files=settings.max_files,
+                         max_fields=MAX_OPTION_FIELDS, max_part_size=MAX_OPTION_BYTES,
+                         max_file_size=settings.max_file_bytes, on_file=ticket.take)
+    return await form.parse(Request(request.scope, receive).stream())
 
 
 def _uploads(form: FormData) -> list[UploadFile]:

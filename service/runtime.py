@@ -33,7 +33,7 @@ from .fair import FairPool
 from .metrics import Metrics
 from .schemas import BoxResult, Mask, ObjectResult
 from .settings import Settings
-from .uploads import decode_upload, load_upload, upload_size
+from .uploads import decode_upload, upload_size
 from .worker import InferenceWorker, RunKey
 
 log = logging.getLogger("service")
@@ -225,7 +225,7 @@ class Runtime:
         patch_size = self.require_ready().localizer.patch_size
         start = time.perf_counter()
         try:
-            prepared = await self.decoding(ticket, load_upload, upload.file, name, patch_size, request.max_side,
+            prepared = await self.decoding(ticket, decode_upload, upload.file, name, patch_size, request.max_side,
                                            request.prep)
             found, finished = await self.infer(ticket, prepared, request.key)
             objects = await self.answer_objects(ticket, prepared, found, request)

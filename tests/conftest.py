@@ -6,16 +6,14 @@ import importlib.util
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+
+from service.launch import NotReady, free_port, launched  # noqa: F401 (free_port: the tests')
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
@@ -82,42 +80,18 @@ def external_tool(env_var: str, default: Path, what: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running(command: list[str], port: int, log: Path, env: dict[str, str], ready: str = "/readyz",
             timeout_s: float = 60) -> Iterator[str]:
     """Start ``command`` (without the caller's ``LOST_REG_*`` variables), wait until ``ready`` answers 200,
     yield the base URL, then SIGTERM it; it must exit cleanly."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOST_REG_")}
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env={**clean, **env}, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{command[0]} exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
-            try:
-                if httpx.get(f"{base}{ready}", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{command[0]} not ready within {timeout_s:g} s:\n{log.read_text()[-5000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
+    with log.open("w") as out:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            with launched(command, [f"{base}{ready}"], out, env, ROOT, timeout_s) as proc:
+                yield base
+        except NotReady as e:
+            pytest.fail(f"{e}:\n{log.read_text()[-5000:]}")
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-5000:]  # uvicorn re-raises the signal
 
 

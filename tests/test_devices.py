@@ -16,6 +16,7 @@ from lost_reg.datasets import ImageFolder
 from lost_reg.devices import (
     CPU_BF16_FLAGS,
     CPU_CHUNK,
+    GRAPH_THREADS,
     NATIVE_BF16_ENV,
     BatchLimit,
     DevicePlan,
@@ -23,12 +24,12 @@ from lost_reg.devices import (
     can_pin,
     cpu_bf16_flags,
     graph_code,
-    graph_threads,
     half_dtype,
     pin,
     plan_for,
     resolve_dtype,
     synchronize,
+    using,
 )
 from lost_reg.images import decode_image
 from lost_reg.loop import DatasetEvaluator, Failures, build_loader, inference_on_dataset
@@ -221,11 +222,13 @@ def test_the_localizer_halves_its_batches_on_out_of_memory_and_gives_the_same_bo
 
 
 def test_graph_code_runs_at_its_own_thread_count():
-    probe = graph_code(torch.get_num_threads)
-    before = torch.get_num_threads()
-    with graph_threads(1):
-        assert probe() == 1
-    with graph_threads(0):
-        assert probe() == before  # 0: torch's own count
+    probe = graph_code(lambda features: torch.get_num_threads())
+    before, x, plan = torch.get_num_threads(), torch.zeros(1), DevicePlan.of("cpu")
+    assert plan.graph_threads == DevicePlan.of("cuda").graph_threads == GRAPH_THREADS  # LOST_REG_GRAPH_THREADS
+    assert probe(x) == (GRAPH_THREADS or before)
+    with using(dataclasses.replace(plan, graph_threads=1)):
+        assert probe(x) == 1
+    with using(dataclasses.replace(plan, graph_threads=0)):
+        assert probe(x) == before  # 0: torch's own count
     assert torch.get_num_threads() == before
     assert tokencut.__wrapped__ and lost.__wrapped__  # both methods' graph code runs under it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
@@ -11,6 +10,7 @@ import pytest
 
 from lost_reg.cli import main
 from lost_reg.engines import in_shard, parse_shard
+from lost_reg.errors import OptionError
 
 TINY_ARGS = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",
              "--model-arg", "embed_dim=48", "--model-arg", "num_heads=3", "--model-arg", "reg_tokens=2",
@@ -73,14 +73,17 @@ def test_resume_skips_finished_images_and_min_score_can_empty_an_image(photos, t
     assert all(json.loads(line)["objects"] == [] for line in out.read_text().splitlines())
 
 
-def test_shards_cover_every_image_exactly_once(photos, tmp_path):
+def test_shards_cover_every_image_exactly_once(photos, tmp_path, capsys):
     ids = [f"folder/{i}.jpg" for i in range(200)]
     for n in (1, 3, 7):
         owners = [[i for i in range(1, n + 1) if in_shard(x, (i, n))] for x in ids]
         assert all(len(o) == 1 for o in owners)
-    with pytest.raises(argparse.ArgumentTypeError, match="1 <= I <= N"):
+    with pytest.raises(OptionError, match="1 <= I <= N"):  # the library's error…
         parse_shard("0/3")
     assert parse_shard("2/3") == (2, 3)
+    with pytest.raises(SystemExit, match="2"):  # …the CLI's usage error
+        main(["discover", str(photos), "--out", str(tmp_path / "x.json"), "--shard", "0/3"])
+    assert "argument --shard: --shard wants I/N with 1 <= I <= N, got '0/3'" in capsys.readouterr().err
 
     seen = []
     for i in (1, 2):

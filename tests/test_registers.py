@@ -151,6 +151,7 @@ def test_the_cli_finds_neurons_and_every_command_takes_them(tmp_path, capsys):
         report = json.loads((out / "report.json").read_text())
         shares[name] = report["layers"][2]["outlier_share"]
         assert report["backbone"]["test_time_registers"] == (1 if extra else 0)
+        assert report["backbone"]["test_time_register_neurons"] == (str(neurons) if extra else None)
     assert shares == {"without": pytest.approx(3 / 20), "with": 0.0}
     run = tmp_path / "discover.jsonl"
     assert main(["discover", str(photos), "--out", str(run), "--format", "jsonl", "--quiet",

@@ -17,7 +17,7 @@ from ..datasets import Dataset, DatasetOptions, dataset_from
 from ..devices import bf16_hardware
 from ..errors import LostRegError
 from ..files import write_text
-from ..images import decode_image, prepare
+from ..images import read_image
 from ..loop import FailedImage
 from ..options import Options
 from ..pipeline import Localizer
@@ -49,7 +49,7 @@ def run_info(config: Options, localizer: Localizer) -> dict[str, Any]:
         "method": {"name": localizer.method.name, **localizer.method.options()},
         "backbone": {"name": bb.name, "patch_size": bb.patch_size, "registers": bb.num_registers,
                      "test_time_registers": bb.test_time_registers,
-                     "test_time_register_neurons": getattr(bb.model, "test_time_register_source", None),
+                     "test_time_register_neurons": bb.test_time_register_neurons,
                      "prefix_tokens": bb.num_prefix_tokens, "features": bb.features, "layer": bb.layer,
                      "source": bb.source,
                      "prep": localizer.prep,
@@ -68,8 +68,7 @@ def whole_patch_images(dataset: Dataset, limit: int, patch_size: int, max_side: 
     for i in tqdm(range(limit), unit="img", disable=not progress, dynamic_ncols=True):
         sample = dataset[i]
         try:
-            p = prepare(decode_image(sample.path, name=sample.image_id, max_pixels=max_pixels), patch_size,
-                        max_side, name=sample.image_id)
+            p = read_image(sample.path, sample.image_id, patch_size, max_side, max_pixels=max_pixels)
         except LostRegError as e:
             errors.append(FailedImage(sample.image_id, str(sample.path), str(e)))
             tqdm.write(f"skipped {e}")

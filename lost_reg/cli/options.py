@@ -14,14 +14,14 @@ import ast
 import json
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from ..options import Options, cli_of, fields_in_order, flag_of, pairs_text
-from ..errors import LostRegError
+from ..errors import LostRegError, OptionError
 
 
 def add_options(parser: argparse.ArgumentParser, model: type[Options], unset: bool = False,
@@ -57,11 +57,23 @@ def add_options(parser: argparse.ArgumentParser, model: type[Options], unset: bo
             kwargs.pop("metavar")
         else:
             choices = cli.choices or (typing.get_args(kind) if typing.get_origin(kind) is Literal else None)
-            kwargs.update(type=cli.parse or (type(choices[0]) if choices else kind), default=default,
-                          required=required)
+            parse = _usage_errors(cli.parse) if cli.parse else (type(choices[0]) if choices else kind)
+            kwargs.update(type=parse, default=default, required=required)
             if choices:
                 kwargs["choices"] = list(choices)
         target.add_argument(flag_of(name, info), dest=name, **kwargs)
+
+
+def _usage_errors(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as argparse's ``type``: the library's :class:`OptionError` becomes a usage error, message kept."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except OptionError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse_flag
 
 
 def _plain(annotation: Any) -> tuple[Any, bool]:

@@ -3,13 +3,12 @@
 Every engine takes the typed configuration (:class:`DiscoverConfig`) and the selected images and
 returns an :class:`Outcome`: the same records (one :class:`~lost_reg.export.ImageRecord` per image that
 has a result, from this run and from the resumed ones) and the same error report, which ``discover``
-then exports. The boxes come from :meth:`DiscoverConfig.find` and :func:`image_record` in both, so an
+then exports. The boxes come from :func:`find` and :func:`image_record` in both, so an
 image gets the same boxes whatever the engine.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pydantic import Field
 
 from ..config import PATHS_HELP, LocalizerOptions, MaskOptions, RunOptions
 from ..datasets import Sample
+from ..errors import OptionError
 from ..export import FORMATS, LABEL_STUDIO_PREFIX, MASK_FORMATS, MASK_FORMATS_WRITTEN, ImageRecord
 from ..images import Prepared
 from ..loop import FailedImage
@@ -41,7 +41,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         shard = (0, 0)
     if not sep or not 1 <= shard[0] <= shard[1]:
-        raise argparse.ArgumentTypeError(f"--shard wants I/N with 1 <= I <= N, got {text!r}")
+        raise OptionError(f"--shard wants I/N with 1 <= I <= N, got {text!r}")
     return shard
 
 
@@ -118,12 +118,6 @@ class DiscoverConfig(DiscoverOutput, LocalizerOptions, MaskOptions, DiscoverRun,
     group: ClassVar[str | None] = None
     paths: Annotated[list[str], Cli(metavar="PATH", positional=True)] = Field(description=PATHS_HELP)
 
-    def find(self, localizer: Localizer, batch: Sequence[Prepared]) -> list[list[Detection]]:
-        """Up to ``max_objects`` scored detections per prepared image of one padded shape (``min_score``, ``score``),
-        with their masks (``refine``) when the run makes masks."""
-        return localizer.localize_prepared_multi(batch, self.max_objects, self.min_score, self.score,
-                                                 self.refine if self.masks else None, self.multi)
-
 
 @dataclass
 class Outcome:
@@ -140,6 +134,13 @@ class Outcome:
 def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
     """Run the configured engine (a key of :data:`ENGINES`); its module is imported only then."""
     return importlib.import_module(f".{config.engine}", __name__).run(config, samples)
+
+
+def find(config: DiscoverConfig, localizer: Localizer, batch: Sequence[Prepared]) -> list[list[Detection]]:
+    """Up to ``max_objects`` scored detections per prepared image of one padded shape (``min_score``, ``score``),
+    with their masks (``refine``) when the run makes masks: what every engine calls."""
+    return localizer.localize_prepared_multi(batch, config.max_objects, config.min_score, config.score,
+                                             config.refine if config.masks else None, config.multi)
 
 
 def file_name(sample: Sample) -> str:

@@ -17,7 +17,7 @@ from ..export import ImageRecord
 from ..loop import Failures, ProgressBar, build_loader, inference_on_dataset, shape_order
 from ..pipeline import build_localizer
 from ..vis import Visualizer
-from . import DiscoverConfig, Outcome, image_record
+from . import DiscoverConfig, Outcome, find, image_record
 
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
              ProgressBar(len(todo), enabled=not config.quiet)]
     loader = build_loader(localizer, samples, shape_order(samples, todo, localizer), batch_size=config.batch_size,
                           workers=config.workers, max_pixels=config.max_pixels)
-    stats = inference_on_dataset(lambda batch: config.find(localizer, batch), loader, hooks)
+    stats = inference_on_dataset(lambda batch: find(config, localizer, batch), loader, hooks)
     order = {s.image_id: i for i, s in enumerate(samples)}
     records = sorted((ImageRecord.from_json(r) for r in load_predictions(partial) if r["image_id"] in order),
                      key=lambda r: order[r.image_id])

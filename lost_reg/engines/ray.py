@@ -27,7 +27,7 @@ from ..datasets import Sample
 from ..errors import LostRegError
 from ..export import ImageRecord
 from ..loop import FailedImage
-from . import DiscoverConfig, Outcome, file_name
+from . import DiscoverConfig, Outcome, file_name, find
 
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,17 @@ def state_folder(out: Path) -> Path:
 
 def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, max_pixels: int) -> dict:
     """CPU task: image files → uint8 pixels on the patch grid, or the reason they could not be read."""
-    from ..loop import read_prepared
+    from ..images import read_image
 
     columns = ("pixels", "valid_h", "valid_w", "width", "height", "error")
     out: dict[str, list] = {k: [] for k in columns}
     for image_id, path in zip(batch["image_id"], batch["path"]):
-        # never raises: one bad file must not fail the task (Ray would retry it, then the job)
-        p = read_prepared(str(path), str(image_id), patch_size, max_side, prep, max_pixels)
-        if isinstance(p, str):
-            values = (np.zeros((3, patch_size, patch_size), np.uint8), 0, 0, 0, 0, p)
-        else:
+        try:  # never raises: one bad file must not fail the task (Ray would retry it, then the job)
+            p = read_image(str(path), str(image_id), patch_size, max_side, prep, max_pixels)
             values = (p.pixels.numpy(), *p.valid, *p.size, "")
+        except Exception as e:  # a decoder crash on one file must not end a 10k-image run
+            reason = str(e) if isinstance(e, LostRegError) else f"{image_id}: {type(e).__name__}: {e}"
+            values = (np.zeros((3, patch_size, patch_size), np.uint8), 0, 0, 0, 0, reason)
         for key, value in zip(columns, values):
             out[key].append(value)
     return {**{k: list(v) for k, v in batch.items()}, **out}
@@ -88,7 +88,7 @@ class DiscoverActor:
                                      (int(batch["width"][i]), int(batch["height"][i]))))
         for indices in group_by_shape(prepared).values():
             group = [prepared[j] for j in indices]
-            for j, found in zip(indices, self.config.find(self.localizer, group)):
+            for j, found in zip(indices, find(self.config, self.localizer, group)):
                 i = ok[j]
                 objects[i] = json.dumps(image_record(samples[i], prepared[j].size, found).to_json()["objects"])
                 if self.visualizer is not None:
