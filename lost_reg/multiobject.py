@@ -161,7 +161,7 @@ def find_prompted(method: Method, features: torch.Tensor, grid: tuple[int, int],
     ``max_objects=1``: the method's object with its ``kind`` score, exactly as :func:`~lost_reg.scores.find_objects`.
     Beyond: every object is scored as the module says (the method's object by its ``kind`` score, less the border
     term, plus the votes term, then raised to the best first-tier region's where lower), and none below
-    ``min_score`` is kept; an image whose first object falls below it gets none.
+    ``min_score`` is kept; an image whose first object's score less its votes term falls below it gets none.
     """
     if max_objects < 1:
         raise ValueError("max_objects must be at least 1")
@@ -182,13 +182,14 @@ def _objects(method: Method, features: torch.Tensor, grid: tuple[int, int], firs
     masks = torch.cat([own, candidates])  # the method's object is mask 0
     iou = mask_iou(masks, masks)
     votes = (iou[:, 1:] > VOTE_IOU).float() @ counts.float()
-    scores = ncut_scores(masks, method.cut_graph(features).float())
+    cut = ncut_scores(masks, method.cut_graph(features).float())
     if kind != "ncut":
-        scores[0] = score_of(first, None, kind, features, method)
-    scores += VOTES * votes.clamp_min(1).log() - BORDER * border_share(masks, grid)
+        cut[0] = score_of(first, None, kind, features, method)
+    cut -= BORDER * border_share(masks, grid)
     floor = min_score if min_score is not None else -np.inf
-    if scores[0] < floor:
+    if cut[0] < floor:  # nothing stands out: a texture's regions are found by many prompts too, so votes don't count
         return []
+    scores = cut + VOTES * votes.clamp_min(1).log()
     order = [int(i) for i in scores.argsort(descending=True, stable=True) if i > 0 and scores[i] >= floor]
     iou = iou.cpu().numpy()
     duplicate = (iou > NMS_IOU) | (box_iou(masks, grid).cpu().numpy() > NMS_IOU)

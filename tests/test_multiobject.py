@@ -114,6 +114,20 @@ def test_min_score_empties_images_where_nothing_stands_out_and_keeps_clear_objec
     assert len(alone) == 1 and alone[0][0].mask.all()
 
 
+def test_min_score_gates_the_image_on_its_objects_cut_not_its_votes():
+    """Textures' regions are found by many prompts too: the image's gate is the method's object's cut less border."""
+    f = planted(FOUR, noise=0.3)
+    method = TokenCut(tau=0.4)
+    (first,) = method(f, (ROWS, COLS))
+    mask = torch.from_numpy(first.mask.reshape(1, -1))
+    cut = score(first, features=f[0], method=method) - BORDER * float(border_share(mask, (ROWS, COLS))[0])
+    (ranked,) = find_prompted(method, f, (ROWS, COLS), max_objects=10)
+    assert ranked[0][1] > cut + 0.01  # its votes (and the raise to the best region) lift its score
+    assert find_prompted(method, f, (ROWS, COLS), max_objects=10, min_score=cut + 0.005) == [[]]
+    (kept,) = find_prompted(method, f, (ROWS, COLS), max_objects=10, min_score=cut - 0.005)
+    assert kept[0][0].box == first.box and all(s >= cut - 0.005 for _, s in kept)
+
+
 def test_batched_equals_one_image_at_a_time():
     torch.manual_seed(1)
     f = torch.cat([planted(FOUR, seed=s, noise=0.2) for s in range(3)])
