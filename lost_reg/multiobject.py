@@ -189,8 +189,8 @@ def _objects(method: Method, features: torch.Tensor, grid: tuple[int, int], firs
     floor = min_score if min_score is not None else -np.inf
     if cut[0] < floor:  # nothing stands out: a texture's regions are found by many prompts too, so votes don't count
         return []
-    scores = cut + VOTES * votes.clamp_min(1).log()
-    order = [int(i) for i in scores.argsort(descending=True, stable=True) if i > 0 and scores[i] >= floor]
+    scores = (cut + VOTES * votes.clamp_min(1).log()).cpu().numpy()
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if i > 0 and scores[i] >= floor]
     iou = iou.cpu().numpy()
     duplicate = (iou > NMS_IOU) | (box_iou(masks, grid).cpu().numpy() > NMS_IOU)
     first_tier = suppress(order, duplicate, max_objects - 1, [0])
