@@ -11,7 +11,8 @@ times the share of the image's border patches it covers (background, such as sky
 cleanly as objects, but it runs along the image's edges: MaskCut flips a cut that holds three corners for
 the same reason), plus :data:`VOTES` times the log of its votes: how many prompts' regions (of any
 threshold) overlap it at mask IoU > :data:`VOTE_IOU`, since an object is found from many of its
-patches at many thresholds where a chance region is found once (VoteCut in CuVLER votes the same way).
+patches at many thresholds where a chance region is found once (in the spirit of CuVLER's VoteCut, which
+scores masks by agreement).
 
 Regions are kept best first in two tiers (class-agnostic non-maximum suppression, where ProMerge merges):
 the first drops any region whose mask or box overlaps a kept one at IoU > :data:`NMS_IOU`; the second
