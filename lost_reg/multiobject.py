@@ -7,18 +7,26 @@ component holding it of the patches whose feature cosine to it exceeds t, and on
 feature of that region in place of the prompt's own (one step of mean shift, so a noisy prompt patch
 does not decide the region). Each distinct region is scored by how cleanly it is cut from the rest of
 the image on the method's own graph (:func:`lost_reg.scores.ncut_score`, 1 − Ncut/2) less :data:`BORDER`
-times the share of the image's border patches it covers: background (sky, floor, walls) is cut as
-cleanly as objects, but it runs along the image's edges (MaskCut flips a cut that holds three
-corners for the same reason). Regions are kept best first, dropping any whose mask overlaps a kept one
-at IoU > :data:`NMS_IOU` (class-agnostic non-maximum suppression on masks, where ProMerge merges).
+times the share of the image's border patches it covers (background, such as sky, floor and walls, is cut as
+cleanly as objects, but it runs along the image's edges: MaskCut flips a cut that holds three corners for
+the same reason), plus :data:`VOTES` times the log of its votes: how many prompts' regions (of any
+threshold) overlap it at mask IoU > :data:`VOTE_IOU`, since an object is found from many of its
+patches at many thresholds where a chance region is found once (in the spirit of CuVLER's VoteCut, which
+scores masks by agreement).
+
+Regions are kept best first in two tiers (class-agnostic non-maximum suppression, where ProMerge merges):
+the first drops any region whose mask or box overlaps a kept one at IoU > :data:`NMS_IOU`; the second
+then adds those whose mask overlaps no kept one at IoU > :data:`SECOND_NMS_IOU` (an object inside another
+one's box, a part beside its whole), scored :data:`SECOND_TIER` lower, so they rank after the first tier
+of every image: recall without duplicates at the top of the ranking.
 
 The method's own object (today's single-object answer) always leads, so ``max_objects=1`` is exactly
-the method's box and score. With more objects it is scored like the regions (its score less the border
-term), then raised to the best region's where lower, so it also ranks first by score.
+the method's box and score. With more objects it is scored like the regions, then raised to the best
+region's where lower, so it also ranks first by score.
 
 Modes, by name (:data:`MULTI_MODES`): ``prompts`` (this), ``iterative`` (the method again on the patches
 earlier objects left, :func:`lost_reg.scores.find_objects`, as MaskCut does). Settings chosen on half of
-coco_dev (even image ids) and voc12_dev; README, Multi-object discovery and masks.
+coco_dev (its 1st, 3rd… images by id) and voc12_dev; README, Every object, with its mask.
 """
 
 from __future__ import annotations
@@ -35,12 +43,20 @@ from .scores import DEFAULT_SCORE, find_objects, score as score_of
 
 STRIDE = 2
 """A prompt every this many patches, along rows and columns."""
-THRESHOLDS = (0.4, 0.5, 0.6)
+THRESHOLDS = (0.4, 0.5, 0.6, 0.7)
 """Cosine thresholds of the prompts' regions: several, so objects of several granularities come out."""
 BORDER = 0.5
 """Score taken off per unit share of the image's border patches a region covers."""
+VOTES = 0.025
+"""Score added per unit log of a region's votes."""
+VOTE_IOU = 0.5
+"""A prompt's region overlapping a region at mask IoU above this is a vote for it."""
 NMS_IOU = 0.5
-"""A region overlapping a better one at mask IoU above this is a duplicate."""
+"""First tier: a region whose mask or box overlaps a better one's at IoU above this is a duplicate."""
+SECOND_NMS_IOU = 0.7
+"""Second tier: a region whose mask overlaps a kept one's at IoU above this is a duplicate."""
+SECOND_TIER = 2.0
+"""Score taken off second-tier regions: more than any first-tier score's range, so they rank after all of them."""
 MIN_PATCHES = 2
 """Regions of fewer patches are dropped (one stray patch is no object)."""
 
@@ -60,8 +76,10 @@ class PromptedObject(Discovery):
 
 
 def prompt_regions(features: torch.Tensor, grid: tuple[int, int], stride: int = STRIDE,
-                   thresholds: tuple[float, ...] = THRESHOLDS, components: str = "scipy") -> list[torch.Tensor]:
-    """Per image of a batch [B, rows*cols, D]: its distinct prompt regions, bool [C, rows*cols] (C ≥ 0)."""
+                   thresholds: tuple[float, ...] = THRESHOLDS,
+                   components: str = "scipy") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per image of a batch [B, rows*cols, D]: its distinct prompt regions, bool [C, rows*cols] (C ≥ 0), and how
+    many prompts (over all thresholds) gave each, int [C]."""
     b, n, _ = features.shape
     rows, cols = grid
     f = torch.nn.functional.normalize(features.float(), dim=-1)
@@ -80,7 +98,7 @@ def prompt_regions(features: torch.Tensor, grid: tuple[int, int], stride: int = 
             proto = torch.nn.functional.normalize(torch.bmm(region.float(), f), dim=-1)
         regions.append(region)
     every = torch.cat(regions, 1)  # [B, S * len(thresholds), N]
-    return [torch.unique(m[m.sum(1) >= MIN_PATCHES], dim=0) for m in every]
+    return [torch.unique(m[m.sum(1) >= MIN_PATCHES], dim=0, return_counts=True) for m in every]
 
 
 def ncut_scores(masks: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -108,20 +126,33 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (af.sum(1)[:, None] + bf.sum(1)[None] - inter).clamp_min(1)
 
 
-def suppress(masks: torch.Tensor, scores: torch.Tensor, iou: float, keep: int) -> list[int]:
-    """Greedy mask NMS: indices of at most ``keep`` masks, best score first, none overlapping a better one above
-    ``iou``."""
-    order = scores.argsort(descending=True, stable=True)
-    over = (mask_iou(masks[order], masks[order]) > iou).cpu().numpy()
-    alive = np.ones(len(order), dtype=bool)
-    kept: list[int] = []
-    for i in range(len(order)):
-        if len(kept) == keep:
+def box_iou(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """IoU [C, C] of the boxes (on the grid) of non-empty bool masks [C, rows*cols]."""
+    m = masks.view(-1, *grid)
+    boxes = []
+    for on in (m.any(2), m.any(1)):  # rows, then columns, that the mask touches
+        at = torch.arange(on.shape[1], device=m.device)
+        boxes.append((torch.where(on, at, on.shape[1]).amin(1), torch.where(on, at, -1).amax(1) + 1))
+    (y0, y1), (x0, x1) = boxes
+    inter = ((torch.minimum(x1[:, None], x1) - torch.maximum(x0[:, None], x0)).clamp_min(0)
+             * (torch.minimum(y1[:, None], y1) - torch.maximum(y0[:, None], y0)).clamp_min(0)).float()
+    area = ((x1 - x0) * (y1 - y0)).float()
+    return inter / (area[:, None] + area - inter)
+
+
+def suppress(order: list[int], overlap: np.ndarray, keep: int, kept: list[int] | None = None) -> list[int]:
+    """Greedy NMS: of ``order`` (best first), the indices that ``overlap`` (bool [C, C]) marks as duplicating no
+    earlier one nor any of ``kept``, at most ``keep``."""
+    kept = list(kept or [])
+    alive = ~overlap[kept].any(0)
+    new: list[int] = []
+    for i in order:
+        if len(new) == keep:
             break
         if alive[i]:
-            kept.append(i)
-            alive &= ~over[i]
-    return [int(order[i]) for i in kept]
+            new.append(i)
+            alive &= ~overlap[i]
+    return new
 
 
 def find_prompted(method: Method, features: torch.Tensor, grid: tuple[int, int], max_objects: int = 1,
@@ -129,9 +160,9 @@ def find_prompted(method: Method, features: torch.Tensor, grid: tuple[int, int],
     """Up to ``max_objects`` (object, score) pairs per image of a batch [B, rows*cols, D], best first.
 
     ``max_objects=1``: the method's object with its ``kind`` score, exactly as :func:`~lost_reg.scores.find_objects`.
-    Beyond: every object is scored as the module says (the method's object by its ``kind`` score less the border
-    term, then raised to the best other's where lower), and none below ``min_score`` is kept; an image whose first
-    object falls below it gets none.
+    Beyond: every object is scored as the module says (the method's object by its ``kind`` score, less the border
+    term, plus the votes term, then raised to the best first-tier region's where lower), and none below
+    ``min_score`` is kept; an image whose first object's score less its votes term falls below it gets none.
     """
     if max_objects < 1:
         raise ValueError("max_objects must be at least 1")
@@ -140,37 +171,44 @@ def find_prompted(method: Method, features: torch.Tensor, grid: tuple[int, int],
         singles = [(r, score_of(r, None, kind, features[i], method)) for i, r in enumerate(firsts)]
         return [[] if min_score is not None and s < min_score else [(r, s)] for r, s in singles]
     regions = prompt_regions(features, grid, components=getattr(method, "components", "scipy"))
-    return [_objects(method, features[i], grid, first, candidates, max_objects, min_score, kind)
+    return [_objects(method, features[i], grid, first, *candidates, max_objects, min_score, kind)
             for i, (first, candidates) in enumerate(zip(firsts, regions))]
 
 
 def _objects(method: Method, features: torch.Tensor, grid: tuple[int, int], first: Discovery, candidates: torch.Tensor,
-             max_objects: int, min_score: float | None, kind: str) -> list[tuple[Discovery, float]]:
-    """One image's objects: ``first`` (the method's), then the best prompt regions that duplicate nothing better."""
-    w = method.cut_graph(features).float()
+             counts: torch.Tensor, max_objects: int, min_score: float | None,
+             kind: str) -> list[tuple[Discovery, float]]:
+    """One image's objects: ``first`` (the method's), then the best prompt regions in two tiers."""
     own = torch.from_numpy(first.mask.reshape(1, -1)).to(features.device)
-    s0 = float(ncut_scores(own, w)[0]) if kind == "ncut" else score_of(first, None, kind, features, method)
-    s0 -= BORDER * float(border_share(own, grid)[0])
-    if min_score is not None and s0 < min_score:
+    masks = torch.cat([own, candidates])  # the method's object is mask 0
+    iou = mask_iou(masks, masks)
+    votes = (iou[:, 1:] > VOTE_IOU).float() @ counts.float()
+    cut = ncut_scores(masks, method.cut_graph(features).float())
+    if kind != "ncut":
+        cut[0] = score_of(first, None, kind, features, method)
+    cut -= BORDER * border_share(masks, grid)
+    floor = min_score if min_score is not None else -np.inf
+    if cut[0] < floor:  # nothing stands out: a texture's regions are found by many prompts too, so votes don't count
         return []
-    candidates = candidates[mask_iou(candidates, own)[:, 0] <= NMS_IOU]
-    scores = ncut_scores(candidates, w) - BORDER * border_share(candidates, grid)
-    good = scores >= (min_score if min_score is not None else -np.inf)
-    candidates, scores = candidates[good], scores[good]
-    kept = suppress(candidates, scores, NMS_IOU, max_objects - 1) if len(candidates) else []
-    if not kept:
-        return [(first, s0)]
-    masks = candidates[kept]
+    scores = (cut + VOTES * votes.clamp_min(1).log()).cpu().numpy()
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if i > 0 and scores[i] >= floor]
+    iou = iou.cpu().numpy()
+    duplicate = (iou > NMS_IOU) | (box_iou(masks, grid).cpu().numpy() > NMS_IOU)
+    first_tier = suppress(order, duplicate, max_objects - 1, [0])
+    taken = {0, *first_tier}
+    rest = [i for i in order if i not in taken and scores[i] - SECOND_TIER >= floor]
+    second_tier = suppress(rest, iou > SECOND_NMS_IOU, max_objects - len(taken), list(taken))
+    kept = first_tier + second_tier
+    kept_scores = [float(scores[i]) for i in first_tier] + [float(scores[i]) - SECOND_TIER for i in second_tier]
+    out = [(first, max([float(scores[0])] + kept_scores[:len(first_tier)]))]
     f = torch.nn.functional.normalize(features.float(), dim=-1)
-    similarity = f @ torch.nn.functional.normalize(masks.float() @ f, dim=-1).T  # [N, K]: to each mask's mean
+    similarity = f @ torch.nn.functional.normalize(masks[kept].float() @ f, dim=-1).T  # [N, K]: to each mask's mean
     rows, cols = grid
-    out: list[tuple[Discovery, float]] = [(first, max(s0, float(scores[kept[0]])))]
-    for j, mask in enumerate(masks):
-        sim = similarity[:, j]
-        m = mask.view(rows, cols).cpu().numpy()
-        seed = divmod(int(torch.argmax(torch.where(mask, sim, -2.0))), cols)
+    for j, i in enumerate(kept):
+        sim, m = similarity[:, j], masks[i].view(rows, cols).cpu().numpy()
+        seed = divmod(int(torch.argmax(torch.where(masks[i], sim, -2.0))), cols)
         out.append((PromptedObject(seed=seed, box=mask_box(m), mask=m, similarity=sim.view(rows, cols).cpu().numpy()),
-                    float(scores[kept[j]])))
+                    kept_scores[j]))
     return out
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lost_reg.methods import Lost, TokenCut
-from lost_reg.multiobject import MULTI_MODES, find_prompted, mask_iou, ncut_scores, prompt_regions
+from lost_reg.multiobject import (BORDER, MULTI_MODES, NMS_IOU, SECOND_NMS_IOU, SECOND_TIER, VOTE_IOU, VOTES, box_iou,
+                                  border_share, find_prompted, mask_iou, ncut_scores, prompt_regions)
 from lost_reg.scores import find_objects, score
 
 ROWS, COLS = 12, 16
@@ -60,13 +61,44 @@ def test_cap_order_masks_and_no_duplicates(cap):
         scores = [s for _, s in objects]
         assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
         masks = torch.from_numpy(np.stack([r.mask.reshape(-1) for r, _ in objects]))
-        iou = mask_iou(masks, masks)
-        assert (iou[~torch.eye(len(masks), dtype=torch.bool)] <= 0.5).all()
+        others = ~torch.eye(len(masks), dtype=torch.bool)
+        assert (mask_iou(masks, masks)[others] <= SECOND_NMS_IOU).all()
+        # the first tier (every score ≥ −BORDER; the second tier's are below) duplicates nothing, by mask or box
+        top = masks[torch.tensor(scores) >= -BORDER]
+        others = ~torch.eye(len(top), dtype=torch.bool)
+        assert (mask_iou(top, top)[others] <= NMS_IOU).all() and (box_iou(top, (ROWS, COLS))[others] <= NMS_IOU).all()
         for r, _ in objects:
             assert r.mask.shape == (ROWS, COLS) and r.mask.any() and r.mask[r.seed]
             ys, xs = np.nonzero(r.mask)
             assert r.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
             assert r.heat.shape == (ROWS, COLS)
+
+
+def test_an_object_in_another_ones_box_is_found_and_ranked_after_the_first_tier():
+    """A square inside a ring (their boxes at IoU 0.56, their masks apart): both found, after the separate object."""
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    f = vectors[0].repeat(ROWS, COLS, 1)
+    f[1:9, 1:9], f[2:8, 2:8], f[2:5, 11:14] = vectors[1], vectors[2], vectors[3]
+    f = (f + 0.05 * torch.randn(ROWS, COLS, 16, generator=g)).reshape(1, ROWS * COLS, 16)
+    (found,) = find_prompted(TokenCut(tau=0.5), f, (ROWS, COLS), max_objects=10)
+    by_mask = {(r.box, int(r.mask.sum())): s for r, s in found}
+    square, ring, apart = by_mask[(2, 2, 8, 8), 36], by_mask[(1, 1, 9, 9), 28], by_mask[(11, 2, 14, 5), 9]
+    assert max(square, ring) < -BORDER <= apart  # the second tier: below every first-tier score
+
+
+def test_scores_are_the_cut_less_the_border_plus_the_votes():
+    f = planted(FOUR, noise=0.3)
+    method = TokenCut(tau=0.4)
+    (found,) = find_prompted(method, f, (ROWS, COLS), max_objects=50)
+    ((regions, counts),) = prompt_regions(f, (ROWS, COLS))
+    for r, s in found[1:]:
+        mask = torch.from_numpy(r.mask.reshape(1, -1))
+        votes = int(counts[mask_iou(mask, regions)[0] > VOTE_IOU].sum())
+        expected = score(r, features=f[0], method=method) - BORDER * float(border_share(mask, (ROWS, COLS))[0]) \
+            + VOTES * np.log(votes)
+        assert s == pytest.approx(expected, abs=1e-4) or s == pytest.approx(expected - SECOND_TIER, abs=1e-4)
+    assert 1 <= sum(s < -BORDER for _, s in found) < len(found) - 4  # both tiers are there
 
 
 def test_min_score_empties_images_where_nothing_stands_out_and_keeps_clear_objects():
@@ -80,6 +112,20 @@ def test_min_score_empties_images_where_nothing_stands_out_and_keeps_clear_objec
     assert boxes_of(FOUR) <= {r.box for r, _ in kept} and all(s >= 0.6 for _, s in kept)
     (alone,) = find_prompted(method, flat, (ROWS, COLS), max_objects=10)  # without --min-score: the whole image, once
     assert len(alone) == 1 and alone[0][0].mask.all()
+
+
+def test_min_score_gates_the_image_on_its_objects_cut_not_its_votes():
+    """Textures' regions are found by many prompts too: the image's gate is the method's object's cut less border."""
+    f = planted(FOUR, noise=0.3)
+    method = TokenCut(tau=0.4)
+    (first,) = method(f, (ROWS, COLS))
+    mask = torch.from_numpy(first.mask.reshape(1, -1))
+    cut = score(first, features=f[0], method=method) - BORDER * float(border_share(mask, (ROWS, COLS))[0])
+    (ranked,) = find_prompted(method, f, (ROWS, COLS), max_objects=10)
+    assert ranked[0][1] > cut + 0.01  # its votes (and the raise to the best region) lift its score
+    assert find_prompted(method, f, (ROWS, COLS), max_objects=10, min_score=cut + 0.005) == [[]]
+    (kept,) = find_prompted(method, f, (ROWS, COLS), max_objects=10, min_score=cut - 0.005)
+    assert kept[0][0].box == first.box and all(s >= cut - 0.005 for _, s in kept)
 
 
 def test_batched_equals_one_image_at_a_time():
@@ -99,9 +145,9 @@ def test_tiny_grids_and_regions():
         f = torch.randn(2, grid[0] * grid[1], 8)
         for objects in find_prompted(method, f, grid, max_objects=5):
             assert 1 <= len(objects) <= 5
-    (regions,) = prompt_regions(planted(FOUR), (ROWS, COLS), components="torch")
-    (same,) = prompt_regions(planted(FOUR), (ROWS, COLS), components="scipy")
-    assert torch.equal(regions, same)
+    ((regions, counts),) = prompt_regions(planted(FOUR), (ROWS, COLS), components="torch")
+    ((same, same_counts),) = prompt_regions(planted(FOUR), (ROWS, COLS), components="scipy")
+    assert torch.equal(regions, same) and torch.equal(counts, same_counts)
 
 
 def test_batched_ncut_equals_the_score_of_one_mask():

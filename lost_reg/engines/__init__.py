@@ -63,8 +63,8 @@ class DiscoverOutput(Options):
                                                    "own object")
     multi: Literal[tuple(MULTI_MODES)] = Field(  # type: ignore[valid-type]
         DEFAULT_MULTI, description="how objects after the first are found: prompts (regions grown from prompt "
-                                   "patches, ranked by their cut, deduplicated) or iterative (the method again on the "
-                                   "patches earlier boxes left); README, Multi-object discovery and masks")
+                                   "patches, ranked by their cut and votes, deduplicated in two tiers) or iterative "
+                                   "(the method again on the patches earlier boxes left); README, Every object")
     min_score: float | None = Field(None, description="drop boxes scoring below this (and stop looking); images "
                                                       "where nothing stands out get none")
     score: Literal[tuple(SCORES)] = Field(  # type: ignore[valid-type]
