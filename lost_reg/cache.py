@@ -43,10 +43,6 @@ class Cached:
     size: tuple[int, int]
     patch_size: int
 
-    def prepared(self) -> Prepared:
-        """A pixel-less :class:`Prepared`: enough to map a grid box back to original pixels."""
-        return Prepared(pixels=torch.empty(0, dtype=torch.uint8), valid=self.valid, size=self.size)
-
 
 class FeatureCache:
     """Cached features of one backbone (with its weights and pre-processing), for any tap."""

@@ -82,12 +82,12 @@ def test_sweep_rows_equal_eval_and_a_cached_sweep_needs_no_backbone(tmp_path, mo
     capsys.readouterr()
 
     # a second sweep of new settings reads the cache: the backbone is never created
-    import lost_reg.models
+    import lost_reg.cli.sweep_cmd
 
     def no_backbone(*a, **k):
         raise AssertionError("the backbone was loaded although every feature is cached")
 
-    monkeypatch.setattr(lost_reg.models, "create_backbone", no_backbone)
+    monkeypatch.setattr(lost_reg.cli.sweep_cmd, "create_backbone", no_backbone)
     again = tmp_path / "again"
     new = [str(again) if a == str(out) else "0.2,0.3,0.4" if a == "0.2,0.4" else a for a in args]
     assert main(new) == 0
