@@ -166,3 +166,35 @@ def test_the_cache_keeps_features_of_each_precision_apart(tmp_path, monkeypatch,
     assert fingerprints == ["bfloat16", "float32"]
     best = json.loads((tmp_path / "bf16" / "best.json").read_text())["best"]["command"]
     assert best[best.index("--dtype") + 1] == "bfloat16"  # the reproducing eval runs what the sweep ran
+
+
+def test_a_sweep_runs_its_settings_in_the_localizer_halving_on_out_of_memory(tmp_path):
+    """Every setting runs through the localizer (its device plan, its method limit), on decoded and on cached
+    features: a method that overflows the device on more than one image goes on, with the boxes of one that fits."""
+    import functools
+    import shutil
+
+    from lost_reg.cache import FeatureCache
+    from lost_reg.datasets import DatasetOptions, dataset_from
+    from lost_reg.sweep import Sweep
+
+    from .conftest import tiny_backbone
+    from .test_devices import SmallMemoryTokenCut
+
+    voc = make_voc(tmp_path / "voc", n=4) / "VOC2007"
+    for i in range(1, 4):  # one shape: the whole dataset is one batch
+        shutil.copy(voc / "JPEGImages/000000.jpg", voc / f"JPEGImages/00000{i}.jpg")
+        shutil.copy(voc / "Annotations/000000.xml", voc / f"Annotations/00000{i}.xml")
+    dataset = dataset_from(DatasetOptions(dataset="voc07", root=voc.parent))
+    cache = FeatureCache(tmp_path / "cache", {"backbone": "tiny"})
+
+    def predictions(method, name: str):
+        setting = SweepSetting("resize", "k", -1, method)
+        sweep = Sweep([setting], dataset, range(4), tmp_path / name, functools.cache(tiny_backbone), device="cpu",
+                      dtype="float32", cache=None if name == "roomy" else cache, progress=False)
+        sweep.run()
+        return read_lines(sweep.predictions(setting)), sweep.stats.from_cache
+
+    roomy, _ = predictions(TokenCut(tau=0.1), "roomy")
+    assert predictions(SmallMemoryTokenCut(tau=0.1), "decoded") == (roomy, 0)
+    assert predictions(SmallMemoryTokenCut(tau=0.1), "cached") == (roomy, 4)
