@@ -198,3 +198,32 @@ def test_a_sweep_runs_its_settings_in_the_localizer_halving_on_out_of_memory(tmp
     roomy, _ = predictions(TokenCut(tau=0.1), "roomy")
     assert predictions(SmallMemoryTokenCut(tau=0.1), "decoded") == (roomy, 0)
     assert predictions(SmallMemoryTokenCut(tau=0.1), "cached") == (roomy, 4)
+
+
+def test_a_method_keeps_its_own_options_when_another_declares_the_name_otherwise(monkeypatch):
+    """Method options share one namespace of flags and form fields, but no declaration shadows another's: a method
+    declaring a name unlike its first declaration gets its own field, METHOD_NAME, everywhere (build, sweep, flags);
+    the first declaration's field and its methods stay as they are."""
+    import dataclasses
+
+    import lost_reg.methods as methods
+    from lost_reg.methods.base import option
+
+    @dataclasses.dataclass(frozen=True)
+    class Rival(TokenCut):
+        name = "rival"
+        components: str = option("torch", "its own meaning", ("torch",))
+
+    monkeypatch.setitem(methods.METHODS, "rival", Rival)
+    fields = methods.all_option_specs()
+    assert fields["components"][0].default == "scipy" and fields["components"][1] == ["lost", "tokencut"]
+    assert fields["rival_components"][0].choices == ("torch",) and fields["rival_components"][1] == ["rival"]
+    assert fields["tau"][1] == ["tokencut", "rival"]  # declared alike: one field
+    assert methods.build_method("rival", rival_components="torch") == methods.build_method("rival", components="torch")
+    with pytest.raises(ValueError, match="rival_components does not apply to method lost"):
+        methods.build_method("lost", rival_components="torch")
+    settings = expand_settings("other", ["lost", "rival"], {"components": ["torch"], "rival_components": ["torch"],
+                                                            "tau": [0.3]}, ["k"], [-1], ["pad"])
+    assert [(s.method.name, s.method.components) for s in settings] == [("lost", "torch"), ("rival", "torch")]
+    assert settings[1].method == Rival(tau=0.3)
+    assert settings[1].eval_args()[-2:] == ["--rival-components", "torch"]

@@ -37,6 +37,7 @@ from ..datasets import Dataset, dataset_from
 from ..devices import resolve_device
 from ..errors import LostRegError
 from ..files import sha256_file
+from ..methods import option_values
 from ..models import Source, cached_hub_weights, check_fetchable, create_backbone, resolve_source
 from ..options import fields_in_order
 from ..recipes import resolve_dtype
@@ -304,7 +305,7 @@ def _cell(plan: Plan, entry: BackboneEntry, row: RowPlan, column: Column, settin
 def reproduce(config: TableConfig, backbone: BackboneSpec, dataset: DatasetSpec, setting: SweepSetting,
               out: Path) -> list[str]:
     """The ``lost-reg eval`` command whose predictions are this cell's, image for image."""
-    opts = setting.method.options()
+    opts = option_values(setting.method)
     ev = EvalConfig(**dataset.options.model_dump(), backbone=backbone.name, weights=backbone.weights,
                     pos_resample=config.pos_resample, model_args=config.model_args,
                     test_time_registers=backbone.test_time_registers, device=config.device, dtype=config.dtype,
