@@ -63,6 +63,7 @@ def run(config: SweepConfig) -> int:
     cache = None if config.cache is None else feature_cache(
         config.cache, source, model_args=config.model_args, max_side=config.max_side, dtype=dtype,
         test_time_registers=config.test_time_registers, cache_dtype=config.cache_dtype)
+
     @functools.cache
     def backbone() -> Backbone:
         print(f"loading {source.name}")
@@ -72,8 +73,9 @@ def run(config: SweepConfig) -> int:
     print(f"{len(settings)} settings on {len(indices)} images: {len({s.prep for s in settings})} forward pass(es) "
           f"per image for {taps} feature map(s)")
     sweep = Sweep(settings, dataset, indices, config.out, backbone, device=str(device), dtype=dtype,
-                  max_side=config.max_side, cache=cache, resume=config.resume, batch_size=config.batch_size,
-                  workers=config.workers, progress=not config.quiet, max_pixels=config.max_pixels)
+                  max_side=config.max_side, cache=cache, unreadable=config.cache and config.cache / "unreadable",
+                  resume=config.resume, batch_size=config.batch_size, workers=config.workers,
+                  progress=not config.quiet, max_pixels=config.max_pixels)
     rows = sweep.run()
     shared = {name: getattr(config, name) for name in REPRODUCE if name != "out"} | {"dtype": dtype}
     command = ["lost-reg", "eval", *EvalConfig(**shared, out=config.out / "best").argv(REPRODUCE)]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..backbone import Backbone, Features, Tap
-from ..cache import Cached, FeatureCache
+from ..cache import Cached, FeatureCache, known_unreadable, remember_unreadable
 from ..datasets import Sample
 from ..evaluation import PredictionWriter, detection_record, load_predictions, summarize
 from ..images import MAX_PIXELS, Prepared
@@ -48,6 +48,7 @@ def feature_cache(root: Path, source: Source, *, model_args: dict[str, Any], max
                                "dtype": dtype, "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
                         cache_dtype)
 
+
 @dataclass
 class _FromCache(Prepared):
     """A cached image: no pixels, its features of each tap instead."""
@@ -61,31 +62,20 @@ class _Done:
 
     found: dict[SweepSetting, Detection]
     """Each setting's detection."""
-    features: dict[Tap, torch.Tensor]
-    """[N, D] per tap, to be cached (empty when there is nothing to cache)."""
-    grid: tuple[int, int]
-    patch_size: int
-
-
-def _writer(path: Path, setting: SweepSetting, resume: bool) -> PredictionWriter:
-    """``setting``'s prediction file, written as ``eval`` writes it."""
-    return PredictionWriter(path, resume, record=lambda sample, prepared, done: detection_record(
-        sample, prepared, done.found[setting]))
+    features: dict[Tap, Cached]
+    """Its features per tap, to be cached (empty when there is nothing to cache)."""
 
 
 class _CacheWriter(DatasetEvaluator):
-    """Stores each computed image's features of every tap, and remembers the files that could not be read."""
+    """Stores each computed image's features of every tap."""
 
     def __init__(self, cache: FeatureCache, prep: str) -> None:
         self.cache, self.prep = cache, prep
 
     def process(self, batch: Batch, outputs: Sequence[_Done]) -> None:
-        for sample, prepared, done in zip(batch.samples, batch.prepared, outputs):
-            for tap, patches in done.features.items():
-                self.cache.save(self.prep, tap, sample.image_id, patches, done.grid, prepared, done.patch_size)
-
-    def skip(self, failed: FailedImage) -> None:
-        self.cache.save_unreadable(failed.image_id, Path(failed.path), failed.error)
+        for sample, done in zip(batch.samples, outputs):
+            for tap, entry in done.features.items():
+                self.cache.save(self.prep, tap, sample.image_id, entry)
 
 
 @dataclass
@@ -106,17 +96,18 @@ class Sweep:
     Each preparation is one :func:`~lost_reg.loop.inference_on_dataset` pass: cached images first, then the
     others decoded for a :class:`~lost_reg.pipeline.Localizer` of ``backbone()`` on ``device``, whose
     :class:`~lost_reg.pipeline.Discoverer` runs every setting. ``backbone()`` is called only when some image
-    misses the cache, so a fully cached sweep never loads the backbone.
+    misses the cache, so a fully cached sweep never loads the backbone. Files that cannot be decoded are remembered
+    in ``unreadable`` (until they change) and reported without decoding.
     """
 
     def __init__(self, settings: Sequence[SweepSetting], dataset: Sequence[Sample], indices: Sequence[int],
                  out: Path, backbone: Callable[[], Backbone], *, device: str = "auto", dtype: str = "auto",
-                 max_side: int | None = None, cache: FeatureCache | None = None, resume: bool = False,
-                 batch_size: int = 16, workers: int | None = None, progress: bool = True,
+                 max_side: int | None = None, cache: FeatureCache | None = None, unreadable: Path | None = None,
+                 resume: bool = False, batch_size: int = 16, workers: int | None = None, progress: bool = True,
                  max_pixels: int | None = MAX_PIXELS) -> None:
         self.settings, self.dataset, self.indices, self.out = list(settings), dataset, list(indices), Path(out)
         self.backbone, self.device, self.dtype, self.max_side = backbone, device, dtype, max_side
-        self.cache, self.resume = cache, resume
+        self.cache, self.unreadable, self.resume = cache, unreadable, resume
         self.batch_size, self.workers, self.progress, self.max_pixels = batch_size, workers, progress, max_pixels
         self.seconds: dict[SweepSetting, float] = defaultdict(float)
         self.images: dict[SweepSetting, int] = defaultdict(int)
@@ -137,16 +128,15 @@ class Sweep:
         return self.rows()
 
     def _run_prep(self, prep: str, group: list[SweepSetting]) -> None:
-        writers = [_writer(self.predictions(s), s, self.resume) for s in group]
+        writers = [PredictionWriter(self.predictions(s), self.resume, record=lambda sample, p, done, s=s:  # as eval's
+                                    detection_record(sample, p, done.found[s])) for s in group]
         todo = sorted(set().union(*(w.todo(self.dataset, self.indices) for w in writers)), key=self.indices.index)
         taps = list(dict.fromkeys(s.tap for s in group))
-        if self.cache is not None:  # files known to be unreadable (and unchanged since) are not decoded again
-            for i in todo:
-                sample = self.dataset[i]
-                error = self.cache.unreadable(sample.image_id, sample.path)
-                if error is not None:
-                    self.stats.errors[sample.image_id] = FailedImage(sample.image_id, str(sample.path), error)
-            todo = [i for i in todo if self.dataset[i].image_id not in self.stats.errors]
+        for i in todo if self.unreadable else ():  # files known to be unreadable (unchanged since): not decoded
+            sample = self.dataset[i]
+            if (error := known_unreadable(self.unreadable, sample.image_id, sample.path)) is not None:
+                self.stats.errors[sample.image_id] = FailedImage(sample.image_id, str(sample.path), error)
+        todo = [i for i in todo if self.dataset[i].image_id not in self.stats.errors]
         in_cache = {i for i in todo if self.cache is not None
                     and all(self.cache.path(prep, t, self.dataset[i].image_id).exists() for t in taps)}
         cached, missing = [i for i in todo if i in in_cache], [i for i in todo if i not in in_cache]
@@ -176,20 +166,23 @@ class Sweep:
                     out[s] = det
                 self.seconds[s] += time.perf_counter() - t
                 self.images[s] += len(batch)
-            return [_Done(f, {t: features[t].patches[i] for t in taps} if keep else {}, grid, ps)
-                    for i, f in enumerate(found)]
+            return [_Done(f, {t: Cached(features[t].patches[i], grid, p.valid, p.size, ps) for t in taps if keep})
+                    for i, (f, p) in enumerate(zip(found, batch))]
 
         failures = Failures()
         hooks = [*writers, *([_CacheWriter(self.cache, prep)] if self.cache else []), failures,
                  ProgressBar(len(todo), enabled=self.progress and bool(todo))]
         stats = inference_on_dataset(localize, loader(), hooks)
         self.stats.processed += stats.processed
-        self.stats.errors.update((f.image_id, f) for f in failures.images)
+        for f in failures.images:
+            self.stats.errors[f.image_id] = f
+            if self.unreadable:
+                remember_unreadable(self.unreadable, f.image_id, Path(f.path), f.error)
         self.stats.forward_s += runner.timings.forward
 
     def _cached(self, prep: str, indices: list[int], taps: list[Tap], unreadable: list[int]) -> Iterator[Batch]:
         """Cached images as batches of one grid; those whose cache cannot be read are added to ``unreadable``."""
-        by_grid: dict[tuple[int, int], list[tuple[Sample, _FromCache]]] = defaultdict(list)
+        by_grid: dict[tuple[int, int], Batch] = defaultdict(lambda: Batch([], []))
         for i in indices:
             sample = self.dataset[i]
             entries = {t: self.cache.load(prep, t, sample.image_id) for t in taps}
@@ -198,11 +191,11 @@ class Sweep:
                 continue
             e = entries[taps[0]]
             self.stats.from_cache += 1
-            by_grid[e.grid].append((sample, _FromCache(torch.empty(0, dtype=torch.uint8), e.valid, e.size, entries)))
-            if len(by_grid[e.grid]) >= self.batch_size:
-                yield _batch(by_grid.pop(e.grid))
-        for items in by_grid.values():
-            yield _batch(items)
+            by_grid[e.grid].samples.append(sample)
+            by_grid[e.grid].prepared.append(_FromCache(torch.empty(0, dtype=torch.uint8), e.valid, e.size, entries))
+            if len(by_grid[e.grid].samples) >= self.batch_size:
+                yield by_grid.pop(e.grid)
+        yield from by_grid.values()
 
     def rows(self) -> list[Row]:
         """Each setting's CorLoc over its whole prediction file (this run's and earlier ones'), best first."""
@@ -218,10 +211,6 @@ class Sweep:
                             whole, ms))
         robustness(rows)
         return sorted(rows, key=lambda r: (-r.corloc.corloc, r.whole, -r.mean_iou))
-
-
-def _batch(items: list[tuple[Sample, _FromCache]]) -> Batch:
-    return Batch([sample for sample, _ in items], [p for _, p in items])
 
 
 def _stack(patches: list[torch.Tensor], grid: tuple[int, int], device: torch.device) -> Features:

@@ -31,7 +31,7 @@ from scipy.stats import binomtest
 from tqdm import tqdm
 
 from ..backbone import Backbone
-from ..cache import FeatureCache, known_unreadable, remember_unreadable
+from ..cache import FeatureCache
 from ..config import EvalConfig
 from ..datasets import Dataset, dataset_from
 from ..devices import resolve_device
@@ -255,24 +255,22 @@ def _run_backbone(plan: Plan, entry: BackboneEntry, context: dict[str, Any], bar
 
 
 def _sweep(config: TableConfig, column: Column, settings: list[SweepSetting], folder: Path,
-           backbone: Callable[[], Backbone], dtype: str, cache: FeatureCache | None, context: dict[str, Any]) -> tuple[dict[SweepSetting, Row], dict[str, Any]]:
+           backbone: Callable[[], Backbone], dtype: str, cache: FeatureCache | None,
+           context: dict[str, Any]) -> tuple[dict[SweepSetting, Row], dict[str, Any]]:
     """One backbone × dataset: its settings' results over the whole prediction files, and what this run did.
 
     Files that could not be decoded are remembered in the folder (until they change), so a finished cell is read
     back without decoding them or loading the backbone."""
-    dataset, unreadable = column.dataset, folder / "unreadable"
+    dataset = column.dataset
     limit = len(dataset) if config.limit is None else min(config.limit, len(dataset))
-    known = {i for i in range(limit) if known_unreadable(unreadable, dataset[i].image_id, dataset[i].path)}
-    sweep = Sweep(settings, dataset, [i for i in range(limit) if i not in known], folder, backbone,
-                  device=config.device, dtype=dtype, cache=cache, resume=True, batch_size=config.batch_size,
+    sweep = Sweep(settings, dataset, range(limit), folder, backbone, device=config.device, dtype=dtype, cache=cache,
+                  unreadable=folder / "unreadable", resume=True, batch_size=config.batch_size,
                   workers=config.workers, progress=not config.quiet, max_pixels=config.max_pixels)
     rows = {r.setting: r for r in sweep.run()}
-    for failed in sweep.stats.errors.values():
-        remember_unreadable(unreadable, failed.image_id, Path(failed.path), failed.error)
     st = sweep.stats
     run = {"images_computed": st.processed - st.from_cache, "images_from_cache": st.from_cache,
            "forward_s": round(st.forward_s, 3), "wall_s": round(st.wall_s, 3),
-           "skipped": len(known) + len(st.errors) + len(dataset.skipped)}
+           "skipped": len(st.errors) + len(dataset.skipped)}
     if st.processed:
         entry = {k: run[k] for k in ("images_computed", "images_from_cache", "forward_s", "wall_s")}
         entry |= {k: context[k] for k in ("date", "device", "dtype", "lost_reg", "git_commit", "git_dirty")}
