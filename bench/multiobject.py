@@ -43,7 +43,7 @@ from pycocotools.cocoeval import COCOeval
 from torchvision import transforms
 
 from lost_reg import create_backbone
-from lost_reg.cache import FeatureCache
+from lost_reg.cache import Cached, FeatureCache
 from lost_reg.datasets import VOCDataset
 from lost_reg.images import Prepared, decode_image, normalize, prepare
 from lost_reg.multiobject import MULTI_MODES
@@ -139,7 +139,8 @@ class Features:
         f = run()
         self.forward_s.append(time.perf_counter() - start)
         if self.cache:
-            self.cache.save(prep, self.tap, name, f.patches[0], f.grid, p, self.backbone.patch_size)
+            entry = Cached(f.patches[0], f.grid, p.valid, p.size, self.backbone.patch_size)
+            self.cache.save(prep, self.tap, name, entry)
         return f.patches[0].float(), f.grid
 
     def recipe(self, image: BenchImage) -> tuple[Prepared, torch.Tensor, tuple[int, int]]:

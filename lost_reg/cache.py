@@ -6,8 +6,8 @@ version); one safetensors file per image in it, holding the patch features [N, D
 metadata, the grid and where the image sat on it. A fingerprint is computed without loading the
 model (weights files are hashed by content), so a stale cache is never read: change any input
 and the features land in a new folder. ``fingerprint.json`` in each folder says what it holds.
-Files that could not be decoded are remembered in ``unreadable/`` with their size and
-modification time, so a later sweep reports them without decoding them (or loading a model)
+Files that could not be decoded are remembered (:func:`remember_unreadable`, the sweep's ``unreadable/``) with
+their size and modification time, so a later sweep reports them without decoding them (or loading a model)
 until the file changes.
 """
 
@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from .version import __version__
 from .backbone import Tap
 from .files import atomic_write
-from .images import Prepared
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -42,10 +41,6 @@ class Cached:
     valid: tuple[int, int]
     size: tuple[int, int]
     patch_size: int
-
-    def prepared(self) -> Prepared:
-        """A pixel-less :class:`Prepared`: enough to map a grid box back to original pixels."""
-        return Prepared(pixels=torch.empty(0, dtype=torch.uint8), valid=self.valid, size=self.size)
 
 
 class FeatureCache:
@@ -88,22 +83,12 @@ class FeatureCache:
             return None
         return Cached(patches, tuple(meta["grid"]), tuple(meta["valid"]), tuple(meta["size"]), meta["patch_size"])
 
-    def save(self, prep: str, tap: Tap, image_id: str, patches: torch.Tensor, grid: tuple[int, int],
-             prepared: Prepared, patch_size: int) -> None:
-        """Store one image's [N, D] features of ``tap``, atomically."""
-        meta = {"grid": list(grid), "valid": list(prepared.valid), "size": list(prepared.size),
-                "patch_size": patch_size}
-        tensor = patches.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()
+    def save(self, prep: str, tap: Tap, image_id: str, entry: Cached) -> None:
+        """Store one image's features of ``tap``, atomically."""
+        meta = {"grid": entry.grid, "valid": entry.valid, "size": entry.size, "patch_size": entry.patch_size}
+        tensor = entry.patches.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()
         atomic_write(self.path(prep, tap, image_id),
                      lambda tmp: save_file({"patches": tensor}, str(tmp), metadata={"geometry": json.dumps(meta)}))
-
-    def unreadable(self, image_id: str, path: Path) -> str | None:
-        """Why ``path`` could not be decoded last time, if it has not changed since; else None."""
-        return known_unreadable(self.root / "unreadable", image_id, path)
-
-    def save_unreadable(self, image_id: str, path: Path, error: str) -> None:
-        """Remember that ``path`` (as it is now) cannot be decoded."""
-        remember_unreadable(self.root / "unreadable", image_id, path, error)
 
 
 def known_unreadable(folder: Path, image_id: str, path: Path) -> str | None:

@@ -73,15 +73,43 @@ class Timings:
     images: int = 0
 
 
-class Localizer:
+class Discoverer:
+    """A discovery method on one device, its plan in force around each call, which is halved when the device runs
+    out of memory: boxes from features (a :class:`Localizer` adds the backbone; the sweep reads cached features)."""
+
+    def __init__(self, method: Method, device: str = "auto", plan: DevicePlan | None = None) -> None:
+        self.device = resolve_device(device)
+        self.plan = plan or DevicePlan.of(self.device)
+        """The device's choices (:class:`~lost_reg.devices.DevicePlan`); tests pass a GPU's to run its branches here."""
+        self.method = method
+        self.timings = Timings()
+        self.method_limit = BatchLimit(None, "method call")
+        """Images per method call (the whole batch until the device runs out of memory)."""
+
+    def localize_features(self, batch: Sequence[Prepared], features: Features, patch_size: int,
+                          method: Method | None = None) -> list[Detection]:
+        """Boxes for prepared images from their features, by this method or ``method``."""
+        results = self._discover(features, method or self.method)
+        return [detection(p, r, patch_size) for p, r in zip(batch, results)]
+
+    def _discover(self, features: Features, find: Callable[[torch.Tensor, tuple[int, int]], list]) -> list:
+        """``find(patches, grid)`` over the batch, one result per image (timed), in calls of at most
+        :attr:`method_limit` images."""
+        start = time.perf_counter()
+        with using(self.plan):
+            parts = self.method_limit.run(len(features.patches), lambda part: find(features.patches[part], features.grid))
+        self.timings.discovery += time.perf_counter() - start
+        self.timings.images += len(features.patches)
+        return [r for part in parts for r in part]
+
+
+class Localizer(Discoverer):
     """A backbone on a device, a discovery method, and how images are prepared for them."""
 
     def __init__(self, backbone: Backbone, method: Method | None = None, *, prep: str = AUTO,
                  max_side: int | None = None, device: str = "auto", dtype: str = "auto",
                  plan: DevicePlan | None = None, compile: bool = False) -> None:
-        self.device = resolve_device(device)
-        self.plan = plan or DevicePlan.of(self.device)
-        """The device's choices (:class:`~lost_reg.devices.DevicePlan`); tests pass a GPU's to run its branches here."""
+        super().__init__(method or resolve_method(backbone.family), device, plan)  # default: the family's recipe
         self.dtype = resolve_dtype(backbone.family, self.device, dtype)
         """The backbone's autocast precision that runs (``auto`` resolved: :func:`~lost_reg.recipes.resolve_dtype`)."""
         if not autocast_supported(self.device, DTYPES[self.dtype]):
@@ -91,16 +119,11 @@ class Localizer:
         self.backbone = backbone.to(self.device)
         if compile:
             self.backbone.compile_model()
-        self.method = method or resolve_method(backbone.family)
-        """Default: the recipe of the backbone's family (:mod:`lost_reg.recipes`)."""
         self.prep = resolve_prep(backbone.family, self.method, prep)
         """``pad`` or ``resize`` (:data:`~lost_reg.images.PREPS`); ``auto``: :func:`~lost_reg.recipes.resolve_prep`."""
         self.max_side = max_side
-        self.timings = Timings()
         self.forward_limit = BatchLimit(self.plan.backbone_chunk, "backbone call")
         """Images per backbone call; halved for good when the device runs out of memory."""
-        self.method_limit = BatchLimit(None, "method call")
-        """Images per method call (the whole batch until the device runs out of memory)."""
 
     @property
     def patch_size(self) -> int:
@@ -121,9 +144,7 @@ class Localizer:
 
     def localize_prepared(self, batch: Sequence[Prepared]) -> list[Detection]:
         """Boxes for prepared images that share one padded shape."""
-        features = self._forward(batch)
-        results = self._discover(features, self.method)
-        return [detection(p, r, self.patch_size) for p, r in zip(batch, results)]
+        return self.localize_features(batch, self._forward(batch), self.patch_size)
 
     def localize_prepared_multi(
         self, batch: Sequence[Prepared], max_objects: int = 1, min_score: float | None = None,
@@ -172,16 +193,6 @@ class Localizer:
             synchronize(self.device)
         self.timings.forward += time.perf_counter() - start
         return out if run else _concat(out)
-
-    def _discover(self, features: Features, find: Callable[[torch.Tensor, tuple[int, int]], list]) -> list:
-        """``find(patches, grid)`` over the batch, one result per image (timed), in calls of at most
-        :attr:`method_limit` images."""
-        start = time.perf_counter()
-        with using(self.plan):
-            parts = self.method_limit.run(len(features.patches), lambda part: find(features.patches[part], features.grid))
-        self.timings.discovery += time.perf_counter() - start
-        self.timings.images += len(features.patches)
-        return [r for part in parts for r in part]
 
 
 def _concat(parts: list[Features]) -> Features:

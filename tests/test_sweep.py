@@ -82,12 +82,12 @@ def test_sweep_rows_equal_eval_and_a_cached_sweep_needs_no_backbone(tmp_path, mo
     capsys.readouterr()
 
     # a second sweep of new settings reads the cache: the backbone is never created
-    import lost_reg.models
+    import lost_reg.cli.sweep_cmd
 
     def no_backbone(*a, **k):
         raise AssertionError("the backbone was loaded although every feature is cached")
 
-    monkeypatch.setattr(lost_reg.models, "create_backbone", no_backbone)
+    monkeypatch.setattr(lost_reg.cli.sweep_cmd, "create_backbone", no_backbone)
     again = tmp_path / "again"
     new = [str(again) if a == str(out) else "0.2,0.3,0.4" if a == "0.2,0.4" else a for a in args]
     assert main(new) == 0
@@ -166,3 +166,64 @@ def test_the_cache_keeps_features_of_each_precision_apart(tmp_path, monkeypatch,
     assert fingerprints == ["bfloat16", "float32"]
     best = json.loads((tmp_path / "bf16" / "best.json").read_text())["best"]["command"]
     assert best[best.index("--dtype") + 1] == "bfloat16"  # the reproducing eval runs what the sweep ran
+
+
+def test_a_sweep_runs_its_settings_in_the_localizer_halving_on_out_of_memory(tmp_path):
+    """Every setting runs through the localizer (its device plan, its method limit), on decoded and on cached
+    features: a method that overflows the device on more than one image goes on, with the boxes of one that fits."""
+    import functools
+    import shutil
+
+    from lost_reg.cache import FeatureCache
+    from lost_reg.datasets import DatasetOptions, dataset_from
+    from lost_reg.sweep import Sweep
+
+    from .conftest import tiny_backbone
+    from .test_devices import SmallMemoryTokenCut
+
+    voc = make_voc(tmp_path / "voc", n=4) / "VOC2007"
+    for i in range(1, 4):  # one shape: the whole dataset is one batch
+        shutil.copy(voc / "JPEGImages/000000.jpg", voc / f"JPEGImages/00000{i}.jpg")
+        shutil.copy(voc / "Annotations/000000.xml", voc / f"Annotations/00000{i}.xml")
+    dataset = dataset_from(DatasetOptions(dataset="voc07", root=voc.parent))
+    cache = FeatureCache(tmp_path / "cache", {"backbone": "tiny"})
+
+    def predictions(method, name: str):
+        setting = SweepSetting("resize", "k", -1, method)
+        sweep = Sweep([setting], dataset, range(4), tmp_path / name, functools.cache(tiny_backbone), device="cpu",
+                      dtype="float32", cache=None if name == "roomy" else cache, progress=False)
+        sweep.run()
+        return read_lines(sweep.predictions(setting)), sweep.stats.from_cache
+
+    roomy, _ = predictions(TokenCut(tau=0.1), "roomy")
+    assert predictions(SmallMemoryTokenCut(tau=0.1), "decoded") == (roomy, 0)
+    assert predictions(SmallMemoryTokenCut(tau=0.1), "cached") == (roomy, 4)
+
+
+def test_a_method_keeps_its_own_options_when_another_declares_the_name_otherwise(monkeypatch):
+    """Method options share one namespace of flags and form fields, but no declaration shadows another's: a method
+    declaring a name unlike its first declaration gets its own field, METHOD_NAME, everywhere (build, sweep, flags);
+    the first declaration's field and its methods stay as they are."""
+    import dataclasses
+
+    import lost_reg.methods as methods
+    from lost_reg.methods.base import option
+
+    @dataclasses.dataclass(frozen=True)
+    class Rival(TokenCut):
+        name = "rival"
+        components: str = option("torch", "its own meaning", ("torch",))
+
+    monkeypatch.setitem(methods.METHODS, "rival", Rival)
+    fields = methods.all_option_specs()
+    assert fields["components"][0].default == "scipy" and fields["components"][1] == ["lost", "tokencut"]
+    assert fields["rival_components"][0].choices == ("torch",) and fields["rival_components"][1] == ["rival"]
+    assert fields["tau"][1] == ["tokencut", "rival"]  # declared alike: one field
+    assert methods.build_method("rival", rival_components="torch") == methods.build_method("rival", components="torch")
+    with pytest.raises(ValueError, match="rival_components does not apply to method lost"):
+        methods.build_method("lost", rival_components="torch")
+    settings = expand_settings("other", ["lost", "rival"], {"components": ["torch"], "rival_components": ["torch"],
+                                                            "tau": [0.3]}, ["k"], [-1], ["pad"])
+    assert [(s.method.name, s.method.components) for s in settings] == [("lost", "torch"), ("rival", "torch")]
+    assert settings[1].method == Rival(tau=0.3)
+    assert settings[1].eval_args()[-2:] == ["--rival-components", "torch"]

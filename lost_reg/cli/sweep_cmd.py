@@ -9,16 +9,17 @@ them). See :mod:`lost_reg.sweep`.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 from typing import Any
 
-from ..backbone import FEATURES
+from ..backbone import FEATURES, Backbone
 from ..config import EvalConfig, SweepConfig
 from ..devices import bf16_hardware, resolve_device
 from ..images import PREPS
 from ..methods import all_option_specs
 from ..models import create_backbone
-from ..pipeline import Localizer, source_of
+from ..pipeline import source_of
 from ..recipes import AUTO, recipe_for, resolve_dtype
 from ..sweep import Sweep, expand, expand_settings, feature_cache, write_reports
 from .common import dataset_of, write_json
@@ -62,22 +63,19 @@ def run(config: SweepConfig) -> int:
     cache = None if config.cache is None else feature_cache(
         config.cache, source, model_args=config.model_args, max_side=config.max_side, dtype=dtype,
         test_time_registers=config.test_time_registers, cache_dtype=config.cache_dtype)
-    backbone = None
 
-    def localizer_for(prep: str) -> Localizer:
-        nonlocal backbone
-        if backbone is None:
-            print(f"loading {source.name}")
-            backbone = create_backbone(source, test_time_registers=config.test_time_registers)
-        return Localizer(backbone, settings[0].method, prep=prep, max_side=config.max_side, device=str(device),
-                         dtype=dtype)
+    @functools.cache
+    def backbone() -> Backbone:
+        print(f"loading {source.name}")
+        return create_backbone(source, test_time_registers=config.test_time_registers)
 
     taps = len({(s.prep, s.tap) for s in settings})
     print(f"{len(settings)} settings on {len(indices)} images: {len({s.prep for s in settings})} forward pass(es) "
           f"per image for {taps} feature map(s)")
-    sweep = Sweep(settings, dataset, indices, config.out, localizer_for, cache=cache, resume=config.resume,
-                  batch_size=config.batch_size, workers=config.workers, progress=not config.quiet,
-                  max_pixels=config.max_pixels)
+    sweep = Sweep(settings, dataset, indices, config.out, backbone, device=str(device), dtype=dtype,
+                  max_side=config.max_side, cache=cache, unreadable=config.cache and config.cache / "unreadable",
+                  resume=config.resume, batch_size=config.batch_size, workers=config.workers,
+                  progress=not config.quiet, max_pixels=config.max_pixels)
     rows = sweep.run()
     shared = {name: getattr(config, name) for name in REPRODUCE if name != "out"} | {"dtype": dtype}
     command = ["lost-reg", "eval", *EvalConfig(**shared, out=config.out / "best").argv(REPRODUCE)]

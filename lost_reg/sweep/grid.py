@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backbone import Tap
-from ..methods import METHODS, Method, all_option_specs, option_specs
+from ..methods import Method, all_option_specs, option_fields, option_values
 from ..recipes import AUTO, recipe_for, resolve_method, resolve_prep
 
 _RANGE = re.compile(r"^(?P<prefix>[A-Za-z][\w-]*:)?(?P<a>-?[\d.]+(?:e-?\d+)?):(?P<b>-?[\d.]+(?:e-?\d+)?)"
@@ -74,7 +74,7 @@ class SweepSetting:
         """The ``lost-reg eval`` flags that select exactly this setting."""
         args = ["--method", self.method.name, "--features", self.features, "--layer", str(self.layer),
                 "--prep", self.prep]
-        for k, v in self.method.options().items():
+        for k, v in option_values(self.method).items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         return args
 
@@ -85,16 +85,13 @@ def expand_settings(family: str, methods: Sequence[str], options: dict[str, list
     ``eval`` would set them: the recipe's for the recipe's method), × preparations × features × layers.
     ``auto`` values resolve as in ``eval``."""
     names = list(dict.fromkeys(recipe_for(family).method if m == AUTO else m for m in methods))
-    for name in names:
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}: use auto or one of {', '.join(METHODS)}")
     for option, (_, owners) in all_option_specs().items():
         if option in options and not set(names) & set(owners):
             raise ValueError(f"--{option.replace('_', '-')} applies to {', '.join(owners)}, "
                              "which --method does not list")
     out: list[SweepSetting] = []
     for name in names:
-        own = [s.name for s in option_specs(METHODS[name]) if s.name in options]
+        own = [field for field in option_fields()[name] if field in options]
         for combo in itertools.product(*(options[o] for o in own)):
             method = resolve_method(family, name, dict(zip(own, combo)))
             for prep, kind, layer in itertools.product(preps, features, layers):

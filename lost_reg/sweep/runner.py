@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ..backbone import Tap
-from ..cache import FeatureCache
+from ..backbone import Backbone, Features, Tap
+from ..cache import Cached, FeatureCache, known_unreadable, remember_unreadable
 from ..datasets import Sample
 from ..evaluation import PredictionWriter, detection_record, load_predictions, summarize
 from ..images import MAX_PIXELS, Prepared
@@ -28,7 +27,7 @@ from ..loop import (
     inference_on_dataset,
     shape_order,
 )
-from ..pipeline import Detection, Localizer, detection
+from ..pipeline import Detection, Discoverer, Localizer
 from ..registers import RegisterNeurons
 from .grid import SweepSetting
 from .rows import Row, is_whole, robustness
@@ -49,37 +48,34 @@ def feature_cache(root: Path, source: Source, *, model_args: dict[str, Any], max
                                "dtype": dtype, "test_time_registers": n and {"layers": n.layers, "weights": n.weights}},
                         cache_dtype)
 
+
+@dataclass
+class _FromCache(Prepared):
+    """A cached image: no pixels, its features of each tap instead."""
+
+    entries: dict[Tap, Cached] = field(default_factory=dict)
+
+
 @dataclass
 class _Done:
     """One image after every setting of a preparation ran on it."""
 
     found: dict[SweepSetting, Detection]
     """Each setting's detection."""
-    features: dict[Tap, torch.Tensor]
-    """[N, D] per tap, to be cached (empty when there is nothing to cache)."""
-    grid: tuple[int, int]
-    patch_size: int
-
-
-def _writer(path: Path, setting: SweepSetting, resume: bool) -> PredictionWriter:
-    """``setting``'s prediction file, written as ``eval`` writes it."""
-    return PredictionWriter(path, resume, record=lambda sample, prepared, done: detection_record(
-        sample, prepared, done.found[setting]))
+    features: dict[Tap, Cached]
+    """Its features per tap, to be cached (empty when there is nothing to cache)."""
 
 
 class _CacheWriter(DatasetEvaluator):
-    """Stores each image's features of every tap, and remembers the files that could not be read."""
+    """Stores each computed image's features of every tap."""
 
     def __init__(self, cache: FeatureCache, prep: str) -> None:
         self.cache, self.prep = cache, prep
 
     def process(self, batch: Batch, outputs: Sequence[_Done]) -> None:
-        for sample, prepared, done in zip(batch.samples, batch.prepared, outputs):
-            for tap, patches in done.features.items():
-                self.cache.save(self.prep, tap, sample.image_id, patches, done.grid, prepared, done.patch_size)
-
-    def skip(self, failed: FailedImage) -> None:
-        self.cache.save_unreadable(failed.image_id, Path(failed.path), failed.error)
+        for sample, done in zip(batch.samples, outputs):
+            for tap, entry in done.features.items():
+                self.cache.save(self.prep, tap, sample.image_id, entry)
 
 
 @dataclass
@@ -97,16 +93,21 @@ class SweepStats:
 class Sweep:
     """Runs ``settings`` on ``dataset[indices]`` and writes ``OUT/settings/<slug>/predictions.jsonl``.
 
-    ``localizer_for(prep)`` gives a Localizer for a preparation; it is called only when some image
-    misses the cache, so a fully cached sweep never loads the backbone.
+    Each preparation is one :func:`~lost_reg.loop.inference_on_dataset` pass: cached images first, then the
+    others decoded for a :class:`~lost_reg.pipeline.Localizer` of ``backbone()`` on ``device``, whose
+    :class:`~lost_reg.pipeline.Discoverer` runs every setting. ``backbone()`` is called only when some image
+    misses the cache, so a fully cached sweep never loads the backbone. Files that cannot be decoded are remembered
+    in ``unreadable`` (until they change) and reported without decoding.
     """
 
     def __init__(self, settings: Sequence[SweepSetting], dataset: Sequence[Sample], indices: Sequence[int],
-                 out: Path, localizer_for: Callable[[str], Localizer], cache: FeatureCache | None = None,
-                 resume: bool = False, batch_size: int = 16, workers: int | None = None,
-                 progress: bool = True, max_pixels: int | None = MAX_PIXELS) -> None:
+                 out: Path, backbone: Callable[[], Backbone], *, device: str = "auto", dtype: str = "auto",
+                 max_side: int | None = None, cache: FeatureCache | None = None, unreadable: Path | None = None,
+                 resume: bool = False, batch_size: int = 16, workers: int | None = None, progress: bool = True,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.settings, self.dataset, self.indices, self.out = list(settings), dataset, list(indices), Path(out)
-        self.localizer_for, self.cache, self.resume = localizer_for, cache, resume
+        self.backbone, self.device, self.dtype, self.max_side = backbone, device, dtype, max_side
+        self.cache, self.unreadable, self.resume = cache, unreadable, resume
         self.batch_size, self.workers, self.progress, self.max_pixels = batch_size, workers, progress, max_pixels
         self.seconds: dict[SweepSetting, float] = defaultdict(float)
         self.images: dict[SweepSetting, int] = defaultdict(int)
@@ -122,96 +123,79 @@ class Sweep:
         for s in self.settings:
             by_prep[s.prep].append(s)
         for prep, group in by_prep.items():
-            writers = [_writer(self.predictions(s), s, self.resume) for s in group]
-            todo = sorted(set().union(*(w.todo(self.dataset, self.indices) for w in writers)),
-                          key=self.indices.index)
-            hooks: list[DatasetEvaluator] = [*writers, *([_CacheWriter(self.cache, prep)] if self.cache else [])]
-            for hook in hooks:
-                hook.reset()
-            try:
-                self._run_prep(prep, group, todo, hooks)
-            finally:
-                for hook in hooks:
-                    hook.evaluate()
+            self._run_prep(prep, group)
         self.stats.wall_s = time.perf_counter() - start
         return self.rows()
 
-    def _run_prep(self, prep: str, group: list[SweepSetting], todo: list[int], hooks: list[DatasetEvaluator]) -> None:
+    def _run_prep(self, prep: str, group: list[SweepSetting]) -> None:
+        writers = [PredictionWriter(self.predictions(s), self.resume, record=lambda sample, p, done, s=s:  # as eval's
+                                    detection_record(sample, p, done.found[s])) for s in group]
+        todo = sorted(set().union(*(w.todo(self.dataset, self.indices) for w in writers)), key=self.indices.index)
         taps = list(dict.fromkeys(s.tap for s in group))
-        if self.cache is not None:  # files known to be unreadable (and unchanged since) are not decoded again
-            for i in todo:
-                sample = self.dataset[i]
-                error = self.cache.unreadable(sample.image_id, sample.path)
-                if error is not None:
-                    self.stats.errors[sample.image_id] = FailedImage(sample.image_id, str(sample.path), error)
-            todo = [i for i in todo if self.dataset[i].image_id not in self.stats.errors]
+        for i in todo if self.unreadable else ():  # files known to be unreadable (unchanged since): not decoded
+            sample = self.dataset[i]
+            if (error := known_unreadable(self.unreadable, sample.image_id, sample.path)) is not None:
+                self.stats.errors[sample.image_id] = FailedImage(sample.image_id, str(sample.path), error)
+        todo = [i for i in todo if self.dataset[i].image_id not in self.stats.errors]
         in_cache = {i for i in todo if self.cache is not None
                     and all(self.cache.path(prep, t, self.dataset[i].image_id).exists() for t in taps)}
-        missing = [i for i in todo if i not in in_cache]
-        missing += self._run_cached(prep, [i for i in todo if i in in_cache], group, taps, hooks)
-        if not missing:
-            return
-        localizer = self.localizer_for(prep)
+        cached, missing = [i for i in todo if i in in_cache], [i for i in todo if i not in in_cache]
+        runner = Discoverer(group[0].method, self.device)
+
+        def loader() -> Iterator[Batch | FailedImage]:
+            nonlocal runner
+            yield from self._cached(prep, cached, taps, missing)
+            if missing:  # decoded for the backbone: the localizer runs every setting from here on
+                runner = Localizer(self.backbone(), group[0].method, prep=prep, max_side=self.max_side,
+                                   device=self.device, dtype=self.dtype, plan=runner.plan)
+                yield from build_loader(runner, self.dataset, shape_order(self.dataset, missing, runner),
+                                        batch_size=self.batch_size, workers=self.workers, max_pixels=self.max_pixels)
 
         def localize(batch: Sequence[Prepared]) -> list[_Done]:
-            feats = localizer.forward_taps(batch, taps)
-            grid, ps = feats[taps[0]].grid, localizer.patch_size
-            found = self._run_settings(group, {t: f.patches for t, f in feats.items()}, grid, batch, ps)
-            return [_Done(f, {t: feats[t].patches[i] for t in taps} if self.cache is not None else {}, grid, ps)
-                    for i, f in enumerate(found)]
+            if isinstance(first := batch[0], _FromCache):
+                grid, ps, keep = first.entries[taps[0]].grid, first.entries[taps[0]].patch_size, False
+                features = {t: _stack([p.entries[t].patches for p in batch], grid, runner.device) for t in taps}
+            else:
+                assert isinstance(runner, Localizer)
+                features = runner.forward_taps(batch, taps)
+                grid, ps, keep = features[taps[0]].grid, runner.patch_size, self.cache is not None
+            found: list[dict[SweepSetting, Detection]] = [{} for _ in batch]
+            for s in group:
+                t = time.perf_counter()
+                for out, det in zip(found, runner.localize_features(batch, features[s.tap], ps, s.method)):
+                    out[s] = det
+                self.seconds[s] += time.perf_counter() - t
+                self.images[s] += len(batch)
+            return [_Done(f, {t: Cached(features[t].patches[i], grid, p.valid, p.size, ps) for t in taps if keep})
+                    for i, (f, p) in enumerate(zip(found, batch))]
 
         failures = Failures()
-        forward = localizer.timings.forward
-        loader = build_loader(localizer, self.dataset, shape_order(self.dataset, missing, localizer),
-                              batch_size=self.batch_size, workers=self.workers, max_pixels=self.max_pixels)
-        stats = inference_on_dataset(localize, loader, [*hooks, failures,
-                                                        ProgressBar(len(missing), enabled=self.progress)])
+        hooks = [*writers, *([_CacheWriter(self.cache, prep)] if self.cache else []), failures,
+                 ProgressBar(len(todo), enabled=self.progress and bool(todo))]
+        stats = inference_on_dataset(localize, loader(), hooks)
         self.stats.processed += stats.processed
-        self.stats.errors.update((f.image_id, f) for f in failures.images)
-        self.stats.forward_s += localizer.timings.forward - forward
+        for f in failures.images:
+            self.stats.errors[f.image_id] = f
+            if self.unreadable:
+                remember_unreadable(self.unreadable, f.image_id, Path(f.path), f.error)
+        self.stats.forward_s += runner.timings.forward
 
-    def _run_cached(self, prep: str, indices: list[int], group: list[SweepSetting], taps: list[Tap],
-                    hooks: list[DatasetEvaluator]) -> list[int]:
-        """Runs the settings on cached features, batched by grid; returns the images whose cache was unreadable."""
-        unreadable, by_grid = [], defaultdict(list)
-        for i in tqdm(indices, unit="img", desc="cached", disable=not self.progress or not indices,
-                      dynamic_ncols=True):
-            entries = {t: self.cache.load(prep, t, self.dataset[i].image_id) for t in taps}
+    def _cached(self, prep: str, indices: list[int], taps: list[Tap], unreadable: list[int]) -> Iterator[Batch]:
+        """Cached images as batches of one grid; those whose cache cannot be read are added to ``unreadable``."""
+        by_grid: dict[tuple[int, int], Batch] = defaultdict(lambda: Batch([], []))
+        for i in indices:
+            sample = self.dataset[i]
+            entries = {t: self.cache.load(prep, t, sample.image_id) for t in taps}
             if any(e is None for e in entries.values()) or len({(e.grid, e.valid) for e in entries.values()}) > 1:
                 unreadable.append(i)
                 continue
-            first = entries[taps[0]]
-            by_grid[first.grid].append((i, first, entries))
-            if len(by_grid[first.grid]) >= self.batch_size:
-                self._flush_cached(by_grid.pop(first.grid), group, taps, hooks)
-        for batch in by_grid.values():
-            self._flush_cached(batch, group, taps, hooks)
-        return unreadable
-
-    def _flush_cached(self, cached: list, group: list[SweepSetting], taps: list[Tap],
-                      hooks: list[DatasetEvaluator]) -> None:
-        batch = Batch([self.dataset[i] for i, _, _ in cached], [first.prepared() for _, first, _ in cached])
-        features = {t: torch.stack([entries[t].patches for _, _, entries in cached]).float() for t in taps}
-        grid, ps = cached[0][1].grid, cached[0][1].patch_size
-        found = self._run_settings(group, features, grid, batch.prepared, ps)
-        outputs = [_Done(f, {}, grid, ps) for f in found]
-        for hook in hooks:
-            hook.process(batch, outputs)
-        self.stats.processed += len(cached)
-        self.stats.from_cache += len(cached)
-
-    def _run_settings(self, group: list[SweepSetting], features: dict[Tap, torch.Tensor], grid: tuple[int, int],
-                      batch: Sequence[Prepared], patch_size: int) -> list[dict[SweepSetting, Detection]]:
-        """Every setting of ``group`` on one batch: per image, the detection of each setting."""
-        found: list[dict[SweepSetting, Detection]] = [{} for _ in batch]
-        for s in group:
-            t = time.perf_counter()
-            results = s.method(features[s.tap], grid)
-            self.seconds[s] += time.perf_counter() - t
-            self.images[s] += len(batch)
-            for out, p, r in zip(found, batch, results):
-                out[s] = detection(p, r, patch_size)
-        return found
+            e = entries[taps[0]]
+            self.stats.from_cache += 1
+            by_grid[e.grid].samples.append(sample)
+            by_grid[e.grid].prepared.append(_FromCache(torch.empty(0, dtype=torch.uint8), e.valid, e.size, entries))
+            if len(by_grid[e.grid].samples) >= self.batch_size:
+                yield by_grid.pop(e.grid)
+        yield from by_grid.values()
 
     def rows(self) -> list[Row]:
         """Each setting's CorLoc over its whole prediction file (this run's and earlier ones'), best first."""
@@ -229,3 +213,7 @@ class Sweep:
         return sorted(rows, key=lambda r: (-r.corloc.corloc, r.whole, -r.mean_iou))
 
 
+def _stack(patches: list[torch.Tensor], grid: tuple[int, int], device: torch.device) -> Features:
+    """Cached features of one grid as a batch on the device, in float32 as the backbone's."""
+    x = torch.stack(patches).to(device).float()
+    return Features(x, x[:, :0], grid)

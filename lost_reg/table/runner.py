@@ -13,13 +13,14 @@ among settings, its selection dataset runs first with every candidate, and the o
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import logging
 import platform
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,16 @@ import torch
 from scipy.stats import binomtest
 from tqdm import tqdm
 
-from ..cache import known_unreadable, remember_unreadable
+from ..backbone import Backbone
+from ..cache import FeatureCache
 from ..config import EvalConfig
 from ..datasets import Dataset, dataset_from
 from ..devices import resolve_device
 from ..errors import LostRegError
 from ..files import sha256_file
+from ..methods import option_values
 from ..models import Source, cached_hub_weights, check_fetchable, create_backbone, resolve_source
 from ..options import fields_in_order
-from ..pipeline import Localizer
 from ..recipes import resolve_dtype
 from ..registers import RegisterNeurons
 from ..sweep import Row, Sweep, SweepSetting, feature_cache
@@ -208,14 +210,11 @@ def run_table(plan: Plan, progress: bool = True) -> list[Cell]:
 
 def _run_backbone(plan: Plan, entry: BackboneEntry, context: dict[str, Any], bar: tqdm) -> list[Cell]:
     config = plan.config
-    loaded: dict[str, Any] = {}
 
-    def localizer_for(prep: str) -> Localizer:
-        if "backbone" not in loaded:
-            log.info("loading %s", entry.label)
-            loaded["backbone"] = create_backbone(entry.source, test_time_registers=entry.spec.test_time_registers)
-        return Localizer(loaded["backbone"], entry.rows[0].candidates[0].method, prep=prep, device=config.device,
-                         dtype=dtype)
+    @functools.cache
+    def backbone() -> Backbone:
+        log.info("loading %s", entry.label)
+        return create_backbone(entry.source, test_time_registers=entry.spec.test_time_registers)
 
     dtype = _dtype(entry, config)
     cache = None if config.cache is None else feature_cache(
@@ -230,7 +229,8 @@ def _run_backbone(plan: Plan, entry: BackboneEntry, context: dict[str, Any], bar
         bar.set_description(f"{entry.label} × {column.spec.label}")
         folder = config.out / "runs" / _backbone_key(entry, config) / _dataset_key(column.spec)
         here_context = context | {"dtype": dtype}  # what ran for this backbone: ``auto`` resolved
-        results, run = _sweep(config, column, list(dict.fromkeys(needed)), folder, localizer_for, cache, here_context)
+        results, run = _sweep(config, column, list(dict.fromkeys(needed)), folder, backbone, dtype, cache,
+                              here_context)
         provenance = {**_provenance(entry, config), **here_context, **run, "run_folder": str(folder.relative_to(config.out))}
         for i, row in enumerate(entry.rows):
             if row.fixed:
@@ -250,29 +250,27 @@ def _run_backbone(plan: Plan, entry: BackboneEntry, context: dict[str, Any], bar
             cells.append(_cell(plan, entry, row, column, setting, results[setting], how, held_out, candidates,
                                folder, provenance, run["skipped"]))
             bar.update(1)
-    loaded.clear()
+    backbone.cache_clear()
     return cells
 
 
-def _sweep(config: TableConfig, column: Column, settings: list[SweepSetting], folder: Path, localizer_for,
-           cache, context: dict[str, Any]) -> tuple[dict[SweepSetting, Row], dict[str, Any]]:
+def _sweep(config: TableConfig, column: Column, settings: list[SweepSetting], folder: Path,
+           backbone: Callable[[], Backbone], dtype: str, cache: FeatureCache | None,
+           context: dict[str, Any]) -> tuple[dict[SweepSetting, Row], dict[str, Any]]:
     """One backbone × dataset: its settings' results over the whole prediction files, and what this run did.
 
     Files that could not be decoded are remembered in the folder (until they change), so a finished cell is read
     back without decoding them or loading the backbone."""
-    dataset, unreadable = column.dataset, folder / "unreadable"
+    dataset = column.dataset
     limit = len(dataset) if config.limit is None else min(config.limit, len(dataset))
-    known = {i for i in range(limit) if known_unreadable(unreadable, dataset[i].image_id, dataset[i].path)}
-    sweep = Sweep(settings, dataset, [i for i in range(limit) if i not in known], folder, localizer_for, cache=cache,
-                  resume=True, batch_size=config.batch_size, workers=config.workers, progress=not config.quiet,
-                  max_pixels=config.max_pixels)
+    sweep = Sweep(settings, dataset, range(limit), folder, backbone, device=config.device, dtype=dtype, cache=cache,
+                  unreadable=folder / "unreadable", resume=True, batch_size=config.batch_size,
+                  workers=config.workers, progress=not config.quiet, max_pixels=config.max_pixels)
     rows = {r.setting: r for r in sweep.run()}
-    for failed in sweep.stats.errors.values():
-        remember_unreadable(unreadable, failed.image_id, Path(failed.path), failed.error)
     st = sweep.stats
     run = {"images_computed": st.processed - st.from_cache, "images_from_cache": st.from_cache,
            "forward_s": round(st.forward_s, 3), "wall_s": round(st.wall_s, 3),
-           "skipped": len(known) + len(st.errors) + len(dataset.skipped)}
+           "skipped": len(st.errors) + len(dataset.skipped)}
     if st.processed:
         entry = {k: run[k] for k in ("images_computed", "images_from_cache", "forward_s", "wall_s")}
         entry |= {k: context[k] for k in ("date", "device", "dtype", "lost_reg", "git_commit", "git_dirty")}
@@ -305,7 +303,7 @@ def _cell(plan: Plan, entry: BackboneEntry, row: RowPlan, column: Column, settin
 def reproduce(config: TableConfig, backbone: BackboneSpec, dataset: DatasetSpec, setting: SweepSetting,
               out: Path) -> list[str]:
     """The ``lost-reg eval`` command whose predictions are this cell's, image for image."""
-    opts = setting.method.options()
+    opts = option_values(setting.method)
     ev = EvalConfig(**dataset.options.model_dump(), backbone=backbone.name, weights=backbone.weights,
                     pos_resample=config.pos_resample, model_args=config.model_args,
                     test_time_registers=backbone.test_time_registers, device=config.device, dtype=config.dtype,
