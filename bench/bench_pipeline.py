@@ -122,12 +122,12 @@ def _setup(args: argparse.Namespace):
 
     from lost_reg.cli.options import from_args
     from lost_reg.config import LocalizerOptions
-    from lost_reg.pipeline import build_localizer
+    from lost_reg.pipeline import build_localizer, plan_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return build_localizer(from_args(LocalizerOptions, args))  # --compile: warm-up compiles, before the clock
+    return build_localizer(plan_run(from_args(LocalizerOptions, args)))  # --compile: warm-up compiles, before the clock
 
 
 def _decode_all(localizer, paths: list[Path]):

@@ -232,12 +232,46 @@ def source_of(options: ModelOptions) -> Source:
     return resolve_source(options.backbone, options.weights, options.pos_resample, **options.model_args)
 
 
-def build_localizer(options: LocalizerOptions, source: Source | None = None) -> Localizer:
-    """The configured backbone (``source``, if resolved already) on its device, every ``auto`` from the recipe of
-    the weights' family: what the CLI, the engines and the service run."""
+@dataclass(frozen=True)
+class RunPlan:
+    """One job's every choice with no ``auto`` left (made by :func:`plan_run`): what builds its backbone and
+    :class:`Localizer`, and what its ``summary.json`` records (``plan``)."""
+
+    source: Source
+    method: Method
+    features: str
+    layer: int
+    prep: str
+    device: str
+    dtype: str
+    test_time_registers: str | None = None
+    max_side: int | None = None
+    compile: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as ``summary.json`` records it."""
+        return {"backbone": self.source.describe(), "method": {"name": self.method.name, **self.method.options()},
+                "features": self.features, "layer": self.layer, "prep": self.prep, "device": self.device,
+                "dtype": self.dtype, "test_time_registers": self.test_time_registers, "max_side": self.max_side,
+                "compile": self.compile}
+
+
+def plan_run(options: LocalizerOptions, source: Source | None = None) -> RunPlan:
+    """The one place a job's defaults are decided: names and weights → publisher and family
+    (:func:`~lost_reg.models.resolve_source`, unless ``source`` is given), the family's recipe → method and its
+    options, features, layer, preparation (:func:`~lost_reg.recipes.resolve`), the device → device and dtype."""
     source = source or source_of(options)
     s = resolve(source.family, options.method, options.method_options(), options.features, options.layer,
                 options.prep)
-    bb = create_backbone(source, features=s.features, layer=s.layer, test_time_registers=options.test_time_registers)
-    return Localizer(bb, s.method, prep=s.prep, max_side=options.max_side, device=options.device, dtype=options.dtype,
-                     compile=options.compile)
+    device = resolve_device(options.device)
+    return RunPlan(source, s.method, s.features, s.layer, s.prep, str(device),
+                   resolve_dtype(source.family, device, options.dtype), options.test_time_registers,
+                   options.max_side, options.compile)
+
+
+def build_localizer(plan: RunPlan) -> Localizer:
+    """The plan's backbone on its device with its method: what the CLI, the engines and the service run."""
+    bb = create_backbone(plan.source, features=plan.features, layer=plan.layer,
+                         test_time_registers=plan.test_time_registers)
+    return Localizer(bb, plan.method, prep=plan.prep, max_side=plan.max_side, device=plan.device, dtype=plan.dtype,
+                     compile=plan.compile)

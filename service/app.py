@@ -247,7 +247,7 @@ def _openapi(app: FastAPI, runtime: Runtime, settings: Settings) -> Callable[[],
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         loc = runtime.worker.localizer if runtime.ready and runtime.worker else None
         patch = loc.patch_size if loc else 1
-        method = loc.method.name if loc else settings.resolved("other").method.name  # provisional: not kept
+        method = (loc.method if loc else resolve_method("other", settings.method, settings.method_options())).name
         schema["paths"]["/v1/boxes"]["post"]["requestBody"] = boxes_request_schema(
             settings.max_files, (patch, settings.max_side), method, settings.max_objects_limit)
         export = ExportRequest.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -43,8 +43,8 @@ T = TypeVar("T")
 
 
 def build_localizer(settings: Settings) -> Localizer:
-    """The configured backbone on its device (downloads pretrained weights if needed)."""
-    return pipeline.build_localizer(settings)
+    """The configured backbone on its device, its plan made once (downloads pretrained weights if needed)."""
+    return pipeline.build_localizer(pipeline.plan_run(settings))
 
 
 @dataclass

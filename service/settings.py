@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lost_reg.config import LocalizerOptions, MaskOptions
 from lost_reg.options import Cli
-from lost_reg.recipes import RECIPES, Setting, resolve
+from lost_reg.recipes import RECIPES, resolve_method
 
 from . import MAX_SIDE
 
@@ -104,7 +104,7 @@ class Settings(BaseSettings, LocalizerOptions, MaskOptions):
         problems = []
         for family in RECIPES:
             try:
-                self.resolved(family)
+                resolve_method(family, self.method, self.method_options())
                 return self
             except ValueError as e:
                 problems.append(e)
@@ -122,8 +122,3 @@ class Settings(BaseSettings, LocalizerOptions, MaskOptions):
     def max_request_bytes(self) -> int:
         """Largest acceptable body: every file at its limit plus 1 MB of multipart framing and options."""
         return self.max_files * self.max_file_bytes + MB
-
-    def resolved(self, family: str) -> Setting:
-        """Method (with the options that are set), features, layer and preparation, ``auto`` resolved for
-        weights of ``family`` (:mod:`lost_reg.recipes`)."""
-        return resolve(family, self.method, self.method_options(), self.features, self.layer, self.prep)

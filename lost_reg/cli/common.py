@@ -20,7 +20,7 @@ from ..files import write_text
 from ..images import read_image
 from ..loop import FailedImage
 from ..options import Options
-from ..pipeline import Localizer
+from ..pipeline import Localizer, RunPlan
 
 
 def dataset_of(options: DatasetOptions) -> Dataset:
@@ -41,8 +41,8 @@ def skipped_lines(skipped: list[tuple[str, str]], first: int = 3) -> list[str]:
             for reason, ids in by_reason.items()]
 
 
-def run_info(config: Options, localizer: Localizer) -> dict[str, Any]:
-    """Configuration and versions, for the summary files (``--config`` reads the configuration back)."""
+def run_info(config: Options, localizer: Localizer, plan: RunPlan | None = None) -> dict[str, Any]:
+    """Configuration, the run plan and versions, for the summary files (``--config`` reads the configuration back)."""
     bb = localizer.backbone
     return {
         "config": config.record(),
@@ -55,6 +55,7 @@ def run_info(config: Options, localizer: Localizer) -> dict[str, Any]:
                      "prep": localizer.prep,
                      "device": str(localizer.device), "dtype": localizer.dtype,
                      "native_bf16": bf16_hardware(localizer.device)},
+        **({"plan": plan.describe()} if plan else {}),
         "versions": {"lost_reg": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
     }

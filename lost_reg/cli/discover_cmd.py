@@ -27,8 +27,7 @@ from ..datasets import ImageFolder
 from ..engines import DiscoverConfig, file_name, in_shard, run as run_engine
 from ..errors import LostRegError
 from ..export import ExportOptions, coco_image_ids, export, load_hint, local_files_prefix
-from ..pipeline import source_of
-from ..recipes import resolve_method
+from ..pipeline import plan_run
 from .common import write_json
 from .options import add_options, from_args
 
@@ -53,17 +52,16 @@ def run(config: DiscoverConfig) -> int:
     for path, reason in dataset.skipped:
         print(f"skipped {path}: {reason}")
     samples = [s for s in dataset if in_shard(s.image_id, config.shard)]
-    source = source_of(config)
-    method = resolve_method(source.family, config.method, config.method_options())  # checked before any image
+    plan = plan_run(config)  # checked before any image
     if config.coco_gt and config.format != "coco-results":
         raise LostRegError("--coco-gt is for --format coco-results")
     if config.format == "yolo-seg" and config.no_masks:
         raise LostRegError("--format yolo-seg writes masks: drop --no-masks, or use --format yolo for boxes")
     image_ids, category = (ground_truth_ids(config.coco_gt, [file_name(s) for s in samples]) if config.coco_gt
                            else (None, 1))
-    outcome = run_engine(config, samples)
+    outcome = run_engine(config, plan, samples)
     prefix = local_files_prefix(config.paths) if config.image_url_prefix is None else config.image_url_prefix
-    options = ExportOptions(prefix, f"lost-reg {source.name} {method.describe()}", image_ids, category,
+    options = ExportOptions(prefix, f"lost-reg {plan.source.name} {plan.method.describe()}", image_ids, category,
                             config.mask_format)
     export(outcome.records, config.out, config.format, options)
     errors = errors_file(config.out)

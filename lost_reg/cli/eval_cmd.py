@@ -12,7 +12,7 @@ from typing import Any
 from ..config import EvalConfig
 from ..evaluation import CorLocEvaluator, PredictionWriter, corloc, load_predictions, summarize
 from ..loop import Failures, ProgressBar, build_loader, inference_on_dataset, shape_order
-from ..pipeline import build_localizer
+from ..pipeline import build_localizer, plan_run
 from ..vis import Visualizer
 from .common import dataset_of, run_info, write_json
 from .options import add_options, from_args
@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
 def run(config: EvalConfig) -> int:
     """Evaluate ``config``'s setting on its dataset, writing ``predictions.jsonl`` and ``summary.json``."""
     dataset = dataset_of(config)
-    localizer = build_localizer(config)
+    plan = plan_run(config)
+    localizer = build_localizer(plan)
     config.out.mkdir(parents=True, exist_ok=True)
     predictions = config.out / "predictions.jsonl"
     writer = PredictionWriter(predictions, resume=config.resume)
@@ -69,7 +70,7 @@ def run(config: EvalConfig) -> int:
         "timings": {"wall_s": stats.wall, "images_per_s": stats.processed / stats.wall if stats.wall else 0.0,
                     "decode_wait_s": stats.wait, "forward_s": timings.forward, "discovery_s": timings.discovery,
                     "write_s": stats.process},
-        **run_info(config, localizer),
+        **run_info(config, localizer, plan),
     }
     write_json(config.out / "summary.json", summary)
     if stats.failed:

@@ -13,14 +13,16 @@ import functools
 import shlex
 from typing import Any
 
+import torch
+
 from ..backbone import FEATURES, Backbone
-from ..config import EvalConfig, SweepConfig
-from ..devices import bf16_hardware, resolve_device
+from ..config import EvalConfig, LocalizerOptions, ModelOptions, RuntimeOptions, SweepConfig
+from ..devices import bf16_hardware
 from ..images import PREPS
 from ..methods import all_option_specs
 from ..models import create_backbone
-from ..pipeline import source_of
-from ..recipes import AUTO, recipe_for, resolve_dtype
+from ..pipeline import plan_run
+from ..recipes import AUTO
 from ..sweep import Sweep, expand, expand_settings, feature_cache, write_reports
 from .common import dataset_of, write_json
 from .options import add_options, from_args
@@ -44,10 +46,12 @@ def run(config: SweepConfig) -> int:
     specs = all_option_specs()
     options = {name: expand(getattr(config, name), specs[name][0].type) for name in specs
                if getattr(config, name) is not None}
-    source = source_of(config)
-    recipe = recipe_for(source.family)
-    layers = [recipe.layer] if config.layers == AUTO else expand(config.layers, int)
-    features = [recipe.features if f == AUTO else f for f in expand(config.features)]
+    # the backbone's plan (an ``auto`` setting is the plan's); each setting's method and preparation: expand_settings
+    plan = plan_run(LocalizerOptions(**{k: getattr(config, k) for k in (*ModelOptions.model_fields,
+                                                                        *RuntimeOptions.model_fields)}))
+    source, device, dtype = plan.source, torch.device(plan.device), plan.dtype  # dtype keys the cache
+    layers = [plan.layer] if config.layers == AUTO else expand(config.layers, int)
+    features = [plan.features if f == AUTO else f for f in expand(config.features)]
     for kind in features:
         if kind not in FEATURES:
             raise ValueError(f"--features: {kind!r} is not one of {', '.join(FEATURES)}")
@@ -58,8 +62,6 @@ def run(config: SweepConfig) -> int:
     settings = expand_settings(source.family, expand(config.method), options, features, layers, preps)
     dataset = dataset_of(config)
     indices = list(range(len(dataset) if config.limit is None else min(config.limit, len(dataset))))
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(source.family, device, config.dtype)  # keys the cache: bf16 and fp32 features never mix
     cache = None if config.cache is None else feature_cache(
         config.cache, source, model_args=config.model_args, max_side=config.max_side, dtype=dtype,
         test_time_registers=config.test_time_registers, cache_dtype=config.cache_dtype)

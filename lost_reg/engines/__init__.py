@@ -25,7 +25,7 @@ from ..export import FORMATS, LABEL_STUDIO_PREFIX, MASK_FORMATS, MASK_FORMATS_WR
 from ..images import Prepared
 from ..loop import FailedImage
 from ..options import Cli, Options
-from ..pipeline import Detection, Localizer
+from ..pipeline import Detection, Localizer, RunPlan
 from ..multiobject import DEFAULT_MULTI, MULTI_MODES
 from ..scores import DEFAULT_SCORE, SCORES
 
@@ -131,9 +131,9 @@ class Outcome:
     """A line about the run (speed, workers)."""
 
 
-def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
-    """Run the configured engine (a key of :data:`ENGINES`); its module is imported only then."""
-    return importlib.import_module(f".{config.engine}", __name__).run(config, samples)
+def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Outcome:
+    """Run ``plan`` on the configured engine (a key of :data:`ENGINES`); its module is imported only then."""
+    return importlib.import_module(f".{config.engine}", __name__).run(config, plan, samples)
 
 
 def find(config: DiscoverConfig, localizer: Localizer, batch: Sequence[Prepared]) -> list[list[Detection]]:

@@ -15,7 +15,7 @@ from ..datasets import Sample
 from ..evaluation import PredictionWriter, load_predictions
 from ..export import ImageRecord
 from ..loop import Failures, ProgressBar, build_loader, inference_on_dataset, shape_order
-from ..pipeline import build_localizer
+from ..pipeline import RunPlan, build_localizer
 from ..vis import Visualizer
 from . import DiscoverConfig, Outcome, find, image_record
 
@@ -26,8 +26,8 @@ def work_file(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
-def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
-    localizer = build_localizer(config)
+def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Outcome:
+    localizer = build_localizer(plan)
     partial = work_file(config.out)
     writer = PredictionWriter(partial, resume=config.resume,
                               record=lambda sample, prepared, objects: image_record(sample, prepared.size,

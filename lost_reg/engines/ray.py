@@ -27,6 +27,7 @@ from ..datasets import Sample
 from ..errors import LostRegError
 from ..export import ImageRecord
 from ..loop import FailedImage
+from ..pipeline import RunPlan
 from . import DiscoverConfig, Outcome, file_name, find
 
 
@@ -59,10 +60,10 @@ class DiscoverActor:
     """One model per actor, loaded once; each batch localised per padded shape, as the local engine does."""
 
     def __init__(self, config: DiscoverConfig) -> None:
-        from ..pipeline import build_localizer
+        from ..pipeline import build_localizer, plan_run
 
         self.config = config
-        self.localizer = build_localizer(config)
+        self.localizer = build_localizer(plan_run(config))  # this actor's device: a GPU actor's auto is its own
         self.visualizer = None
         if config.save_vis is not None:
             from ..vis import Visualizer
@@ -98,7 +99,7 @@ class DiscoverActor:
                 "objects": objects, "error": batch["error"]}
 
 
-def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
+def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Outcome:
     # Ray Data reads its logging config when it first logs: keep its console to warnings (ours says the rest)
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     try:
@@ -106,25 +107,20 @@ def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
     except ImportError:
         raise LostRegError('--engine ray needs Ray, which lost-reg does not install by default: '
                            'pip install "lost-reg[ray]"') from None
-    from ..pipeline import source_of
-    from ..recipes import resolve
-
     state = state_folder(config.out)
     size = config.chunk_size
     chunks = [list(range(s, min(s + size, len(samples)))) for s in range(0, len(samples), size)]
-    plan = hashlib.sha256(json.dumps([[samples[i].image_id for i in c] for c in chunks]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([[samples[i].image_id for i in c] for c in chunks]).encode()).hexdigest()
     if config.resume and (state / "plan.json").exists():
-        if json.loads((state / "plan.json").read_text())["sha256"] != plan:
+        if json.loads((state / "plan.json").read_text())["sha256"] != digest:
             raise LostRegError(f"the inputs or --chunk-size changed since the run in {state}; "
                                "rerun without --resume (or with the same inputs)")
     elif state.exists():
         shutil.rmtree(state)
     state.mkdir(parents=True, exist_ok=True)
-    (state / "plan.json").write_text(json.dumps({"sha256": plan, "chunks": len(chunks), "images": len(samples)}))
+    (state / "plan.json").write_text(json.dumps({"sha256": digest, "chunks": len(chunks), "images": len(samples)}))
 
-    source = source_of(config)
-    setting = resolve(source.family, config.method, config.method_options(), prep=config.prep)
-    patch = source.patch_size
+    patch = plan.source.patch_size
     _start_ray(ray, config)
     gpus = config.gpus_per_actor
     if gpus is None:
@@ -143,7 +139,7 @@ def run(config: DiscoverConfig, samples: Sequence[Sample]) -> Outcome:
                   "file_name": file_name(samples[i])} for i in chunks[c]]
         ds = ray.data.from_items(items)
         ds = ds.map_batches(decode_batch, fn_kwargs={"patch_size": patch, "max_side": config.max_side,
-                                                     "prep": setting.prep, "max_pixels": config.max_pixels},
+                                                     "prep": plan.prep, "max_pixels": config.max_pixels},
                             batch_size=config.decode_batch, num_cpus=1, batch_format="numpy")
         ds = ds.map_batches(DiscoverActor, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size,
                             num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=config.actors),
