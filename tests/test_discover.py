@@ -286,3 +286,23 @@ def test_a_decompression_bomb_and_a_tiny_image_are_reported_and_the_run_goes_on(
     capsys.readouterr()
     assert main(["discover", str(photos), "--out", str(out), "--max-side", "5", *TINY_ARGS]) == 2
     assert "max_side must be at least the patch size (14)" in capsys.readouterr().err
+
+
+def test_a_local_checkpoint_is_read_once_per_job(photos, tmp_path, monkeypatch):
+    """One plan per job: the weights file is read when the plan is made, never again by the engine."""
+    import timm
+    import torch
+
+    from lost_reg import models
+
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, depth=2, embed_dim=48,
+                              num_heads=3, img_size=70)
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
+    reads = []
+    real = models.read_checkpoint
+    monkeypatch.setattr(models, "read_checkpoint", lambda path: reads.append(path) or real(path))
+    out = tmp_path / "boxes.json"
+    assert main(["discover", str(photos / "more"), "--out", str(out), "--weights", str(tmp_path / "tiny.pth"),
+                 "--model-arg", "num_heads=3", "--device", "cpu", "--workers", "0", "--quiet"]) == 0
+    assert len(json.loads(out.read_text())["annotations"]) == 2
+    assert reads == [str(tmp_path / "tiny.pth")]

@@ -78,6 +78,11 @@ def test_eval_writes_predictions_summary_and_reports_bad_files(tmp_path, capsys)
     assert [s["image_id"] for s in summary["annotations_skipped"]] == ["000007"]
     assert summary["backbone"]["registers"] == 4 and summary["backbone"]["prefix_tokens"] == 5
     assert summary["corloc"] == pytest.approx(sum(p["found"] for p in preds) / 6)
+    plan, bb = summary["plan"], summary["backbone"]  # the one resolved plan, every ``auto`` decided, as it ran
+    assert plan["method"] == summary["method"] and plan["backbone"] == bb["source"]
+    assert [plan[k] for k in ("features", "prep", "device", "dtype")] == [bb["features"], bb["prep"], bb["device"],
+                                                                         bb["dtype"]] and plan["layer"] == -1
+    assert "auto" not in json.dumps(plan)
 
 
 def test_resume_after_a_killed_run_gives_identical_predictions(tmp_path):
