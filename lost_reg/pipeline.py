@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -251,9 +251,7 @@ class RunPlan:
     def describe(self) -> dict[str, Any]:
         """The plan as ``summary.json`` records it."""
         return {"backbone": self.source.describe(), "method": {"name": self.method.name, **self.method.options()},
-                "features": self.features, "layer": self.layer, "prep": self.prep, "device": self.device,
-                "dtype": self.dtype, "test_time_registers": self.test_time_registers, "max_side": self.max_side,
-                "compile": self.compile}
+                **{f.name: getattr(self, f.name) for f in fields(self)[2:]}}
 
 
 def plan_run(options: LocalizerOptions, source: Source | None = None) -> RunPlan:

@@ -49,7 +49,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from lost_reg.export import ImageRecord, LabelStudioControls, labelstudio_prediction
-from lost_reg.recipes import resolve_prep
 
 from .admission import Ticket
 from .bodies import read_body, require_json
@@ -227,7 +226,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
         lanes = min(len(wanted.tasks), settings.label_studio_downloads)
         ticket.take(lanes)
         version = runtime.model_version()
-        prep = resolve_prep(worker.localizer.backbone.family, worker.localizer.method, settings.prep)
+        prep = worker.localizer.prep  # the server's plan
         tasks = iter(enumerate(wanted.tasks))
         results: list[dict[str, Any]] = [{}] * len(wanted.tasks)
         skipped: Counter[str] = Counter()
