@@ -18,7 +18,7 @@ from pydantic import Field, create_model
 from .artifacts import MAX_SHARE, MIN_GAP, MIN_SEPARATION
 from .backbone import FEATURES
 from .datasets import DatasetOptions
-from .devices import DTYPES
+from .devices import AUTO, DTYPES
 from .images import MAX_PIXELS, PREPS
 from .methods import METHODS, all_option_specs
 from .models import DEFAULT_BACKBONE, OFFLINE_BACKBONE
@@ -26,7 +26,6 @@ from .options import Cli, Options
 from .posembed import POS_RESAMPLES
 from .refine import DEFAULT_REFINE, REFINERS
 
-AUTO = "auto"
 PATHS_HELP = "images: files, folders (searched recursively), glob patterns or .txt lists of paths"
 
 

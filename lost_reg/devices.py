@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 """The backbone's autocast precisions by name (the methods' graphs are always float32)."""
 
 AUTO = "auto"
-"""``--dtype auto``: bfloat16 where the device runs it natively (:func:`bf16_hardware`), else float32."""
+"""Every option's "decide for me" (the one value :func:`lost_reg.pipeline.plan_run` resolves, once per job)."""
 
 NATIVE_BF16_ENV = "LOST_REG_NATIVE_BF16"
 """``1`` or ``0`` overrides the bfloat16 probe (:func:`bf16_hardware`): a CPU it misjudges, or tests."""

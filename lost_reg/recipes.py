@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
+from .devices import AUTO
 from .devices import resolve_dtype as device_dtype
 from .methods import METHODS, Method, build_method
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
