@@ -63,8 +63,8 @@ def prepare(image: np.ndarray, patch_size: int, max_side: int | None = None, pre
 
 def read_image(source: str | Path | bytes, name: str, patch_size: int, max_side: int | None = None,
                prep: str = "pad", max_pixels: int | None = None) -> Prepared:
-    """An image file (or its bytes) decoded and prepared in this process: the ray engine's decoding tasks and the
-    token analyses; the loop and the service decode in killable processes (:class:`~lost_reg.decoders.DecodePool`)."""
+    """An image file (or its bytes) decoded and prepared in this process: the ray engine's decoding tasks; the loop,
+    the token analyses and the service decode in killable processes (:class:`~lost_reg.decoders.DecodePool`)."""
     return prepare(decode_image(source, name=name, max_pixels=max_pixels), patch_size, max_side, prep, name=name)
 
 

@@ -93,3 +93,15 @@ def test_discover_reports_and_skips_bombs_in_a_folder(photos, tmp_path):  # noqa
     errors = {e["image_id"]: e["error"] for e in report["errors"]}
     assert sorted(errors) == ["broken.jpg", "scan-bomb.jpg", "tile-bomb.tif"]
     assert "not decoded within" in errors["scan-bomb.jpg"] and "3000x3000 tile" in errors["tile-bomb.tif"]
+
+
+def test_artifacts_reports_and_skips_a_scan_bomb_in_a_folder(photos, tmp_path):  # noqa: F811 (the fixture)
+    """The token analyses decode as runs do: the bomb is stopped and reported, the other photos are measured."""
+    (photos / "scan-bomb.jpg").write_bytes(SCAN_BOMB)
+    out = tmp_path / "artifacts"
+    assert main(["artifacts", str(photos), "--out", str(out), "--max-side", "140", "--quiet",
+                 *[a for a in TINY_ARGS if a not in ("--workers", "0", "--quiet")]]) == 0
+    report = json.loads((out / "report.json").read_text())
+    errors = {e["image_id"]: e["error"] for e in report["errors"]}
+    assert report["images"] == 4 and sorted(errors) == ["broken.jpg", "scan-bomb.jpg"]
+    assert "not decoded within" in errors["scan-bomb.jpg"]

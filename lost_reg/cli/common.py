@@ -17,8 +17,8 @@ from ..datasets import Dataset, DatasetOptions, dataset_from
 from ..devices import bf16_hardware
 from ..errors import LostRegError
 from ..files import write_text
-from ..images import read_image
-from ..loop import FailedImage
+from ..decoders import DECODE_TIMEOUT_S, DecodePool
+from ..loop import DECODE_WALL_S, FailedImage
 from ..options import Options
 from ..pipeline import Localizer, RunPlan
 
@@ -65,17 +65,22 @@ def whole_patch_images(dataset: Dataset, limit: int, patch_size: int, max_side: 
                        errors: list[FailedImage], progress: bool = True) -> Iterator[torch.Tensor]:
     """uint8 [3, H, W] crops of the first ``limit`` images onto whole patches (no padding: it would skew token
     norms), one at a time, for the token analyses (``artifacts``, ``registers find``); unreadable images go to
-    ``errors``."""
-    for i in tqdm(range(limit), unit="img", disable=not progress, dynamic_ncols=True):
-        sample = dataset[i]
-        try:
-            p = read_image(sample.path, sample.image_id, patch_size, max_side, max_pixels=max_pixels)
-        except LostRegError as e:
-            errors.append(FailedImage(sample.image_id, str(sample.path), str(e)))
-            tqdm.write(f"skipped {e}")
-            continue
-        vh, vw = (v // patch_size * patch_size for v in p.valid)
-        yield p.pixels[:, :vh, :vw]
+    ``errors``; decoded in a killable process, as ``eval`` decodes (a hostile file is stopped, never the run)."""
+    pool = DecodePool(1, timeout_s=DECODE_WALL_S, max_pixels=max_pixels, cpu_s=DECODE_TIMEOUT_S)
+    try:
+        for i in tqdm(range(limit), unit="img", disable=not progress, dynamic_ncols=True):
+            sample = dataset[i]
+            try:
+                p = pool.result(pool.decode(sample.path, sample.image_id, patch_size, max_side, "pad"),
+                                sample.image_id)
+            except LostRegError as e:
+                errors.append(FailedImage(sample.image_id, str(sample.path), str(e)))
+                tqdm.write(f"skipped {e}")
+                continue
+            vh, vw = (v // patch_size * patch_size for v in p.valid)
+            yield p.pixels[:, :vh, :vw]
+    finally:
+        pool.close()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
