@@ -226,4 +226,4 @@ def test_a_method_keeps_its_own_options_when_another_declares_the_name_otherwise
                                                             "tau": [0.3]}, ["k"], [-1], ["pad"])
     assert [(s.method.name, s.method.components) for s in settings] == [("lost", "torch"), ("rival", "torch")]
     assert settings[1].method == Rival(tau=0.3)
-    assert settings[1].eval_args()[-2:] == ["--rival-components", "torch"]
+    assert methods.option_values(settings[1].method)["rival_components"] == "torch"  # the flag of its own option

@@ -19,11 +19,11 @@ from ..backbone import FEATURES, Backbone
 from ..config import EvalConfig, LocalizerOptions, ModelOptions, RuntimeOptions, SweepConfig
 from ..devices import bf16_hardware
 from ..images import PREPS
-from ..methods import all_option_specs
+from ..methods import all_option_specs, option_values
 from ..models import create_backbone
 from ..pipeline import plan_run
 from ..recipes import AUTO
-from ..sweep import Sweep, expand, expand_settings, feature_cache, write_reports
+from ..sweep import Sweep, SweepSetting, expand, expand_settings, feature_cache, write_reports
 from .common import dataset_of, write_json
 from .options import add_options, from_args
 
@@ -80,9 +80,16 @@ def run(config: SweepConfig) -> int:
                   progress=not config.quiet, max_pixels=config.max_pixels)
     rows = sweep.run()
     shared = {name: getattr(config, name) for name in REPRODUCE if name != "out"} | {"dtype": dtype}
-    command = ["lost-reg", "eval", *EvalConfig(**shared, out=config.out / "best").argv(REPRODUCE)]
+
+    def reproduce(s: SweepSetting) -> list[str]:
+        """The ``lost-reg eval`` command of one setting: the sweep's data and backbone, then the setting's flags."""
+        own = {"method": s.method.name, "features": s.features, "layer": s.layer, "prep": s.prep,
+               **option_values(s.method)}
+        ev = EvalConfig(**shared, **own, out=config.out / "best")
+        return ["lost-reg", "eval", *ev.argv(REPRODUCE), *ev.argv(own)]
+
     title = f"lost-reg sweep: {source.name} on {config.dataset} {config.root} ({len(indices)} images)"
-    best = write_reports(rows, config.out, command, title)
+    best = write_reports(rows, config.out, reproduce, title)
     write_json(config.out / "best.json", best)
     st = sweep.stats
     write_json(config.out / "summary.json", {

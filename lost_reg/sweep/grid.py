@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backbone import Tap
-from ..methods import Method, all_option_specs, option_fields, option_values
+from ..methods import Method, all_option_specs, option_fields
 from ..recipes import AUTO, recipe_for, resolve_method, resolve_prep
 
 _RANGE = re.compile(r"^(?P<prefix>[A-Za-z][\w-]*:)?(?P<a>-?[\d.]+(?:e-?\d+)?):(?P<b>-?[\d.]+(?:e-?\d+)?)"
@@ -69,14 +69,6 @@ class SweepSetting:
     def slug(self) -> str:
         """The name as a folder name."""
         return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", self.name).strip("_")
-
-    def eval_args(self) -> list[str]:
-        """The ``lost-reg eval`` flags that select exactly this setting."""
-        args = ["--method", self.method.name, "--features", self.features, "--layer", str(self.layer),
-                "--prep", self.prep]
-        for k, v in option_values(self.method).items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
-        return args
 
 
 def expand_settings(family: str, methods: Sequence[str], options: dict[str, list[Any]], features: Sequence[str],

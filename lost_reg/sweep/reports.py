@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..evaluation import CorLoc
 from ..files import atomic_write, write_text
 from ..methods import METHODS
+from .grid import SweepSetting
 from .rows import Row
 
 
-def write_reports(rows: list[Row], out: Path, command: Sequence[str], title: str) -> dict[str, Any]:
-    """``results.csv``, ``results.md``, ``corloc.png`` and the best rows (returned, for ``best.json``).
-
-    ``command`` is the ``lost-reg eval`` command line without the setting's flags.
-    """
+def write_reports(rows: list[Row], out: Path, command: Callable[[SweepSetting], list[str]],
+                  title: str) -> dict[str, Any]:
+    """``results.csv``, ``results.md``, ``corloc.png`` and the best rows (returned, for ``best.json``), each row
+    with ``command(setting)``: the ``lost-reg eval`` command line that reproduces it."""
     out.mkdir(parents=True, exist_ok=True)
     option_names = list(dict.fromkeys(k for r in rows for k in r.setting.method.options()))
     table = io.StringIO(newline="")
@@ -55,12 +55,12 @@ def _pct(c: CorLoc) -> str:
     return f"{100 * c.corloc:.1f} % ({c.found}/{c.total})"
 
 
-def _row_json(r: Row, command: Sequence[str]) -> dict[str, Any]:
+def _row_json(r: Row, command: Callable[[SweepSetting], list[str]]) -> dict[str, Any]:
     s = r.setting
     return {"setting": s.name, "prep": s.prep, "features": s.features, "layer": s.layer, "method": s.method.name,
             "options": s.method.options(), "corloc": r.corloc.corloc, "found": r.corloc.found,
             "total": r.corloc.total, "mean_iou": r.mean_iou, "whole_image": r.whole, "robust": r.robust,
-            "command": [*command, *s.eval_args()]}
+            "command": command(s)}
 
 
 def chart(rows: list[Row], path: Path, title: str, top: int = 40) -> None:
