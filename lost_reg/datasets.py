@@ -13,6 +13,7 @@ import glob
 import io
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -309,9 +310,7 @@ def _unique_files(found: list[tuple[str, str, Path]]) -> list[tuple[str, Path]]:
     by_file: dict[str, tuple[str, str, Path]] = {}
     for entry in found:
         by_file.setdefault(os.path.realpath(entry[2]), entry)
-    counts: dict[str, int] = {}
-    for image_id, _, _ in by_file.values():
-        counts[image_id] = counts.get(image_id, 0) + 1
+    counts = Counter(image_id for image_id, _, _ in by_file.values())
     return [(image_id if counts[image_id] == 1 else given, file) for image_id, given, file in by_file.values()]
 
 

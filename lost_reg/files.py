@@ -30,9 +30,6 @@ def write_text(path: Path, text: str) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file's content, read in 1 MB blocks."""
-    digest = hashlib.sha256()
+    """The hex SHA-256 of a file's content, read in blocks."""
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -22,6 +22,7 @@ and the gated product for SwiGLU/GLU MLPs alike.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -213,9 +214,8 @@ def find_register_neurons(
             if trials[top_k] <= share / 10 or top_k >= max_k:
                 break
             top_k *= 2
-    after = trials.get(top_k)
-    if after is None:
-        after = _outlier_share(model, images(), layer, cutoff, trial_images, pick(top_k), base)
+    after = trials[top_k] if top_k in trials else _outlier_share(model, images(), layer, cutoff, trial_images,
+                                                                 pick(top_k), base)
     chosen = pick(top_k)
     return RegisterNeurons(
         backbone, weights, dict(sorted(chosen.items())), layer, cutoff,
@@ -260,9 +260,7 @@ def _outlier_share(model: nn.Module, images: Iterable[torch.Tensor], layer: int,
     handle = model.blocks[layer].register_forward_hook(lambda m, a, o: out.__setitem__("x", o))
     over = count = 0
     try:
-        for i, x in enumerate(images):
-            if i >= limit:
-                break
+        for x in itertools.islice(images, limit):
             model.forward_intermediates(x, indices=[layer], stop_early=True, intermediates_only=True)
             norms = out["x"][0, p:].float().norm(dim=-1)
             over += int((norms > cutoff).sum())

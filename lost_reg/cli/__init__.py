@@ -1,8 +1,8 @@
 """``lost-reg``: one console script, one sub-command per job.
 
-Each sub-command module provides ``CONFIG`` (its typed configuration, :mod:`lost_reg.config`),
-``add_arguments(parser, saved)`` (the flags generated from it), ``main(args) -> int`` (the
-configuration from the parsed flags) and ``run(config) -> int`` (the work, callable from Python too).
+Each sub-command module provides ``CONFIG`` (its typed configuration, :mod:`lost_reg.config`, whose fields
+but ``SKIP`` become its flags) and ``run(config) -> int`` (the work, callable from Python too); one without
+a single configuration (``registers``, ``serve``) provides ``add_arguments(parser, saved)`` and ``main(args)``.
 Every command takes ``--config SUMMARY``: the configuration a run recorded in its ``summary.json``,
 with the flags given overriding it.
 """
@@ -10,6 +10,7 @@ with the flags given overriding it.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 from ..version import __version__
 from ..errors import LostRegError
-from .options import join_negative_values, saved_config
+from .options import add_options, from_args, join_negative_values, saved_config
 
 COMMANDS = {
     "eval": "CorLoc of LOST or TokenCut on VOC07, VOC12 or COCO20k, with every prediction written out",
@@ -43,10 +44,19 @@ def build_parser(saved: dict[str, Any] | None = None, command: str | None = None
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_DefaultsFormatter)
         p.add_argument("--config", type=Path, metavar="SUMMARY",
                        help="repeat a run: the configuration in its summary.json gives every default")
-        module = _module(name)
-        module.add_arguments(p, saved if name == command else None)
-        p.set_defaults(func=module.main)
+        module, own = _module(name), saved if name == command else None
+        if hasattr(module, "CONFIG"):
+            add_options(p, module.CONFIG, skip=getattr(module, "SKIP", ()), saved=own)
+            p.set_defaults(func=functools.partial(_run, module))
+        else:
+            module.add_arguments(p, own)
+            p.set_defaults(func=module.main)
     return parser
+
+
+def _run(module: ModuleType, args: argparse.Namespace) -> int:
+    """A configured command: its configuration from the parsed flags, then its work."""
+    return module.run(from_args(module.CONFIG, args))
 
 
 def _module(name: str) -> ModuleType:

@@ -9,9 +9,6 @@ cutoff rule; ``--layer`` picks the layer whose outliers are compared (default: t
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
-
 import numpy as np
 
 from ..artifacts import analyse, collect, histogram_png
@@ -25,17 +22,8 @@ from ..models import create_backbone
 from ..pipeline import Localizer, source_of
 from ..vis import montage, write_png
 from .common import run_info, whole_patch_images, write_json
-from .options import add_options, from_args
 
 CONFIG = ArtifactsConfig
-
-
-def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
-    add_options(p, CONFIG, saved=saved)
-
-
-def main(args: argparse.Namespace) -> int:
-    return run(from_args(CONFIG, args))
 
 
 def run(config: ArtifactsConfig) -> int:

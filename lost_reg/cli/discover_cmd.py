@@ -18,10 +18,8 @@ every image is done, so only the export is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from ..datasets import ImageFolder
 from ..engines import DiscoverConfig, file_name, in_shard, run as run_engine
@@ -29,17 +27,8 @@ from ..errors import LostRegError
 from ..export import ExportOptions, coco_image_ids, export, load_hint, local_files_prefix
 from ..pipeline import plan_run
 from .common import write_json
-from .options import add_options, from_args
 
 CONFIG = DiscoverConfig
-
-
-def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
-    add_options(p, CONFIG, saved=saved)
-
-
-def main(args: argparse.Namespace) -> int:
-    return run(from_args(CONFIG, args))
 
 
 def errors_file(out: Path) -> Path:

@@ -6,26 +6,14 @@ nothing; ``--resume`` skips what is there and recomputes the summary over the wh
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
-
 from ..config import EvalConfig
 from ..evaluation import CorLocEvaluator, PredictionWriter, corloc, load_predictions, summarize
 from ..loop import Failures, ProgressBar, build_loader, inference_on_dataset, shape_order
 from ..pipeline import build_localizer, plan_run
 from ..vis import Visualizer
 from .common import dataset_of, run_info, write_json
-from .options import add_options, from_args
 
 CONFIG = EvalConfig
-
-
-def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
-    add_options(p, CONFIG, saved=saved)
-
-
-def main(args: argparse.Namespace) -> int:
-    return run(from_args(CONFIG, args))
 
 
 def run(config: EvalConfig) -> int:

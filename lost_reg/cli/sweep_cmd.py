@@ -8,10 +8,8 @@ them). See :mod:`lost_reg.sweep`.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import shlex
-from typing import Any
 
 import torch
 
@@ -25,20 +23,11 @@ from ..pipeline import plan_run
 from ..recipes import AUTO
 from ..sweep import Sweep, SweepSetting, expand, expand_settings, feature_cache, write_reports
 from .common import dataset_of, write_json
-from .options import add_options, from_args
 
 CONFIG = SweepConfig
 REPRODUCE = ("dataset", "root", "coco20k_list", "coco_annotations", "coco_images", "split", "limit", "no_hard",
              "backbone", "weights", "pos_resample", "test_time_registers", "model_args", "max_side", "dtype", "out")
 """The fields of the ``eval`` command that reproduces a row, before the row's own (its setting's) flags."""
-
-
-def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
-    add_options(p, CONFIG, saved=saved)
-
-
-def main(args: argparse.Namespace) -> int:
-    return run(from_args(CONFIG, args))
 
 
 def run(config: SweepConfig) -> int:

@@ -7,25 +7,16 @@ Writes to ``OUT``: ``table.md``, ``table.csv``, ``table.json`` (a list of cells,
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
 
 from ..options import fields_in_order
 from ..table import TableConfig, plan_table, run_table, summary, write_table
 from ..table.config import PER_ROW
 from .common import skipped_lines, write_json
-from .options import add_options, from_args
 
 CONFIG = TableConfig
-
-
-def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
-    add_options(p, CONFIG, skip=PER_ROW, saved=saved)
-
-
-def main(args: argparse.Namespace) -> int:
-    return run(from_args(CONFIG, args))
+SKIP = PER_ROW
+"""Fields ``--backbones`` gives per row: no flags of their own."""
 
 
 def run(config: TableConfig) -> int:

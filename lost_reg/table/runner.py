@@ -20,7 +20,7 @@ import logging
 import platform
 import re
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,8 +409,3 @@ def _key(label: str, what: dict[str, Any]) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_")
-
-
-def selection_sets(cells: Sequence[Cell]) -> set[str]:
-    """The datasets some cell's setting was chosen on (their columns are not held out)."""
-    return {c.dataset for c in cells if not c.held_out}
