@@ -231,13 +231,12 @@ def _neuron_scores(model: nn.Module, images: Iterable[torch.Tensor], layer: int,
     taken: dict[int, torch.Tensor] = {}
     handles = [_hidden_site(model, i).register_forward_pre_hook(
         lambda module, args, i=i: taken.__setitem__(i, args[0][0].float().abs())) for i in range(layer + 1)]
-    out: dict[str, torch.Tensor] = {}
-    handles.append(model.blocks[layer].register_forward_hook(lambda m, a, o: out.__setitem__("x", o)))
     total, n = None, 0
     try:
         for x in images:
-            model.forward_intermediates(x, indices=[layer], stop_early=True, intermediates_only=True)
-            norms = out["x"][0, p:].float().norm(dim=-1)
+            (patches,) = model.forward_intermediates(x, indices=[layer], stop_early=True, intermediates_only=True,
+                                                     output_fmt="NLC")  # the block output, patch tokens only
+            norms = patches[0].float().norm(dim=-1)
             where = torch.nonzero(norms > cutoff)[:, 0] + p
             if where.numel() == 0:
                 continue
@@ -255,17 +254,14 @@ def _outlier_share(model: nn.Module, images: Iterable[torch.Tensor], layer: int,
     """Share of patches above ``cutoff`` at ``layer`` with a test-time register driven by ``layers``."""
     neurons = RegisterNeurons(base.backbone, base.weights, layers, layer, cutoff)
     detach = attach(model, neurons)
-    p = int(model.num_prefix_tokens)
-    out: dict[str, torch.Tensor] = {}
-    handle = model.blocks[layer].register_forward_hook(lambda m, a, o: out.__setitem__("x", o))
     over = count = 0
     try:
         for x in itertools.islice(images, limit):
-            model.forward_intermediates(x, indices=[layer], stop_early=True, intermediates_only=True)
-            norms = out["x"][0, p:].float().norm(dim=-1)
+            (patches,) = model.forward_intermediates(x, indices=[layer], stop_early=True, intermediates_only=True,
+                                                     output_fmt="NLC")  # timm drops the prefix, test-time register too
+            norms = patches[0].float().norm(dim=-1)
             over += int((norms > cutoff).sum())
             count += norms.numel()
     finally:
-        handle.remove()
         detach()
     return over / max(count, 1)
