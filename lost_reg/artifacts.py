@@ -93,19 +93,16 @@ def outlier_cutoff(norms: np.ndarray, min_gap: float = MIN_GAP, min_separation: 
 
 def neighbour_cosine(embeddings: np.ndarray) -> np.ndarray:
     """[rows, cols]: mean cosine similarity of each patch embedding [rows, cols, D] to its 4 neighbours."""
-    e = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True).clip(min=1e-12)
+    e = np.ascontiguousarray(embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True).clip(min=1e-12))
     total = np.zeros(e.shape[:2])
     count = np.zeros(e.shape[:2])
-    for axis in (0, 1):
-        sim = (np.take(e, range(1, e.shape[axis]), axis) * np.take(e, range(e.shape[axis] - 1), axis)).sum(-1)
-        lead = [slice(None), slice(None)]
-        lead[axis] = slice(1, None)
-        trail = [slice(None), slice(None)]
-        trail[axis] = slice(None, -1)
-        total[tuple(lead)] += sim
-        total[tuple(trail)] += sim
-        count[tuple(lead)] += 1
-        count[tuple(trail)] += 1
+    # vertical, then horizontal pairs (C order: each dot product sums along memory), counted for both patches
+    for lead, trail in ((np.s_[1:], np.s_[:-1]), (np.s_[:, 1:], np.s_[:, :-1])):
+        sim = (e[lead] * e[trail]).sum(-1)
+        total[lead] += sim
+        total[trail] += sim
+        count[lead] += 1
+        count[trail] += 1
     return total / np.maximum(count, 1)
 
 
