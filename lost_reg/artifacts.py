@@ -25,13 +25,15 @@ Images are resized to ``max_side`` and cropped to whole patches (no padding toke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
+
+from .images import normalize
 
 MIN_GAP = 2.0
 MIN_SEPARATION = 4.0
@@ -116,6 +118,11 @@ class TokenStats:
     """[layer][image] → [P] norms of [CLS, registers…]."""
     neighbour_cos: list[np.ndarray] = field(default_factory=list)
     """[image] → [rows, cols] cosine similarity of each patch embedding to its 4 neighbours."""
+
+
+def normalised(crops: Iterable[torch.Tensor], device: torch.device, mean: tuple, std: tuple) -> Iterator[torch.Tensor]:
+    """Uint8 [3, H, W] crops (whole patches) as the normalised [1, 3, H, W] images :func:`collect` reads."""
+    return (normalize(c[None].to(device), [tuple(c.shape[-2:])], mean, std) for c in crops)
 
 
 @torch.inference_mode()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..artifacts import analyse, collect, histogram_png
+from ..artifacts import analyse, collect, histogram_png, normalised
 from ..config import ArtifactsConfig
 from ..datasets import ImageFolder
 from ..devices import autocast
 from ..errors import LostRegError
-from ..images import normalize
 from ..loop import FailedImage
 from ..models import create_backbone
 from ..pipeline import Localizer, source_of
@@ -40,7 +39,7 @@ def run(config: ArtifactsConfig) -> int:
     limit = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     crops = whole_patch_images(dataset, limit, ps, config.max_side, config.max_pixels, errors,
                                progress=not config.quiet)
-    images = (normalize(c[None].to(localizer.device), [tuple(c.shape[-2:])], bb.mean, bb.std) for c in crops)
+    images = normalised(crops, localizer.device, bb.mean, bb.std)
 
     with autocast(localizer.device, localizer.dtype):
         stats = collect(bb.model, images)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..artifacts import normalised
 from ..config import RegistersFindConfig
 from ..datasets import ImageFolder
 from ..devices import autocast, resolve_device
 from ..errors import LostRegError
-from ..images import normalize
 from ..pipeline import source_of
 from ..recipes import resolve_dtype
 from ..registers import find_register_neurons
@@ -49,14 +49,9 @@ def find(config: RegistersFindConfig) -> int:
                                     config.max_pixels, errors, progress=not config.quiet))
     if not crops:
         raise LostRegError("no calibration image could be read")
-
-    def images():
-        for c in crops:
-            yield normalize(c[None].to(device), [tuple(c.shape[-2:])], bb.mean, bb.std)
-
     with autocast(device, resolve_dtype(source.family, device, config.dtype)):
-        neurons = find_register_neurons(model, images, backbone=bb.name, weights=source.identity,
-                                        layer=config.layer, top_k=config.top_k)
+        neurons = find_register_neurons(model, lambda: normalised(crops, device, bb.mean, bb.std), backbone=bb.name,
+                                        weights=source.identity, layer=config.layer, top_k=config.top_k)
     neurons.stats["errors"] = [e.to_json() for e in errors]
     config.out.parent.mkdir(parents=True, exist_ok=True)
     neurons.save(config.out)
