@@ -120,10 +120,6 @@ class FairPool:
         for thread in self._threads:
             thread.start()
 
-    def __len__(self) -> int:
-        """Calls waiting for a thread."""
-        return len(self._queue)
-
     def submit(self, owner: Hashable, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(watch, *args)`` for ``owner``; cancelling the future before a thread takes it skips the call."""
         call = _Call(owner, fn, args)

@@ -82,11 +82,6 @@ class InferenceWorker:
         return RunKey(self.localizer.backbone.features, self.localizer.method)
 
     @property
-    def depth(self) -> int:
-        """Images waiting in the queue."""
-        return len(self._queue)
-
-    @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._queue.closed
 
