@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import cv2
 import numpy as np
@@ -168,9 +168,9 @@ class Runtime:
         assert self.pool is not None
         return await asyncio.wrap_future(self.pool.submit(ticket, fn, self.decoders, *args))
 
-    async def decode(self, ticket: Ticket, data: bytes, name: str, max_side: int, prep: str) -> Prepared:
-        """Encoded bytes as a prepared image (a ServiceError saying why not), decoded in turn with other
-        requests' files."""
+    async def decode(self, ticket: Ticket, data: bytes | BinaryIO, name: str, max_side: int, prep: str) -> Prepared:
+        """Encoded bytes (or an upload's file) as a prepared image (a ServiceError saying why not), decoded in turn
+        with other requests' files."""
         patch_size = self.require_ready().localizer.patch_size
         return await self.decoding(ticket, decode_upload, data, name, patch_size, max_side, prep)
 
@@ -225,8 +225,7 @@ class Runtime:
         patch_size = self.require_ready().localizer.patch_size
         start = time.perf_counter()
         try:
-            prepared = await self.decoding(ticket, decode_upload, upload.file, name, patch_size, request.max_side,
-                                           request.prep)
+            prepared = await self.decode(ticket, upload.file, name, request.max_side, request.prep)
             found, finished = await self.infer(ticket, prepared, request.key)
             objects = await self.answer_objects(ticket, prepared, found, request)
         except ServiceError as e:
