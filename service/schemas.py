@@ -25,10 +25,14 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class _BoxOptions(BaseModel):
-    """Optional form fields of ``POST /v1/boxes``; unset ones take the server's defaults."""
+class Closed(BaseModel):
+    """A request body or form that refuses fields it does not know (422) rather than ignoring them."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class _BoxOptions(Closed):
+    """Optional form fields of ``POST /v1/boxes``; unset ones take the server's defaults."""
 
     method: Literal[tuple(METHODS)] | None = Field(  # type: ignore[valid-type]
         None, description="discovery method; its options below default to the server's when it is the "
@@ -189,27 +193,21 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]  # 4272.0 is an integer
 JsonNumber = Annotated[float, Strict()]  # an int or a float, never true or "0.5"
 
 
-class ExportedMask(BaseModel):
+class ExportedMask(Closed):
     """COCO compressed RLE of an object's mask, as ``/v1/boxes`` answers with ``masks=rle``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     size: tuple[JsonInt, JsonInt] = Field(description="the image's height, width")
     counts: str = Field(max_length=16 * 2**20, description="COCO's compressed RLE string (column-major runs)")
 
 
-class ExportedObject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ExportedObject(Closed):
     box: tuple[JsonInt, JsonInt, JsonInt, JsonInt] = Field(description="x0, y0, x1, y1 in pixels, max exclusive, inside the image")
     score: JsonNumber = Field(0.0, ge=0, le=1)
     segmentation: ExportedMask | None = Field(None, description="the object's pixel mask, COCO RLE of the image's "
                                                                 "size (what /v1/boxes answers with masks=rle)")
 
 
-class ExportedImage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ExportedImage(Closed):
     file_name: str = Field(min_length=1, max_length=1024)
     width: JsonInt = Field(ge=1, le=1_000_000)
     height: JsonInt = Field(ge=1, le=1_000_000)
@@ -230,10 +228,8 @@ class ExportedImage(BaseModel):
         return self
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(Closed):
     """Boxes (e.g. a session of the web page) to turn into a file of one of the one-file export formats."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format: Literal[tuple(RENDERERS)] = Field(description="as lost-reg discover --format")  # type: ignore[valid-type]
     images: list[ExportedImage] = Field(min_length=1, max_length=10_000)
