@@ -33,9 +33,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.launch import NotReady, free_port, launched
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout: the tests' server launcher
+from tests.launch import NotReady, free_port, launched  # noqa: E402
 RESULTS = Path(__file__).with_name("results.jsonl")
 TINY = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",
         "--model-arg", "embed_dim=48", "--model-arg", "num_heads=3", "--model-arg", "reg_tokens=4"]

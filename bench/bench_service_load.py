@@ -64,13 +64,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.launch import NotReady, free_port, launched
-
 from bench_service import commit  # this folder is on sys.path when a script of it runs
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 from tests.bombs import nested_gzip, padded_jpeg, scan_bomb, tile_bomb  # noqa: E402 (the tests' hostile files)
+from tests.launch import NotReady, free_port, launched  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results.jsonl")
 TINY = ["--backbone", "vit_small_patch14_dinov2", "--weights", "random", "--model-arg", "depth=2",

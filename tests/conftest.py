@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.launch import NotReady, free_port, launched  # noqa: F401 (free_port: the tests')
+from tests.launch import NotReady, free_port, launched  # noqa: F401 (free_port: the tests')
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
