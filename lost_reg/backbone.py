@@ -156,9 +156,7 @@ def prefix_attention(backbone: Backbone, images: torch.Tensor, layer: int = -1) 
     finally:
         handle.remove()
         backbone.release()  # the backbone's own hook may have fired too
-    qkv = captured[0]
-    n = qkv.shape[1]
-    q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, _ = captured[0].unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     p = backbone.num_prefix_tokens
     weights = ((q[:, :, :p].float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1)

@@ -109,7 +109,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise BackboneError(f"weights file not found: {path}")
     obj = _load(weights)
     state, notes = _unwrap(obj, weights)
-    state = _unchunk(state, notes)
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state):
         return _from_hf(state, config, path, notes)
     if "patch_embed.proj.weight" not in state:
@@ -124,7 +123,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         notes.insert(0, f"Meta DINOv2 {'with %d registers' % registers if registers else 'without registers'}")
         return Checkpoint(state, ", ".join(notes), _arch(state, registers), _dinov2_base(state, registers),
                           "dinov2-reg" if registers else "dinov2")
-    return _from_timm(state, notes, training="args" in obj if isinstance(obj, dict) else False)
+    return _from_timm(state, notes, training="args" in obj)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -158,7 +157,7 @@ def _load(path: Path) -> Any:
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The backbone's tensors inside a training checkpoint, and notes on what was taken."""
+    """The backbone's tensors inside a training checkpoint (block chunks unrolled), and notes on what was taken."""
     notes: list[str] = []
     if not isinstance(obj, dict):
         raise BackboneError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -186,7 +185,7 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     for prefix in ("dinov2.", "vit."):  # transformers' *ForImageClassification around the base model
         if any(k.startswith(prefix + "embeddings.") for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    return state, notes
+    return _unchunk(state, notes), notes
 
 
 def _unchunk(state: dict[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
@@ -254,7 +253,8 @@ def _from_hf(hf: dict[str, torch.Tensor], config: dict[str, Any], path: Path, no
     if kind not in ("dinov2", "dinov2_with_registers", "vit"):
         raise BackboneError(f"{path}: a transformers {kind!r} model; lost-reg reads dinov2, "
                             "dinov2_with_registers and vit (Dinov2Model, Dinov2WithRegistersModel, ViTModel)")
-    state = hf_to_timm_keys(hf, vit=kind == "vit")
+    vit = kind == "vit"
+    state = hf_to_timm_keys(hf, vit=vit)
     heads = config.get("num_attention_heads")
     registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
     notes.insert(0, f"transformers {kind}" + (f" with {registers} registers" if registers else ""))
@@ -262,18 +262,15 @@ def _from_hf(hf: dict[str, torch.Tensor], config: dict[str, Any], path: Path, no
     pre = _json(path / "preprocessor_config.json") if path.is_dir() else {}
     if pre.get("image_mean") and pre.get("image_std"):
         overlay = {"mean": tuple(pre["image_mean"]), "std": tuple(pre["image_std"])}
-    eps = config.get("layer_norm_eps", 1e-12 if kind == "vit" else 1e-6)
-    if kind == "vit":
-        arch = _arch(state, 0, heads, no_embed_class=False)
-        if eps != 1e-6:
-            arch["norm_eps"] = eps
+    arch = _arch(state, 0, heads, no_embed_class=False) if vit else _arch(state, registers, heads)
+    eps = config.get("layer_norm_eps", 1e-12 if vit else 1e-6)
+    if eps != 1e-6:
+        arch["norm_eps"] = eps
+    if vit:
         dino = bool(re.search(r"dino", f"{config.get('_name_or_path', '')} {path}", re.IGNORECASE))
         return Checkpoint(state, ", ".join(notes), arch, "vit_base_patch16_224.dino",
                           "hf-vit-dino" if dino else "hf-vit", overlay=overlay)
     state["mask_token"] = state.get("mask_token", torch.zeros(1, state["cls_token"].shape[-1]))  # timm's DINOv2 marker
-    arch = _arch(state, registers, heads)
-    if eps != 1e-6:
-        arch["norm_eps"] = eps
     return Checkpoint(state, ", ".join(notes), arch, _dinov2_base(state, registers),
                       "hf-dinov2-reg" if registers else "hf-dinov2", overlay=overlay)
 

