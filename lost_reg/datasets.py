@@ -9,6 +9,7 @@ out, so one broken file never ends a run. Ground-truth boxes follow the LOST ref
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import os
@@ -46,13 +47,13 @@ class Sample:
     """(width, height) when the annotation gives it, else None."""
 
 
+@dataclass(eq=False)
 class Dataset:
     """An indexable list of samples, the dataset's name, and the annotations it had to skip."""
 
-    def __init__(self, name: str, samples: list[Sample], skipped: list[tuple[str, str]]) -> None:
-        self.name = name
-        self.samples = samples
-        self.skipped = skipped
+    name: str
+    samples: list[Sample]
+    skipped: list[tuple[str, str]]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -258,10 +259,8 @@ class ImageFolder(Dataset):
             paths = [paths]
         if not paths:
             raise DataError("no image path given: pass files, folders, glob patterns or .txt lists of paths")
-        found: list[tuple[str, str, Path]] = []  # (id, id spelled as given, file)
         skipped: list[tuple[str, str]] = []
-        for path in paths:
-            found += _expand(str(path), skipped)
+        found = [entry for path in paths for entry in _expand(str(path), skipped)]  # (id, id spelled as given, file)
         samples = [Sample(image_id, file, None, None) for image_id, file in _unique_files(found)]
         if not samples:
             reasons = "; ".join(f"{p}: {r}" for p, r in skipped) or "no image files"
@@ -357,11 +356,8 @@ def _unique(names: list[str], skipped: list[tuple[str, str]],
 # ----------------------------------------------------------------------------------------- table
 
 
-def _build_voc(year: str) -> Callable[[str | Path, DatasetOptions], Dataset]:
-    def build(root: str | Path, options: DatasetOptions) -> Dataset:
-        return VOCDataset(root, year, split=options.split, no_hard=options.no_hard)
-
-    return build
+def _build_voc(year: str, root: str | Path, options: DatasetOptions) -> Dataset:
+    return VOCDataset(root, year, split=options.split, no_hard=options.no_hard)
 
 
 def _build_coco20k(root: str | Path, options: DatasetOptions) -> Dataset:
@@ -372,15 +368,11 @@ def _build_coco20k(root: str | Path, options: DatasetOptions) -> Dataset:
                           images=options.coco_images)
 
 
-def _build_folder(root: str | Path | Sequence[str | Path], options: DatasetOptions) -> Dataset:
-    return ImageFolder(root)
-
-
 DATASETS: dict[str, Callable[..., Dataset]] = {
-    "voc07": _build_voc("2007"),
-    "voc12": _build_voc("2012"),
+    "voc07": functools.partial(_build_voc, "2007"),
+    "voc12": functools.partial(_build_voc, "2012"),
     "coco20k": _build_coco20k,
-    "folder": _build_folder,
+    "folder": lambda paths, options: ImageFolder(paths),
 }
 """Dataset builders by name; each is called as ``builder(root, options)`` (:class:`DatasetOptions`)."""
 BENCHMARKS = tuple(d for d in DATASETS if d != "folder")

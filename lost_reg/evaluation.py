@@ -92,8 +92,7 @@ class CorLocEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        self._found = 0
-        self._total = 0
+        self._found = self._total = 0
 
     def process(self, batch: Batch, outputs: Sequence[Detection]) -> None:
         for sample, det in zip(batch.samples, outputs):
@@ -236,10 +235,6 @@ def load_predictions(path: str | Path) -> list[dict]:
 
     Blank, truncated or garbled lines are skipped, so a file from a killed run reads fine.
     """
-    by_id: dict[str, dict] = {}
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            record = _parse_record(line)
-            if record is not None:
-                by_id[record["image_id"]] = record
+        by_id = {r["image_id"]: r for r in map(_parse_record, f) if r is not None}
     return list(by_id.values())

@@ -35,17 +35,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Item:
-    """A decoded image, or the reason it could not be decoded."""
+    """A decoded image and its sample."""
 
-    index: int
     sample: Sample
-    prepared: Prepared | None = None
-    error: str | None = None
-
-    def pin_memory(self) -> Item:
-        if self.prepared is not None:
-            self.prepared.pixels = self.prepared.pixels.pin_memory()
-        return self
+    prepared: Prepared
 
 
 DECODE_WALL_S = 6 * DECODE_TIMEOUT_S
@@ -206,19 +199,19 @@ def build_loader(localizer: Localizer, dataset: Sequence[Sample], indices: Seque
     pool = DecodePool(workers, timeout_s=DECODE_WALL_S, max_pixels=max_pixels, cpu_s=DECODE_TIMEOUT_S)
     depth = workers * max(2, batch_size // workers)  # decodes in flight ahead of the model
     todo = iter(indices)
-    pending: deque[tuple[int, Sample, Future]] = deque()
+    pending: deque[tuple[Sample, Future]] = deque()
 
     def top_up() -> None:
         while len(pending) < depth and (index := next(todo, None)) is not None:
             sample = dataset[index]
-            pending.append((index, sample, pool.decode(sample.path, sample.image_id, localizer.patch_size,
-                                                        localizer.max_side, localizer.prep)))
+            pending.append((sample, pool.decode(sample.path, sample.image_id, localizer.patch_size,
+                                                localizer.max_side, localizer.prep)))
 
     bucketer = ShapeBucketer(batch_size, max_pending=4 * batch_size)
     try:
         top_up()
         while pending:
-            index, sample, future = pending.popleft()
+            sample, future = pending.popleft()
             try:
                 prepared = pool.result(future, sample.image_id)
             except LostRegError as e:
@@ -226,8 +219,9 @@ def build_loader(localizer: Localizer, dataset: Sequence[Sample], indices: Seque
                 continue
             finally:
                 top_up()
-            item = Item(index, sample, prepared=prepared)
-            for batch in bucketer.add(item.pin_memory() if pin else item):
+            if pin:
+                prepared.pixels = prepared.pixels.pin_memory()
+            for batch in bucketer.add(Item(sample, prepared)):
                 yield _batch(batch)
         for batch in bucketer.flush():
             yield _batch(batch)

@@ -136,11 +136,10 @@ class Localizer(Discoverer):
     def localize(self, images: Sequence[np.ndarray]) -> list[Detection]:
         """Boxes for RGB uint8 images of any sizes, in input order."""
         prepared = [self.prepare(im) for im in images]
-        out: list[Detection | None] = [None] * len(prepared)
+        out: dict[int, Detection] = {}
         for indices in group_by_shape(prepared).values():
-            for i, det in zip(indices, self.localize_prepared([prepared[i] for i in indices])):
-                out[i] = det
-        return out  # type: ignore[return-value]
+            out.update(zip(indices, self.localize_prepared([prepared[i] for i in indices])))
+        return [out[i] for i in range(len(prepared))]
 
     def localize_prepared(self, batch: Sequence[Prepared]) -> list[Detection]:
         """Boxes for prepared images that share one padded shape."""

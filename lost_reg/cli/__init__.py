@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(saved, command).parse_args(argv)
         configure_logging()
         return args.func(args)
-    except LostRegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # bad option values caught by the library's own checks
+    except (LostRegError, ValueError) as e:  # ValueError: bad option values caught by the library's own checks
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,11 +33,10 @@ def run(config: ArtifactsConfig) -> int:
                                test_time_registers=config.test_time_registers)
     localizer = Localizer(backbone, device=config.device, dtype=config.dtype)
     bb = localizer.backbone
-    ps = bb.patch_size
     errors: list[FailedImage] = []
 
     limit = len(dataset) if config.limit is None else min(config.limit, len(dataset))
-    crops = whole_patch_images(dataset, limit, ps, config.max_side, config.max_pixels, errors,
+    crops = whole_patch_images(dataset, limit, bb.patch_size, config.max_side, config.max_pixels, errors,
                                progress=not config.quiet)
     images = normalised(crops, localizer.device, bb.mean, bb.std)
 

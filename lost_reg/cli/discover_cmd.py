@@ -31,10 +31,6 @@ from .common import write_json
 CONFIG = DiscoverConfig
 
 
-def errors_file(out: Path) -> Path:
-    return out.with_name(out.name + ".errors.json")
-
-
 def run(config: DiscoverConfig) -> int:
     """Boxes for ``config.paths`` on the configured engine, exported in ``config.format``."""
     dataset = ImageFolder(config.paths)
@@ -53,7 +49,7 @@ def run(config: DiscoverConfig) -> int:
     options = ExportOptions(prefix, f"lost-reg {plan.source.name} {plan.method.describe()}", image_ids, category,
                             config.mask_format)
     export(outcome.records, config.out, config.format, options)
-    errors = errors_file(config.out)
+    errors = config.out.with_name(config.out.name + ".errors.json")
     if outcome.errors:
         write_json(errors, {"images_failed": len(outcome.errors), "errors": [e.to_json() for e in outcome.errors]})
         print(f"{len(outcome.errors)} images could not be read; see {errors}")

@@ -38,7 +38,7 @@ def add_options(parser: argparse.ArgumentParser, model: type[Options], unset: bo
         if target is None:
             target = groups[group] = parser if group is None else parser.add_argument_group(group)
         cli = cli_of(info)
-        kind, _ = _plain(info.annotation)
+        kind = _plain(info.annotation)
         kwargs: dict[str, Any] = {"help": info.description or "", "metavar": cli.metavar}
         own = None if info.is_required() else info.get_default(call_default_factory=True)
         default = saved.get(name, None if unset else own)
@@ -76,26 +76,22 @@ def _usage_errors(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_flag
 
 
-def _plain(annotation: Any) -> tuple[Any, bool]:
-    """(the type without ``| None`` or ``Annotated``, whether None is allowed)."""
+def _plain(annotation: Any) -> Any:
+    """The type without ``| None`` or ``Annotated``."""
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     args = typing.get_args(annotation)
     if type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
-    return annotation, False
+        return rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]
+    return annotation
 
 
 def from_args(model: type[Options], args: argparse.Namespace) -> Any:
     """The configuration ``model`` from parsed flags (those not given, None, are left to the defaults)."""
-    values: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        values[name] = pairs(value) if cli_of(info).pairs and isinstance(value, list) else value
-    return validate(model, values)
+    given = {name: getattr(args, name, None) for name in model.model_fields}
+    return validate(model, {name: pairs(value) if cli_of(model.model_fields[name]).pairs and isinstance(value, list)
+                            else value for name, value in given.items() if value is not None})
 
 
 def validate(model: type[Options], values: dict[str, Any]) -> Any:
@@ -146,13 +142,8 @@ def saved_config(argv: Sequence[str]) -> dict[str, Any] | None:
 
 def _as_flags(model: type[Options], saved: dict[str, Any]) -> dict[str, Any]:
     """A saved configuration's values of ``model``'s fields, validated, as argparse holds them."""
-    known = {k: v for k, v in saved.items() if k in model.model_fields}
-    out = {}
-    for name, value in known.items():
-        if cli_of(model.model_fields[name]).pairs:
-            value = pairs_text(dict(value))
-        out[name] = value
-    return out
+    return {name: pairs_text(dict(value)) if cli_of(model.model_fields[name]).pairs else value
+            for name, value in saved.items() if name in model.model_fields}
 
 
 NEGATIVE = re.compile(r"^-\d*\.?\d+(?:e-?\d+)?(?:[,:]-?[\d.]+(?:e-?\d+)?)*$")
@@ -166,13 +157,9 @@ def join_negative_values(argv: Sequence[str], model: type[Options] | None) -> li
         return list(argv)
     flags = {flag_of(n, i) for n, i in model.model_fields.items() if cli_of(i).negative}
     out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        if items[i] in flags and i + 1 < len(items) and NEGATIVE.match(items[i + 1]):
-            out.append(f"{items[i]}={items[i + 1]}")
-            i += 2
+    for arg in argv:
+        if out and out[-1] in flags and NEGATIVE.match(arg):
+            out[-1] += f"={arg}"
         else:
-            out.append(items[i])
-            i += 1
+            out.append(arg)
     return out

@@ -28,10 +28,6 @@ def add_arguments(p: argparse.ArgumentParser, saved: dict[str, Any] | None = Non
     add_options(f, RegistersFindConfig, saved=saved)
 
 
-def find_main(args: argparse.Namespace) -> int:
-    return find(from_args(RegistersFindConfig, args))
-
-
 def find(config: RegistersFindConfig) -> int:
     """The register neurons of ``config``'s backbone on its calibration images, written to ``config.out``."""
     from ..models import create_backbone
@@ -66,9 +62,6 @@ def find(config: RegistersFindConfig) -> int:
     return 0
 
 
-ACTIONS = {"find": find_main}
-"""The actions of ``lost-reg registers``, by name."""
-
-
 def main(args: argparse.Namespace) -> int:
-    return ACTIONS[args.action](args)
+    """``lost-reg registers ACTION``: ``find``, its one action."""
+    return find(from_args(RegistersFindConfig, args))
