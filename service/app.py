@@ -148,8 +148,7 @@ def _add_model(app: FastAPI, runtime: Runtime, settings: Settings, protected: li
 
     @app.get("/v1/model", dependencies=protected, responses=ERRORS)
     async def model() -> ModelInfo:
-        worker = runtime.require_ready()
-        loc = worker.localizer
+        loc = runtime.require_ready().localizer
         bb = loc.backbone
         return ModelInfo(
             backbone=bb.name, patch_size=bb.patch_size, registers=bb.num_registers,
