@@ -23,13 +23,9 @@ class Admission:
         self.in_flight = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
 
-    @property
-    def full(self) -> bool:
-        return self.in_flight >= self.capacity
-
     def check(self) -> None:
         """503 at once when no place is free: a request that cannot hold even one image reads nothing."""
-        if self.full:
+        if self.in_flight >= self.capacity:
             raise self.busy()
 
     def busy(self) -> ServiceError:

@@ -38,7 +38,7 @@ from lost_reg.recipes import resolve_method, resolve_prep
 
 from . import labelstudio, protocol
 from .admission import Ticket
-from .bodies import LimitedReceive, read_body, refuse_declared, require_json, too_large
+from .bodies import limited, read_body, require_json, too_large
 from .docs import install_docs
 from .errors import ServiceError, error_response, install_error_handlers, problems
 from .metrics import Metrics
@@ -148,8 +148,7 @@ def _add_model(app: FastAPI, runtime: Runtime, settings: Settings, protected: li
 
     @app.get("/v1/model", dependencies=protected, responses=ERRORS)
     async def model() -> ModelInfo:
-        worker = runtime.require_ready()
-        loc = worker.localizer
+        loc = runtime.require_ready().localizer
         bb = loc.backbone
         return ModelInfo(
             backbone=bb.name, patch_size=bb.patch_size, registers=bb.num_registers,
@@ -280,16 +279,14 @@ async def _read_form(request: Request, settings: Settings, ticket: Ticket) -> Fo
     when it arrives too slowly (in each case the rest is never read), 400 when it is no complete multipart body."""
     limit = settings.max_request_bytes
     error = too_large(limit, f" ({settings.max_files} files of {settings.max_file_mb:g} MB at most)")
-    refuse_declared(request, limit, error)
-    receive = LimitedReceive(request, settings, limit, error)
+    body = limited(request, settings, limit, error)
     content_type, _ = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":  # a url-encoded form holds no files: the images are missing (422)
-        return await Request(request.scope, receive).form(max_files=0, max_fields=MAX_OPTION_FIELDS,
-                                                           max_part_size=MAX_OPTION_BYTES)
+        return await body.form(max_files=0, max_fields=MAX_OPTION_FIELDS, max_part_size=MAX_OPTION_BYTES)
     form = MultipartForm(request.headers["content-type"], max_files=settings.max_files,
                          max_fields=MAX_OPTION_FIELDS, max_part_size=MAX_OPTION_BYTES,
                          max_file_size=settings.max_file_bytes, on_file=ticket.take)
-    return await form.parse(Request(request.scope, receive).stream())
+    return await form.parse(body.stream())
 
 
 def _uploads(form: FormData) -> list[UploadFile]:

@@ -52,19 +52,18 @@ def too_large(limit: int, what: str = "") -> ServiceError:
     return ServiceError(413, "request_too_large", f"request body over {limit / 2**20:g} MB{what}")
 
 
-def refuse_declared(request: Request, limit: int, error: ServiceError) -> None:
-    """``error`` at once when the declared ``Content-Length`` passes ``limit``: nothing is read."""
+def limited(request: Request, settings: Settings, limit: int, error: ServiceError) -> Request:
+    """``request`` with its body read under ``limit`` and the minimum rate; ``error`` at once when the declared
+    ``Content-Length`` passes ``limit``: nothing is read."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise error
+    return Request(request.scope, LimitedReceive(request, settings, limit, error))
 
 
 async def read_body(request: Request, settings: Settings, limit: int) -> bytes:
     """The whole body, under the size limit and the minimum rate."""
-    error = too_large(limit)
-    refuse_declared(request, limit, error)
-    receive = LimitedReceive(request, settings, limit, error)
-    return await Request(request.scope, receive).body()
+    return await limited(request, settings, limit, too_large(limit)).body()
 
 
 def require_json(request: Request) -> None:

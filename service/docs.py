@@ -32,14 +32,12 @@ def install_docs(app: FastAPI) -> None:
     """Serve the docs page and its assets (create the app with ``docs_url=None, redoc_url=None``)."""
     app.mount(ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
 
-    def with_csp(response: HTMLResponse) -> HTMLResponse:
-        response.headers["Content-Security-Policy"] = page_csp(response.body)
-        return response
-
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return with_csp(get_swagger_ui_html(
+        response = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI", oauth2_redirect_url=None,
             swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS}/favicon.png"))
+            swagger_favicon_url=f"{root}{ASSETS}/favicon.png")
+        response.headers["Content-Security-Policy"] = page_csp(response.body)
+        return response

@@ -29,19 +29,15 @@ class FairQueue(Generic[T]):
         self._ready = threading.Condition()
         self._owners: OrderedDict[Hashable, deque[T]] = OrderedDict()
         self._size = 0
-        self._closed = False
+        self.closed = False
 
     def __len__(self) -> int:
         return self._size
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def put(self, owner: Hashable, item: T) -> None:
         """Queue ``item`` behind ``owner``'s earlier ones; RuntimeError once closed."""
         with self._ready:
-            if self._closed:
+            if self.closed:
                 raise RuntimeError("the queue is closed")
             self._owners.setdefault(owner, deque()).append(item)
             self._size += 1
@@ -53,7 +49,7 @@ class FairQueue(Generic[T]):
         closed and empty, or when ``accept`` refuses that item (it stays first in line). With ``eligible``,
         owners it refuses are passed over (their turn kept); it is asked again on :meth:`wake`."""
         with self._ready:
-            if not self._ready.wait_for(lambda: self._first(eligible) is not _NONE or self._closed, timeout):
+            if not self._ready.wait_for(lambda: self._first(eligible) is not _NONE or self.closed, timeout):
                 return None
             owner = self._first(eligible)
             if owner is _NONE:
@@ -88,7 +84,7 @@ class FairQueue(Generic[T]):
     def close(self) -> None:
         """Take nothing more; consumers drain what is queued, then get None."""
         with self._ready:
-            self._closed = True
+            self.closed = True
             self._ready.notify_all()
 
 
@@ -116,9 +112,8 @@ class FairPool:
         self._per_owner = per_owner or workers
         self._running: dict[Hashable, list[_Call]] = {}
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for thread in self._threads:
-            thread.start()
+        for i in range(workers):
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True).start()
 
     def submit(self, owner: Hashable, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(watch, *args)`` for ``owner``; cancelling the future before a thread takes it skips the call."""

@@ -38,6 +38,7 @@ import hmac
 import logging
 import zlib
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -273,8 +274,7 @@ def router(runtime: Runtime, settings: Settings) -> APIRouter:
                     else "download_failed" if known else "localisation_failed"] += 1
             if skipped.total() <= LOGGED_TASKS:
                 if known:
-                    reason = e.message if isinstance(e, ServiceError) else str(e) if isinstance(e, Skipped) \
-                        else f"{type(e).__name__}: {e}"
+                    reason = str(e) if isinstance(e, ServiceError | Skipped) else f"{type(e).__name__}: {e}"
                     log.warning("Label Studio task %s: no prediction (%s)", task_id, reason)
                 else:  # e.g. inference failing: the traceback is for the server log
                     log.exception("Label Studio task %s: no prediction (localisation failed)", task_id)
@@ -302,10 +302,8 @@ def _auth(secret: str):
         if scheme.lower() == "bearer":
             given = value.strip().encode()
         elif scheme.lower() == "basic":
-            try:
+            with suppress(ValueError):  # not base64: no key given
                 given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
-            except ValueError:
-                given = b""
         if not hmac.compare_digest(given, expected):
             raise ServiceError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>', "
                                "or Basic auth with the key as the password", headers={"WWW-Authenticate": "Basic"})

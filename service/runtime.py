@@ -150,13 +150,9 @@ class Runtime:
                                            "send fewer or smaller images, or retry later")
 
     def cancel(self, ticket: Ticket) -> int:
-        """Drop what ``ticket``'s request still has queued for decoding or inference."""
-        dropped = 0
-        if self.pool is not None:
-            dropped += self.pool.cancel(ticket)
-        if self.worker is not None:
-            dropped += self.worker.cancel(ticket)
-        return dropped
+        """Drop what ``ticket``'s request (admitted, so after start) still has queued for decoding or inference."""
+        assert self.pool is not None and self.worker is not None
+        return self.pool.cancel(ticket) + self.worker.cancel(ticket)
 
     async def in_pool(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a pool thread, in turn with other requests' calls (round-robin)."""
@@ -260,16 +256,14 @@ def _result(name: str, found: list[Detection], objects: list[dict[str, Any]], pr
     extra: dict[str, Any] = dict(objects[0]) if objects else {}
     if request.key.max_objects > 1:
         extra["objects"] = [ObjectResult(**o) for o in objects]
-    if not found:
-        return BoxResult(filename=name, width=width, height=height, ms=round(ms, 2), **extra)
-    det = found[0]
-    if request.return_mask or request.return_heat:
-        extra.update(grid=det.result.mask.shape, cell_px=tuple(patch_size / s for s in prepared.scale))
-    if request.return_mask:
-        rle = mask_utils.encode(np.asfortranarray(det.result.mask.astype(np.uint8)))
-        extra["mask"] = Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii"))
-    if request.return_heat:
-        rows, cols = det.result.mask.shape
-        coloured = cv2.cvtColor(heat(det.result.heat, (cols, rows)), cv2.COLOR_RGB2BGR)
-        extra["heat"] = base64.b64encode(cv2.imencode(".png", coloured)[1].tobytes()).decode("ascii")
+    if found and (request.return_mask or request.return_heat):
+        result = found[0].result
+        extra.update(grid=result.mask.shape, cell_px=tuple(patch_size / s for s in prepared.scale))
+        if request.return_mask:
+            rle = mask_utils.encode(np.asfortranarray(result.mask.astype(np.uint8)))
+            extra["mask"] = Mask(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii"))
+        if request.return_heat:
+            rows, cols = result.mask.shape
+            coloured = cv2.cvtColor(heat(result.heat, (cols, rows)), cv2.COLOR_RGB2BGR)
+            extra["heat"] = base64.b64encode(cv2.imencode(".png", coloured)[1].tobytes()).decode("ascii")
     return BoxResult(filename=name, width=width, height=height, ms=round(ms, 2), **extra)

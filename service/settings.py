@@ -92,15 +92,11 @@ class Settings(BaseSettings, LocalizerOptions, MaskOptions):
         return value
 
     @model_validator(mode="after")
-    def _check_max_objects(self) -> Settings:
+    def _check(self) -> Settings:
+        """A ValueError (so a ValidationError) for max_objects past its limit, or for options no family's recipe
+        takes (the weights' family is only known once they are resolved, at start-up)."""
         if self.max_objects > self.max_objects_limit:
             raise ValueError(f"max_objects ({self.max_objects}) exceeds max_objects_limit ({self.max_objects_limit})")
-        return self
-
-    @model_validator(mode="after")
-    def _check_method(self) -> Settings:
-        """A ValueError (so a ValidationError) for options no family's recipe takes (the weights' family is only
-        known once they are resolved, at start-up)."""
         problems = []
         for family in RECIPES:
             try:

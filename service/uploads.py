@@ -148,10 +148,8 @@ def upload_size(watch: Watch, decoders: DecodePool, file: BinaryIO, name: str) -
     with _as_service_errors():
         try:
             return decoders.result(watch(decoders.probe(head, name, FORMATS)), name)
-        except (TooManyPixels, DecodeTimeout):
-            raise
-        except DataError:
-            if len(head) < HEADER_BYTES:
+        except DataError as e:  # past max_pixels or too slow: final; else the size may lie past HEADER_BYTES
+            if isinstance(e, TooManyPixels | DecodeTimeout) or len(head) < HEADER_BYTES:
                 raise
         file.seek(0)
         return decoders.result(watch(decoders.probe(file.read(), name, FORMATS)), name)

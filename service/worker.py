@@ -153,8 +153,9 @@ class InferenceWorker:
             for job in group:
                 job.future.set_exception(e)
             return
-        finally:
-            self._release_captures()
+        finally:  # every kind's hook fired on the shared forward: drop what this batch did not use (device memory)
+            for backbone in self._backbones.values():
+                backbone.release()
         end = time.perf_counter()
         counted = sum(not job.warmup for job in group)
         if counted:
@@ -164,9 +165,3 @@ class InferenceWorker:
         for job, detection in zip(group, detections):
             job.finished = end
             job.future.set_result(detection)
-
-    def _release_captures(self) -> None:
-        """Every kind's hook fired on the shared forward pass; drop what this batch did not use so it
-        does not pin (device) memory until the next batch."""
-        for backbone in self._backbones.values():
-            backbone.release()
