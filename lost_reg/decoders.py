@@ -60,7 +60,6 @@ class DecodePool:
 
     def __init__(self, workers: int, timeout_s: float = DECODE_TIMEOUT_S, max_pixels: int | None = MAX_PIXELS,
                  cpu_s: float | None = None) -> None:
-        self.workers = workers
         self.timeout_s = timeout_s
         self.cpu_s = cpu_s or timeout_s
         self.max_pixels = max_pixels

@@ -16,7 +16,8 @@ import os
 import resource
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -127,10 +128,7 @@ def decode_image(source: str | Path | bytes, name: str | None = None, max_pixels
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # IMREAD_COLOR honours EXIF orientation
     except cv2.error as e:  # e.g. its allocation failing under the decoding process's memory limit
         raise DataError(f"{label}: OpenCV could not decode it ({str(e).strip().splitlines()[-1]})") from None
-    if image is None:
-        image = _decode_with_pillow(data, label)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    image = _decode_with_pillow(data, label) if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if max_pixels is not None:
         check_pixels(image.shape[1], image.shape[0], max_pixels, label)
     return image
@@ -218,12 +216,18 @@ def _address_space() -> int:
         return int(f.read().split()[0]) * resource.getpagesize()
 
 
-def _cpu_budget(seconds: float) -> None:
-    """SIGXCPU (the process ends) once this job has used ``seconds`` of CPU time."""
+@contextmanager
+def _job(name: str, cpu_s: float) -> Iterator[None]:
+    """A job's limits: SIGXCPU (the process ends) once it has used ``cpu_s`` of CPU time; MemoryError as
+    :class:`TooManyPixels`."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_s)
     resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    try:
+        yield
+    except MemoryError:
+        raise TooManyPixels(f"{name}: decoding needs more memory than allowed for one image (--max-pixels)") from None
 
 
 def ready() -> bool:
@@ -231,27 +235,17 @@ def ready() -> bool:
     return True
 
 
-def _out_of_memory(name: str) -> TooManyPixels:
-    return TooManyPixels(f"{name}: decoding needs more memory than allowed for one image (--max-pixels)")
-
-
 def probe_job(data: bytes, name: str, max_pixels: int, formats: Sequence[str] | None, cpu_s: float) -> tuple[int, int]:
     """:func:`check_header` under a CPU-time budget (a header can be made slow to parse)."""
-    _cpu_budget(cpu_s)
-    try:
+    with _job(name, cpu_s):
         return check_header(data, name, max_pixels, formats)
-    except MemoryError:
-        raise _out_of_memory(name) from None
 
 
 def decode_job(source: bytes | str, name: str, patch_size: int, max_side: int | None, prep: str,
                max_pixels: int | None, formats: Sequence[str] | None, cpu_s: float) -> Fitted:
     """Check the header (in ``formats``), decode and fit onto the patch grid, under a CPU-time budget: only
     the fitted image, at most ``max_side`` a side, goes back to the caller's process."""
-    _cpu_budget(cpu_s)
-    try:
+    with _job(name, cpu_s):
         if formats is not None:  # only these formats (the service's): NotAnImage for others
             header_size(source, name, formats)
         return fit(decode_image(source, name=name, max_pixels=max_pixels), patch_size, max_side, prep, name=name)
-    except MemoryError:
-        raise _out_of_memory(name) from None

@@ -116,12 +116,8 @@ class ImageRecord:
     """Its boxes, each scored (:class:`~lost_reg.pipeline.Detection`)."""
 
     def to_json(self) -> dict:
-        objects = []
-        for o in self.objects:
-            item = {"box": list(o.box), "score": o.score, "seed": None if o.seed is None else list(o.seed)}
-            if o.segmentation is not None:
-                item["segmentation"] = o.segmentation
-            objects.append(item)
+        objects = [{"box": list(o.box), "score": o.score, "seed": None if o.seed is None else list(o.seed),
+                    **({} if o.segmentation is None else {"segmentation": o.segmentation})} for o in self.objects]
         return {"image_id": self.image_id, "file_name": self.file_name, "width": self.width, "height": self.height,
                 "objects": objects}
 
@@ -223,13 +219,9 @@ def coco_image_ids(ground_truth: dict, file_names: Sequence[str]) -> dict[str, i
     by_base: dict[str, list[int]] = {}
     for img in ground_truth["images"]:
         by_base.setdefault(PurePosixPath(img["file_name"]).name, []).append(img["id"])
-    ids = {}
-    for name in file_names:
-        if name in exact:
-            ids[name] = exact[name]
-        elif len(by_base.get(PurePosixPath(name).name, ())) == 1:
-            ids[name] = by_base[PurePosixPath(name).name][0]
-    return ids
+    unique = {base: ids[0] for base, ids in by_base.items() if len(ids) == 1}
+    return {name: exact[name] if name in exact else unique[PurePosixPath(name).name] for name in file_names
+            if name in exact or PurePosixPath(name).name in unique}
 
 
 @dataclass(frozen=True)
@@ -273,10 +265,8 @@ def labelstudio_prediction(record: ImageRecord, model_version: str,
         for part, outline in enumerate(masks.polygons(mask, "corners")):
             result.append({"id": f"m{k}p{part}", "type": "polygonlabels", "from_name": c.masks, **common, "value": {
                 "points": (outline * scale).round(4).tolist(), "closed": True, "polygonlabels": [c.mask_label]}})
-    prediction = {"model_version": model_version, "result": result}
-    if r.objects:
-        prediction["score"] = round(max(o.score for o in r.objects), 6)
-    return prediction
+    return {"model_version": model_version, "result": result,
+            **({"score": round(max(o.score for o in r.objects), 6)} if r.objects else {})}
 
 
 def local_files_prefix(paths: Sequence[str | Path]) -> str:
@@ -323,13 +313,9 @@ def to_labelstudio(records: Sequence[ImageRecord], url_prefix: str = LABEL_STUDI
 
 def yolo_lines(record: ImageRecord) -> list[str]:
     """``0 cx cy w h`` per box, normalised to the image size."""
-    lines = []
-    for o in record.objects:
-        x0, y0, x1, y1 = o.box
-        cx, cy = (x0 + x1) / 2 / record.width, (y0 + y1) / 2 / record.height
-        w, h = (x1 - x0) / record.width, (y1 - y0) / record.height
-        lines.append(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
-    return lines
+    w, h = record.width, record.height
+    return [f"0 {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}"
+            for x0, y0, x1, y1 in (o.box for o in record.objects)]
 
 
 def write_yolo(records: Sequence[ImageRecord], out: Path) -> None:
@@ -354,9 +340,8 @@ def yolo_segment_lines(record: ImageRecord) -> list[str]:
     lines = []
     size = np.array([record.width, record.height], dtype=np.float64)
     for o in record.objects:
-        outline = np.zeros((0, 2))
-        if o.segmentation is not None:
-            outline = masks.one_outline(masks.polygons(masks.decode(o.segmentation), "centres"))
+        parts = [] if o.segmentation is None else masks.polygons(masks.decode(o.segmentation), "centres")
+        outline = masks.one_outline(parts)
         if not len(outline):
             x0, y0, x1, y1 = o.box
             outline = np.array([[x0, y0], [x1 - 1, y0], [x1 - 1, y1 - 1], [x0, y1 - 1]], dtype=np.float64)

@@ -149,16 +149,12 @@ def polygons(mask: np.ndarray, convention: str = "corners", speck: float = SPECK
     if not rows.size:
         return []
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    crop = clean[y0:y1, x0:x1].astype(np.uint8)
-    if convention == "corners":
-        up = crop.repeat(2, 0).repeat(2, 1)
-        grid = np.zeros((up.shape[0] + 1, up.shape[1] + 1), np.uint8)
-        for dy in (0, 1):
-            for dx in (0, 1):
-                grid[dy:dy + up.shape[0], dx:dx + up.shape[1]] |= up
-        found, scale = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], 0.5
-    else:
-        found, scale = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], 1.0
+    grid, scale = clean[y0:y1, x0:x1].astype(np.uint8), 1.0
+    if convention == "corners":  # upsampled twice, each sample OR-ed into the one right and the one below
+        grid, scale = np.pad(grid.repeat(2, 0).repeat(2, 1), ((0, 1), (0, 1))), 0.5
+        grid[1:] |= grid[:-1]
+        grid[:, 1:] |= grid[:, :-1]
+    found = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     outlines = []
     for contour in found:
         points = contour.reshape(-1, 2).astype(np.float64) * scale + (x0, y0)

@@ -140,10 +140,9 @@ def box_iou(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return inter / (area[:, None] + area - inter)
 
 
-def suppress(order: list[int], overlap: np.ndarray, keep: int, kept: list[int] | None = None) -> list[int]:
+def suppress(order: list[int], overlap: np.ndarray, keep: int, kept: list[int]) -> list[int]:
     """Greedy NMS: of ``order`` (best first), the indices that ``overlap`` (bool [C, C]) marks as duplicating no
     earlier one nor any of ``kept``, at most ``keep``."""
-    kept = list(kept or [])
     alive = ~overlap[kept].any(0)
     new: list[int] = []
     for i in order:

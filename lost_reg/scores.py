@@ -59,42 +59,40 @@ def ncut_score(result: Discovery, active: np.ndarray, features: torch.Tensor | N
     return float(1 - (cut / from_mask + cut / from_rest) / 2)
 
 
-def _degree(result: Discovery, kind: str) -> np.ndarray:
+def _degree(result: Discovery, kind: str, active: np.ndarray) -> tuple[np.ndarray, int]:
+    """LOST's degree map, and what the degree scores divide by: the active patches less one (at least 1)."""
     degree = getattr(result, "degree", None)
     if degree is None:
         raise ValueError(f"the {kind!r} score reads LOST's degree map, which {type(result).__name__} lacks; "
                          "use ncut or fill")
-    return degree
+    return degree, max(int(active.sum()) - 1, 1)
 
 
 def seed_contrast(result: Discovery, active: np.ndarray, features: torch.Tensor | None = None,
                   method: Method | None = None) -> float:
     """(median degree − seed degree) / n over the ``active`` patches."""
-    degree = _degree(result, "seed")
-    n = int(active.sum())
-    return float(np.median(degree[active]) - degree[result.seed]) / max(n - 1, 1)
+    degree, n = _degree(result, "seed", active)
+    return float(np.median(degree[active]) - degree[result.seed]) / n
 
 
 def neighbourhood_contrast(result: Discovery, active: np.ndarray, features: torch.Tensor | None = None,
                            method: Method | None = None) -> float:
     """(median degree − mean degree of the seed's active 3×3 neighbourhood) / n."""
-    degree = _degree(result, "neighbourhood")
-    n = int(active.sum())
+    degree, n = _degree(result, "neighbourhood", active)
     r, c = result.seed
     window = (slice(max(r - 1, 0), r + 2), slice(max(c - 1, 0), c + 2))
     near = degree[window][active[window]]
-    return float(np.median(degree[active]) - near.mean()) / max(n - 1, 1)
+    return float(np.median(degree[active]) - near.mean()) / n
 
 
 def mask_contrast(result: Discovery, active: np.ndarray, features: torch.Tensor | None = None,
                   method: Method | None = None) -> float:
     """(median degree of the active patches outside the mask − mean degree inside) / n."""
-    degree = _degree(result, "mask")
-    n = int(active.sum())
+    degree, n = _degree(result, "mask", active)
     outside = active & ~result.mask
     if not outside.any():
         return 0.0
-    return float(np.median(degree[outside]) - degree[result.mask].mean()) / max(n - 1, 1)
+    return float(np.median(degree[outside]) - degree[result.mask].mean()) / n
 
 
 def mask_fill(result: Discovery, active: np.ndarray, features: torch.Tensor | None = None,

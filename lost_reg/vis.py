@@ -106,8 +106,7 @@ def heat_panel(image: np.ndarray, result: Discovery, patch_size: int) -> np.ndar
     """The method's heat map over ``image``, its marked patches (LOST's voters) as white dots."""
     h, w = image.shape[:2]
     out = blend(image, heat(result.heat, (w, h)), 0.65)
-    marks = result.marks if result.marks is not None else np.zeros(result.mask.shape, bool)
-    for r, c in zip(*np.nonzero(marks)):
+    for r, c in zip(*np.nonzero(result.marks)) if result.marks is not None else []:
         centre = (int((c + 0.5) * patch_size), int((r + 0.5) * patch_size))
         cv2.circle(out, centre, max(1, patch_size // 6), (255, 255, 255), -1, cv2.LINE_AA)
     return out
@@ -203,16 +202,15 @@ class Visualizer(DatasetEvaluator):
     def __call__(self, sample, detections: Sequence[Detection]) -> Path:
         """Draw ``detections`` of ``sample`` (a :class:`~lost_reg.datasets.Sample`); return the PNG path."""
         dets = list(detections)
-        scores = [d.score for d in dets]
         prepared = self.localizer.prepare(decode_image(sample.path, name=sample.image_id))
         attention = self.prefix_attention(prepared.pixels, prepared.valid) if self.attention else None
         gt = getattr(sample, "gt_boxes", None)
         sx, sy = prepared.scale
         gt = None if gt is None or len(gt) == 0 else np.asarray(gt, np.float64)[:, :4] * np.array([sx, sy, sx, sy])
-        image = prepared.pixels.permute(1, 2, 0).numpy()
-        picture = figure(image, prepared.valid, [d.result for d in dets], scores, self.localizer.patch_size,
-                         attention, self.localizer.backbone.num_registers, self.localizer.backbone.test_time_registers,
-                         gt, self.height)
+        bb = self.localizer.backbone
+        picture = figure(prepared.pixels.permute(1, 2, 0).numpy(), prepared.valid, [d.result for d in dets],
+                         [d.score for d in dets], self.localizer.patch_size, attention, bb.num_registers,
+                         bb.test_time_registers, gt, self.height)
         path = self.path_for(sample.image_id)
         write_png(path, picture)
         return path

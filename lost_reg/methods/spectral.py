@@ -100,26 +100,25 @@ def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Te
     not what its slowest image needs, times the batch size.
     """
     b, n, _ = w.shape
-    m = w
-    y = torch.zeros(b, n, device=m.device)
-    mu = torch.zeros(b, 2, device=m.device)
+    y = torch.zeros(b, n, device=w.device)
+    mu = torch.zeros(b, 2, device=w.device)
     taken = torch.zeros(b, dtype=torch.long)
-    active = torch.arange(b, device=m.device)  # original index of each image still iterating
+    active = torch.arange(b, device=w.device)  # original index of each image still iterating
     q = top[:, None, :]  # basis so far, [B, k, N]; row 0 is the known top eigenvector
-    v = torch.nn.functional.normalize(_orthogonalize(_start(n, 0, m) * kept, q), dim=-1)
+    v = torch.nn.functional.normalize(_orthogonalize(_start(n, 0, w) * kept, q), dim=-1)
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
     steps = min(max_steps, n - 1)
     for j in range(steps):
         q = torch.cat([q, v[:, None]], 1)
-        mv = s * torch.bmm(m, (s * v)[:, :, None])[..., 0]
+        mv = s * torch.bmm(w, (s * v)[:, :, None])[..., 0]
         alphas.append((mv * v).sum(-1))
         r = _orthogonalize(mv, q)
         beta = r.norm(dim=-1)
         closed = beta < 1e-6  # an invariant subspace: go on from a fresh direction
         v = r / beta.clamp_min(1e-30)[:, None]
         if closed.any():
-            fresh = torch.nn.functional.normalize(_orthogonalize(_start(n, j + 1, m) * kept, q), dim=-1)
+            fresh = torch.nn.functional.normalize(_orthogonalize(_start(n, j + 1, w) * kept, q), dim=-1)
             v = torch.where(closed[:, None], fresh, v)
             beta = torch.where(closed, 0.0, beta)
         betas.append(beta)
@@ -138,6 +137,6 @@ def _lanczos(w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, kept: torch.Te
             go = ~new
             if not go.any():
                 return y, mu, taken
-            active, m, s, q, v, kept = active[go], m[go], s[go], q[go], v[go], kept[go]
+            active, w, s, q, v, kept = active[go], w[go], s[go], q[go], v[go], kept[go]
             alphas, betas = [a[go] for a in alphas], [x[go] for x in betas]
     return y, mu, taken
