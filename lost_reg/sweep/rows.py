@@ -58,15 +58,14 @@ def robustness(rows: list[Row]) -> None:
     values: dict[tuple, set] = defaultdict(set)
     for r in rows:
         for axis, v in _axes(r.setting).items():
-            if _number(v) is not None:
-                values[(r.setting.method.name, axis, _number(v)[0])].add(_number(v)[1])
+            if (num := _number(v)) is not None:
+                values[(r.setting.method.name, axis, num[0])].add(num[1])
     index = {(r.setting.prep, r.setting.features, r.setting.method.name, tuple(sorted(_axes(r.setting).items()))): r
              for r in rows}
     for r in rows:
         s, near = r.setting, [r.corloc.corloc]
         for axis, v in _axes(s).items():
-            num = _number(v)
-            if num is None:
+            if (num := _number(v)) is None:
                 continue
             line = sorted(values[(s.method.name, axis, num[0])])
             at = line.index(num[1])
