@@ -94,9 +94,8 @@ class DiscoverActor:
                 objects[i] = json.dumps(image_record(samples[i], prepared[j].size, found).to_json()["objects"])
                 if self.visualizer is not None:
                     self.visualizer(samples[i], found)
-        return {"index": batch["index"], "image_id": batch["image_id"], "path": batch["path"],
-                "file_name": batch["file_name"], "width": batch["width"], "height": batch["height"],
-                "objects": objects, "error": batch["error"]}
+        kept = ("index", "image_id", "path", "file_name", "width", "height")
+        return {**{k: batch[k] for k in kept}, "objects": objects, "error": batch["error"]}
 
 
 def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Outcome:
