@@ -33,10 +33,6 @@ from . import DiscoverConfig, Outcome, file_name, find
 
 log = logging.getLogger(__name__)
 
-def state_folder(out: Path) -> Path:
-    """Where the chunks' outputs go: ``OUT.ray/``."""
-    return out.with_name(out.name + ".ray")
-
 
 def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, max_pixels: int) -> dict:
     """CPU task: image files → uint8 pixels on the patch grid, or the reason they could not be read."""
@@ -106,7 +102,7 @@ def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Out
     except ImportError:
         raise LostRegError('--engine ray needs Ray, which lost-reg does not install by default: '
                            'pip install "lost-reg[ray]"') from None
-    state = state_folder(config.out)
+    state = config.out.with_name(config.out.name + ".ray")  # the chunks' outputs
     size = config.chunk_size
     chunks = [list(range(s, min(s + size, len(samples)))) for s in range(0, len(samples), size)]
     digest = hashlib.sha256(json.dumps([[samples[i].image_id for i in c] for c in chunks]).encode()).hexdigest()
