@@ -113,10 +113,8 @@ def _markdown(plan: Plan, cells: Sequence[Cell], command: Sequence[str]) -> str:
                          + "; ".join(f"{model} ({protocol})" for model, protocol in used) + ".")
     if plan.notes or any(c.skipped for c in cells):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in plan.notes]
-        for c in cells:
-            if c.skipped and c.row == rows[0]:
-                lines.append(f"- {c.dataset}: {c.skipped} images skipped (unreadable files or annotations; "
-                             f"see {Path(c.provenance['run_folder'])})")
+        lines += [f"- {c.dataset}: {c.skipped} images skipped (unreadable files or annotations; "
+                  f"see {Path(c.provenance['run_folder'])})" for c in cells if c.skipped and c.row == rows[0]]
     return "\n".join(lines) + "\n"
 
 
