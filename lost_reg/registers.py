@@ -77,9 +77,8 @@ class RegisterNeurons:
         if preset is not None and preset not in PRESETS:
             raise BackboneError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
         try:
-            text = (Path(source).read_text() if preset is None
-                    else resources.files("lost_reg").joinpath("presets", f"{preset}.json").read_text())
-            data = json.loads(text)
+            data = json.loads(Path(source).read_text() if preset is None
+                              else resources.files("lost_reg").joinpath("presets", f"{preset}.json").read_text())
             data["layers"] = {int(k): [int(n) for n in v] for k, v in data["layers"].items()}
             return cls(**data)
         except (OSError, ValueError, KeyError, TypeError) as e:
