@@ -148,11 +148,9 @@ def analyse(stats: TokenStats, num_registers: int, layer: int = -1, **cutoff_kwa
     depth = len(stats.patch_norms)
     layer = layer % depth
     layers = []
-    cutoffs = []
     for i in range(depth):
         norms = np.concatenate([n.ravel() for n in stats.patch_norms[i]])
         cut = outlier_cutoff(norms, **cutoff_kwargs)
-        cutoffs.append(cut)
         prefix = np.stack(stats.prefix_norms[i])
         cls = prefix[:, : prefix.shape[1] - num_registers]
         layers.append({
@@ -163,8 +161,8 @@ def analyse(stats: TokenStats, num_registers: int, layer: int = -1, **cutoff_kwa
             "cls_norm": float(cls.mean()) if cls.size else None,
             "register_norms": [float(v) for v in prefix[:, prefix.shape[1] - num_registers :].mean(0)],
         })
-    cut = cutoffs[layer]
-    flags = [n > cut.value if cut.value else np.zeros_like(n, dtype=bool) for n in stats.patch_norms[layer]]
+    cutoff = layers[layer]["cutoff"]
+    flags = [n > cutoff if cutoff else np.zeros_like(n, dtype=bool) for n in stats.patch_norms[layer]]
     cos = np.concatenate([c.ravel() for c in stats.neighbour_cos])
     out = np.concatenate([f.ravel() for f in flags])
     return {
@@ -174,7 +172,7 @@ def analyse(stats: TokenStats, num_registers: int, layer: int = -1, **cutoff_kwa
                         "min_separation": cutoff_kwargs.get("min_separation", MIN_SEPARATION),
                         "max_share": cutoff_kwargs.get("max_share", MAX_SHARE)},
         "layers": layers,
-        "outliers": {"layer": layer, "cutoff": cut.value, "count": int(out.sum()), "share": float(out.mean()),
+        "outliers": {"layer": layer, "cutoff": cutoff, "count": int(out.sum()), "share": float(out.mean()),
                      "images_with_outliers": int(sum(f.any() for f in flags)),
                      "neighbour_cosine": {"outliers": float(cos[out].mean()) if out.any() else None,
                                           "normal": float(cos[~out].mean()) if (~out).any() else None}},

@@ -60,8 +60,7 @@ class FeatureCache:
         kind, layer = tap
         what = {**self.description, "prep": prep, "features": kind, "layer": layer, "cache_dtype": self.dtype,
                 "lost_reg": __version__}
-        text = json.dumps(what, sort_keys=True)
-        folder = self.root / hashlib.sha256(text.encode()).hexdigest()[:20]
+        folder = self.root / hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
         if not (folder / "fingerprint.json").exists():
             atomic_write(folder / "fingerprint.json", lambda tmp: tmp.write_text(json.dumps(what, indent=2) + "\n"))
         self._folders[prep, tap] = folder
@@ -72,11 +71,8 @@ class FeatureCache:
 
     def load(self, prep: str, tap: Tap, image_id: str) -> Cached | None:
         """The cached features, or None when absent or unreadable (then they are computed again)."""
-        path = self.path(prep, tap, image_id)
-        if not path.exists():
-            return None
-        try:
-            with safe_open(str(path), "pt") as f:
+        try:  # an absent file raises FileNotFoundError, an OSError
+            with safe_open(str(self.path(prep, tap, image_id)), "pt") as f:
                 meta = json.loads(f.metadata()["geometry"])
                 patches = f.get_tensor("patches")
         except (SafetensorError, OSError, KeyError, ValueError):

@@ -73,19 +73,14 @@ class RegisterNeurons:
     def load(cls, source: str | Path) -> RegisterNeurons:
         """From a ``neurons.json`` file, or ``preset:NAME`` (:data:`PRESETS`)."""
         text_source = str(source)
+        preset = text_source.split(":", 1)[1] if text_source.startswith("preset:") else None
+        if preset is not None and preset not in PRESETS:
+            raise BackboneError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
         try:
-            if text_source.startswith("preset:"):
-                name = text_source.split(":", 1)[1]
-                if name not in PRESETS:
-                    raise BackboneError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-                text = resources.files("lost_reg").joinpath("presets", f"{name}.json").read_text()
-            else:
-                text = Path(source).read_text()
-            data = json.loads(text)
+            data = json.loads(Path(source).read_text() if preset is None
+                              else resources.files("lost_reg").joinpath("presets", f"{preset}.json").read_text())
             data["layers"] = {int(k): [int(n) for n in v] for k, v in data["layers"].items()}
             return cls(**data)
-        except BackboneError:
-            raise
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackboneError(f"cannot read register neurons from {source}: {e}") from e
 
@@ -205,20 +200,21 @@ def find_register_neurons(
             chosen.setdefault(int(flat // width), []).append(int(flat % width))
         return chosen
 
-    base = RegisterNeurons(backbone, weights, {}, layer, cutoff)
+    def trial(k: int) -> float:
+        """The outlier share on the trial images with a test-time register driven by the top ``k`` neurons."""
+        return _outlier_share(model, images(), RegisterNeurons(backbone, weights, pick(k), layer, cutoff), trial_images)
+
     trials: dict[int, float] = {}
     if top_k is None:
         top_k = 1
         while True:
-            trials[top_k] = _outlier_share(model, images(), layer, cutoff, trial_images, pick(top_k), base)
+            trials[top_k] = trial(top_k)
             if trials[top_k] <= share / 10 or top_k >= max_k:
                 break
             top_k *= 2
-    after = trials[top_k] if top_k in trials else _outlier_share(model, images(), layer, cutoff, trial_images,
-                                                                 pick(top_k), base)
-    chosen = pick(top_k)
+    after = trials[top_k] if top_k in trials else trial(top_k)
     return RegisterNeurons(
-        backbone, weights, dict(sorted(chosen.items())), layer, cutoff,
+        backbone, weights, dict(sorted(pick(top_k).items())), layer, cutoff,
         stats={"images": report["images"], "outlier_share_before": share,
                "outlier_share_after_on_trial_images": after, "trial_images": trial_images, "top_k": top_k,
                "k_trials": {str(k): v for k, v in trials.items()},
@@ -249,18 +245,16 @@ def _neuron_scores(model: nn.Module, images: Iterable[torch.Tensor], layer: int,
     return (total / n).cpu().numpy()
 
 
-def _outlier_share(model: nn.Module, images: Iterable[torch.Tensor], layer: int, cutoff: float, limit: int,
-                   layers: dict[int, list[int]], base: RegisterNeurons) -> float:
-    """Share of patches above ``cutoff`` at ``layer`` with a test-time register driven by ``layers``."""
-    neurons = RegisterNeurons(base.backbone, base.weights, layers, layer, cutoff)
+def _outlier_share(model: nn.Module, images: Iterable[torch.Tensor], neurons: RegisterNeurons, limit: int) -> float:
+    """Share of patches above the neurons' cutoff at their outlier layer with a test-time register driven by them."""
     detach = attach(model, neurons)
     over = count = 0
     try:
         for x in itertools.islice(images, limit):
-            (patches,) = model.forward_intermediates(x, indices=[layer], stop_early=True, intermediates_only=True,
-                                                     output_fmt="NLC")  # timm drops the prefix, test-time register too
-            norms = patches[0].float().norm(dim=-1)
-            over += int((norms > cutoff).sum())
+            (patches,) = model.forward_intermediates(x, indices=[neurons.outlier_layer], stop_early=True,
+                                                     intermediates_only=True, output_fmt="NLC")
+            norms = patches[0].float().norm(dim=-1)  # timm drops the prefix, test-time register too
+            over += int((norms > neurons.cutoff).sum())
             count += norms.numel()
     finally:
         detach()

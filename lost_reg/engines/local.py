@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..datasets import Sample
 from ..evaluation import PredictionWriter, load_predictions
@@ -22,13 +21,10 @@ from . import DiscoverConfig, Outcome, find, image_record
 
 log = logging.getLogger(__name__)
 
-def work_file(out: Path) -> Path:
-    return out.with_name(out.name + ".partial.jsonl")
-
 
 def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Outcome:
     localizer = build_localizer(plan)
-    partial = work_file(config.out)
+    partial = config.out.with_name(config.out.name + ".partial.jsonl")
     writer = PredictionWriter(partial, resume=config.resume,
                               record=lambda sample, prepared, objects: image_record(sample, prepared.size,
                                                                                     objects).to_json())

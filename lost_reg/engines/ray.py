@@ -33,10 +33,6 @@ from . import DiscoverConfig, Outcome, file_name, find
 
 log = logging.getLogger(__name__)
 
-def state_folder(out: Path) -> Path:
-    """Where the chunks' outputs go: ``OUT.ray/``."""
-    return out.with_name(out.name + ".ray")
-
 
 def decode_batch(batch: dict, patch_size: int, max_side: int | None, prep: str, max_pixels: int) -> dict:
     """CPU task: image files → uint8 pixels on the patch grid, or the reason they could not be read."""
@@ -94,9 +90,8 @@ class DiscoverActor:
                 objects[i] = json.dumps(image_record(samples[i], prepared[j].size, found).to_json()["objects"])
                 if self.visualizer is not None:
                     self.visualizer(samples[i], found)
-        return {"index": batch["index"], "image_id": batch["image_id"], "path": batch["path"],
-                "file_name": batch["file_name"], "width": batch["width"], "height": batch["height"],
-                "objects": objects, "error": batch["error"]}
+        kept = ("index", "image_id", "path", "file_name", "width", "height")
+        return {**{k: batch[k] for k in kept}, "objects": objects, "error": batch["error"]}
 
 
 def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Outcome:
@@ -107,7 +102,7 @@ def run(config: DiscoverConfig, plan: RunPlan, samples: Sequence[Sample]) -> Out
     except ImportError:
         raise LostRegError('--engine ray needs Ray, which lost-reg does not install by default: '
                            'pip install "lost-reg[ray]"') from None
-    state = state_folder(config.out)
+    state = config.out.with_name(config.out.name + ".ray")  # the chunks' outputs
     size = config.chunk_size
     chunks = [list(range(s, min(s + size, len(samples)))) for s in range(0, len(samples), size)]
     digest = hashlib.sha256(json.dumps([[samples[i].image_id for i in c] for c in chunks]).encode()).hexdigest()

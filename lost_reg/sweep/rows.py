@@ -48,25 +48,20 @@ def _number(value: Any) -> tuple[str, float] | None:
         return None
 
 
-def _axes(s: SweepSetting) -> dict[str, Any]:
-    return s.method.options()
-
-
 def robustness(rows: list[Row]) -> None:
     """Sets each row's :attr:`Row.robust`: its CorLoc averaged with its neighbours' (same everything, but
     one numeric method option — k, τ, the T of cos:T… — at the next value swept below or above)."""
     values: dict[tuple, set] = defaultdict(set)
     for r in rows:
-        for axis, v in _axes(r.setting).items():
-            if _number(v) is not None:
-                values[(r.setting.method.name, axis, _number(v)[0])].add(_number(v)[1])
-    index = {(r.setting.prep, r.setting.features, r.setting.method.name, tuple(sorted(_axes(r.setting).items()))): r
-             for r in rows}
+        for axis, v in r.setting.method.options().items():
+            if (num := _number(v)) is not None:
+                values[(r.setting.method.name, axis, num[0])].add(num[1])
+    index = {(r.setting.prep, r.setting.features, r.setting.method.name,
+              tuple(sorted(r.setting.method.options().items()))): r for r in rows}
     for r in rows:
         s, near = r.setting, [r.corloc.corloc]
-        for axis, v in _axes(s).items():
-            num = _number(v)
-            if num is None:
+        for axis, v in s.method.options().items():
+            if (num := _number(v)) is None:
                 continue
             line = sorted(values[(s.method.name, axis, num[0])])
             at = line.index(num[1])
@@ -74,7 +69,7 @@ def robustness(rows: list[Row]) -> None:
                 if 0 <= j < len(line):
                     other = line[j] if not num[0] else f"{num[0]}:{line[j]:g}"
                     other = int(other) if isinstance(v, int) else other
-                    key = {**_axes(s), axis: other}
+                    key = {**s.method.options(), axis: other}
                     n = index.get((s.prep, s.features, s.method.name, tuple(sorted(key.items()))))
                     if n is not None:
                         near.append(n.corloc.corloc)

@@ -119,11 +119,8 @@ class Sweep:
     def run(self) -> list[Row]:
         """Every setting on every image (those already done skipped with ``resume``); the rows, best first."""
         start = time.perf_counter()
-        by_prep: dict[str, list[SweepSetting]] = defaultdict(list)
-        for s in self.settings:
-            by_prep[s.prep].append(s)
-        for prep, group in by_prep.items():
-            self._run_prep(prep, group)
+        for prep in dict.fromkeys(s.prep for s in self.settings):
+            self._run_prep(prep, [s for s in self.settings if s.prep == prep])
         self.stats.wall_s = time.perf_counter() - start
         return self.rows()
 
@@ -204,11 +201,10 @@ class Sweep:
         for s in self.settings:
             path = self.predictions(s)
             records = [r for r in load_predictions(path) if r["image_id"] in wanted] if path.exists() else []
-            judged = [r for r in records if r.get("iou") is not None]
-            whole = sum(is_whole(r) for r in records)
+            ious = [r["iou"] for r in records if r.get("iou") is not None]
             ms = 1000 * self.seconds[s] / self.images[s] if self.images[s] else None
-            rows.append(Row(s, summarize(records), float(np.mean([r["iou"] for r in judged])) if judged else 0.0,
-                            whole, ms))
+            rows.append(Row(s, summarize(records), float(np.mean(ious)) if ious else 0.0,
+                            sum(is_whole(r) for r in records), ms))
         robustness(rows)
         return sorted(rows, key=lambda r: (-r.corloc.corloc, r.whole, -r.mean_iou))
 

@@ -63,11 +63,9 @@ class Protocol:
 
 def graphs(biases: Sequence[float]) -> list[str]:
     """LOST's graph for each gram bias b on L2-normalised features: ``cos:T`` with T = −b."""
-    out = []
-    for b in biases:
-        affinity = f"cos:{0.0 - round(b, 10):g}"
+    out = [f"cos:{0.0 - round(b, 10):g}" for b in biases]
+    for affinity in out:
         check_affinity(affinity)
-        out.append(affinity)
     return out
 
 

@@ -62,8 +62,7 @@ def _markdown(plan: Plan, cells: Sequence[Cell], command: Sequence[str]) -> str:
     selection = ("" if plan.select_on is None else
                  ", each setting chosen on its own evaluation set (optimistic)" if plan.select_on == ITSELF else
                  f", settings chosen on {plan.select_on}")
-    lines = [f"# LOST table: protocol `{plan.protocol.name}`{selection}", ""]
-    lines += [f"Made by `{shlex.join(command)}`"]
+    lines = [f"# LOST table: protocol `{plan.protocol.name}`{selection}", "", f"Made by `{shlex.join(command)}`"]
     if first is not None:
         p = first.provenance
         commit = "" if not p.get("git_commit") else (f", commit {p['git_commit'][:10]}"
@@ -114,10 +113,8 @@ def _markdown(plan: Plan, cells: Sequence[Cell], command: Sequence[str]) -> str:
                          + "; ".join(f"{model} ({protocol})" for model, protocol in used) + ".")
     if plan.notes or any(c.skipped for c in cells):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in plan.notes]
-        for c in cells:
-            if c.skipped and c.row == rows[0]:
-                lines.append(f"- {c.dataset}: {c.skipped} images skipped (unreadable files or annotations; "
-                             f"see {Path(c.provenance['run_folder'])})")
+        lines += [f"- {c.dataset}: {c.skipped} images skipped (unreadable files or annotations; "
+                  f"see {Path(c.provenance['run_folder'])})" for c in cells if c.skipped and c.row == rows[0]]
     return "\n".join(lines) + "\n"
 
 

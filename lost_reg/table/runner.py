@@ -20,6 +20,7 @@ import logging
 import platform
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,11 +162,9 @@ def plan_table(config: TableConfig) -> Plan:
         entries.append(BackboneEntry(spec, spec.label, source, identity, rows))
     if config.select_on is not None and all(r.fixed for e in entries for r in e.rows):
         notes.append(f"--select-on {config.select_on}: protocol {protocol.name} chooses nothing (every setting fixed)")
-    taken: dict[str, int] = {}
-    for e in entries:  # two weights files of one name: the rows keep their full text
-        taken[e.label] = taken.get(e.label, 0) + 1
+    taken = Counter(e.label for e in entries)
     for e in entries:
-        if taken[e.label] > 1:
+        if taken[e.label] > 1:  # two weights files of one name: the rows keep their full text
             e.label = e.spec.text + (f" +ttr:{e.spec.test_time_registers}" if e.spec.test_time_registers else "")
     columns = []
     for spec in specs:
@@ -195,8 +194,7 @@ def _resolve(spec: BackboneSpec, config: TableConfig) -> tuple[Source, str]:
 def run_table(plan: Plan, progress: bool = True) -> list[Cell]:
     """Every cell of the plan, backbone by backbone (each loaded at most once, and only if some image needs it)."""
     config = plan.config
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
+    config.out.mkdir(parents=True, exist_ok=True)
     context = _context(config)
     cells: list[Cell] = []
     bar = tqdm(total=plan.cells, unit="cell", desc="cells", disable=not progress, dynamic_ncols=True)
@@ -383,13 +381,12 @@ def _now() -> str:
 
 def _backbone_key(entry: BackboneEntry, config: TableConfig) -> str:
     """A backbone's folder: its label, and a hash of everything its features depend on."""
-    neurons = None
-    if entry.spec.test_time_registers is not None:
-        n = RegisterNeurons.load(entry.spec.test_time_registers)
-        neurons = {"layers": n.layers, "weights": n.weights}
+    ttr = entry.spec.test_time_registers
+    n = None if ttr is None else RegisterNeurons.load(ttr)  # as feature_cache's fingerprint
     return _key(entry.label, {"name": entry.source.name, "arch": entry.source.arch, "weights": entry.identity,
                               "pos_resample": entry.source.pos_resample, "model_args": config.model_args,
-                              "test_time_registers": neurons, "dtype": _dtype(entry, config)})
+                              "test_time_registers": n and {"layers": n.layers, "weights": n.weights},
+                              "dtype": _dtype(entry, config)})
 
 
 def _dataset_key(spec: DatasetSpec) -> str:

@@ -27,10 +27,8 @@ class BackboneSpec:
     def label(self) -> str:
         """The row's name in the table: the item as given, weights folders shortened to their last part."""
         base = self.name or Path(self.weights or "").name
-        if self.name and self.weights and self.weights != "random":
+        if self.name and self.weights:  # NAME=random keeps its name: Path("random").name
             base = f"{self.name}={Path(self.weights).name}"
-        elif self.name and self.weights == "random":
-            base = f"{self.name}=random"
         return base + (f" +ttr:{_short(self.test_time_registers)}" if self.test_time_registers else "")
 
 
@@ -104,6 +102,6 @@ def parse_datasets(text: str, shared: DataOptions) -> list[DatasetSpec]:
 
 def _items(text: str, flag: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
-    if not any(items) or not all(items):
+    if not all(items):
         raise ValueError(f"{flag}: empty item in {text!r}")
     return items
