@@ -220,8 +220,8 @@ def coco_image_ids(ground_truth: dict, file_names: Sequence[str]) -> dict[str, i
     for img in ground_truth["images"]:
         by_base.setdefault(PurePosixPath(img["file_name"]).name, []).append(img["id"])
     unique = {base: ids[0] for base, ids in by_base.items() if len(ids) == 1}
-    return {name: exact[name] if name in exact else unique[PurePosixPath(name).name] for name in file_names
-            if name in exact or PurePosixPath(name).name in unique}
+    found = {name: exact.get(name, unique.get(PurePosixPath(name).name)) for name in file_names}
+    return {name: image_id for name, image_id in found.items() if image_id is not None}
 
 
 @dataclass(frozen=True)
