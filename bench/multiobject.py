@@ -48,7 +48,7 @@ from lost_reg.datasets import VOCDataset
 from lost_reg.images import Prepared, decode_image, normalize, prepare
 from lost_reg.multiobject import MULTI_MODES
 from lost_reg.recipes import resolve
-from lost_reg.refine import refine_mask
+from lost_reg.refine import refine_masks
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -169,7 +169,7 @@ def run_lost_reg(setting: str, images: list[BenchImage], features: Features) -> 
         start = time.perf_counter()
         (found,) = MULTI_MODES[mode](method, f[None], grid, max_objects=int(n))
         mid = time.perf_counter()
-        masks = [refine_mask(p, r.mask, ps, refiner) for r, _ in found]
+        masks = refine_masks(p, [r.mask for r, _ in found], ps, refiner)
         refine_s += time.perf_counter() - mid
         find_s += mid - start
         vh, vw = p.valid

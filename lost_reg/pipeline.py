@@ -33,7 +33,7 @@ from .methods import Discovery, Method
 from .models import Source, create_backbone, resolve_source
 from .recipes import AUTO, resolve, resolve_dtype, resolve_method, resolve_prep
 from .multiobject import DEFAULT_MULTI, MULTI_MODES
-from .refine import refine_mask
+from .refine import refine_masks
 from .scores import DEFAULT_SCORE
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class Localizer(Discoverer):
         out = [[detection(p, r, self.patch_size, s) for r, s in objects] for p, objects in zip(batch, found)]
         if refine is not None:
             start = time.perf_counter()
-            out = [[with_mask(p, d, self.patch_size, refine) for d in dets] for p, dets in zip(batch, out)]
+            out = [with_masks(p, dets, self.patch_size, refine) for p, dets in zip(batch, out)]
             self.timings.masks += time.perf_counter() - start
         return out
 
@@ -210,12 +210,13 @@ def detection(p: Prepared, r: Discovery, patch_size: int, score: float | None = 
                      score=score, result=r)
 
 
-def with_mask(p: Prepared, det: Detection, patch_size: int, refine: str) -> Detection:
-    """The detection with its pixel mask (:attr:`Detection.segmentation`), refined from its grid mask by the
-    ``refine`` refiner (:func:`~lost_reg.refine.refine_mask`)."""
-    if det.result is None:
+def with_masks(p: Prepared, dets: Sequence[Detection], patch_size: int, refine: str) -> list[Detection]:
+    """One image's detections with their pixel masks (:attr:`Detection.segmentation`), refined from their grid
+    masks by the ``refine`` refiner (:func:`~lost_reg.refine.refine_masks`)."""
+    if any(d.result is None for d in dets):
         raise ValueError("a detection read back from a file has no grid mask to refine")
-    return replace(det, segmentation=encode(refine_mask(p, det.result.mask, patch_size, refine)))
+    masks = refine_masks(p, [d.result.mask for d in dets if d.result is not None], patch_size, refine)
+    return [replace(d, segmentation=encode(m)) for d, m in zip(dets, masks)]
 
 
 def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[int]]:

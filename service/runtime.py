@@ -24,7 +24,7 @@ from lost_reg import masks as mask_tools
 from lost_reg import pipeline
 from lost_reg.decoders import DecodePool
 from lost_reg.images import Prepared, prepare
-from lost_reg.pipeline import Detection, Localizer, with_mask
+from lost_reg.pipeline import Detection, Localizer, with_masks
 from lost_reg.vis import heat
 
 from .admission import Admission, Ticket
@@ -181,7 +181,7 @@ class Runtime:
                          refine: str) -> list[Detection]:
         """The detections with their pixel masks, refined on a pool thread (never the model's)."""
         patch_size = self.require_ready().localizer.patch_size
-        return await self.in_pool(ticket, lambda: [with_mask(prepared, d, patch_size, refine) for d in found])
+        return await self.in_pool(ticket, lambda: with_masks(prepared, found, patch_size, refine))
 
     async def answer_objects(self, ticket: Ticket, prepared: Prepared, found: list[Detection],
                              request: BoxRequest) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from lost_reg import masks
 from lost_reg.images import prepare
 from lost_reg.methods import Lost, TokenCut
 from lost_reg.pipeline import Localizer
-from lost_reg.refine import REFINERS, refine_mask
+from lost_reg.refine import REFINERS, refine_masks
 
 from .conftest import ROOT, external_tool, tiny_backbone
 
@@ -171,13 +171,13 @@ def test_none_refiner_is_the_boxs_patches_in_original_pixels(size, prep, max_sid
     prepared = prepare(image, 14, max_side, prep)
     rows, cols = prepared.pixels.shape[1] // 14, prepared.pixels.shape[2] // 14
     assert "none" in REFINERS
-    np.testing.assert_array_equal(refine_mask(prepared, np.ones((rows, cols), bool), 14, "none"),
+    np.testing.assert_array_equal(refine_masks(prepared, [np.ones((rows, cols), bool)], 14, "none")[0],
                                   np.ones((height, width), bool))
     for _ in range(20):
         grid = np.zeros((rows, cols), bool)
         r0, c0 = rng.integers(0, rows), rng.integers(0, cols)
         grid[r0:rng.integers(r0 + 1, rows + 1), c0:rng.integers(c0 + 1, cols + 1)] = True
-        mask = refine_mask(prepared, grid, 14, "none")
+        mask = refine_masks(prepared, [grid], 14, "none")[0]
         assert mask.shape == (height, width) and mask.dtype == bool
         r, c = np.flatnonzero(grid.any(1)), np.flatnonzero(grid.any(0))
         vh, vw = prepared.valid
@@ -196,7 +196,7 @@ def test_none_refiner_is_the_boxs_patches_in_original_pixels(size, prep, max_sid
                                  np.clip((xs + 0.5) * sx + dx, 0, vw - 1).astype(int) // 14]
             assert near.all()
     with pytest.raises(ValueError, match="unknown refiner 'crf2'"):
-        refine_mask(prepared, grid, 14, "crf2")
+        refine_masks(prepared, [grid], 14, "crf2")[0]
 
 
 @pytest.mark.parametrize("method", [Lost(), TokenCut()])
@@ -213,5 +213,5 @@ def test_localizer_masks_match_their_boxes(method):
             assert d.segmentation["size"] == [image.shape[0], image.shape[1]]
             assert masks.box(d.segmentation) == d.box
             grid = d.result.mask
-            assert masks.area(d.segmentation) == refine_mask(prepared[0], grid, 14, "none").sum() > 0
+            assert masks.area(d.segmentation) == refine_masks(prepared[0], [grid], 14, "none")[0].sum() > 0
     assert localizer.timings.masks > 0

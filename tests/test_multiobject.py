@@ -163,7 +163,7 @@ def test_batched_ncut_equals_the_score_of_one_mask():
 def test_localizer_on_bad_images_and_both_modes():
     from lost_reg.images import prepare
     from lost_reg.pipeline import Localizer
-    from lost_reg.refine import refine_mask
+    from lost_reg.refine import refine_masks
 
     from .conftest import tiny_backbone
 
@@ -182,7 +182,7 @@ def test_localizer_on_bad_images_and_both_modes():
             for d in objects:
                 x0, y0, x1, y1 = d.box
                 assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
-                mask = refine_mask(p, d.result.mask, 14, "guided")
+                mask = refine_masks(p, [d.result.mask], 14, "guided")[0]
                 assert mask.shape == image.shape[:2]
     with pytest.raises(ValueError, match="multi-object mode"):
         localizer.localize_prepared_multi([prepare(images["noise"], 14)], max_objects=2, mode="magic")

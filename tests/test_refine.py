@@ -6,9 +6,10 @@ import importlib.util
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lost_reg.images import prepare
-from lost_reg.refine import DEFAULT_REFINE, REFINERS, refine_mask
+from lost_reg.refine import DEFAULT_REFINE, REFINERS, fill_holes, refine_masks
 
 KINDS = [k for k in REFINERS if k != "crf" or importlib.util.find_spec("pydensecrf")]
 
@@ -32,7 +33,7 @@ def test_every_refiner_gives_a_filled_mask_of_the_original_size(kind, prep, max_
     grid = np.zeros((rows, cols), bool)
     grid[:, cols // 2:] = True
     grid[rows // 2, -1] = False  # a hole on the border stays a notch; inside holes are filled
-    out = refine_mask(p, grid, 14, kind)
+    out = refine_masks(p, [grid], 14, kind)[0]
     assert out.shape == (height, width) and out.dtype == bool
     assert out[:, -3:].mean() > 0.5 and not out[:, :3].any()  # on the object's side, never beyond the image
 
@@ -41,12 +42,12 @@ def test_every_refiner_gives_a_filled_mask_of_the_original_size(kind, prep, max_
 def test_empty_full_and_holed_masks(kind):
     p = prepare(step_image(), 14, None, "resize")
     rows, cols = p.pixels.shape[1] // 14, p.pixels.shape[2] // 14
-    assert not refine_mask(p, np.zeros((rows, cols), bool), 14, kind).any()
-    assert refine_mask(p, np.ones((rows, cols), bool), 14, "none").all()
+    empty, full = refine_masks(p, [np.zeros((rows, cols), bool), np.ones((rows, cols), bool)], 14, kind)
+    assert not empty.any() and refine_masks(p, [full], 14, "none")[0].all()
     ring = np.zeros((rows, cols), bool)
     ring[1:6, 1:6] = True
     ring[3, 3] = False
-    assert refine_mask(p, ring, 14, "none")[3 * 14 + 7, 3 * 14 + 7]  # the hole is filled
+    assert refine_masks(p, [ring], 14, "none")[0][3 * 14 + 7, 3 * 14 + 7]  # the hole is filled
 
 
 def test_the_default_refiner_moves_a_patch_border_to_the_image_edge():
@@ -61,18 +62,36 @@ def test_the_default_refiner_moves_a_patch_border_to_the_image_edge():
     def iou(m: np.ndarray) -> float:
         return (m & truth).sum() / (m | truth).sum()
 
-    assert iou(refine_mask(p, grid, 14, DEFAULT_REFINE)) > iou(refine_mask(p, grid, 14, "none")) + 0.03
-    assert iou(refine_mask(p, grid, 14, DEFAULT_REFINE)) > 0.97
+    assert iou(refine_masks(p, [grid], 14, DEFAULT_REFINE)[0]) > iou(refine_masks(p, [grid], 14, "none")[0]) + 0.03
+    assert iou(refine_masks(p, [grid], 14, DEFAULT_REFINE)[0]) > 0.97
 
 
-def test_soft_maps_and_bad_arguments():
+def test_hole_filling_is_scipys():
+    """fill_holes keeps exactly the background 4-connected to the outside, as scipy's binary_fill_holes."""
+    rng = np.random.default_rng(0)
+    for density in (0.3, 0.5, 0.6, 0.7):
+        for shape in ((1, 1), (1, 9), (7, 5), (40, 33)):
+            masks = rng.random((20, *shape)) < density
+            for m in masks:
+                np.testing.assert_array_equal(fill_holes(m), ndimage.binary_fill_holes(m))
+    diagonal = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)  # the centre touches the outside only diagonally
+    assert fill_holes(diagonal)[1, 1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_images_masks_at_once_equal_one_by_one(kind):
+    p = prepare(step_image(150, 101, edge=75), 14, 56, "pad")
+    rows, cols = p.pixels.shape[1] // 14, p.pixels.shape[2] // 14
+    grids = np.random.default_rng(1).random((4, rows, cols)) < 0.5
+    for together, alone in zip(refine_masks(p, grids, 14, kind), grids):
+        np.testing.assert_array_equal(together, refine_masks(p, [alone], 14, kind)[0])
+
+
+def test_bad_arguments():
     p = prepare(step_image(), 14, None, "resize")
     grid = np.zeros((7, 10), bool)
     grid[:, 5:] = True
-    soft = np.where(grid, 0.9, 0.1)
-    assert refine_mask(p, grid, 14, "bilinear", soft=soft).sum() == pytest.approx(
-        refine_mask(p, grid, 14, "bilinear").sum(), rel=0.05)
     with pytest.raises(ValueError, match="unknown refiner"):
-        refine_mask(p, grid, 14, "magic")
+        refine_masks(p, [grid], 14, "magic")[0]
     with pytest.raises(ValueError, match="does not cover"):
-        refine_mask(p, grid[:3], 14, "none")
+        refine_masks(p, [grid[:3]], 14, "none")[0]

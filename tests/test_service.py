@@ -445,7 +445,7 @@ def test_serve_help_states_the_services_max_side(capsys):
 
 def test_masks_on_request_in_original_pixels_as_rle_or_polygons(make_client):
     from lost_reg import masks
-    from lost_reg.pipeline import with_mask
+    from lost_reg.pipeline import with_masks
 
     localizer = tiny_localizer()
     client = make_client(localizer)
@@ -456,11 +456,11 @@ def test_masks_on_request_in_original_pixels_as_rle_or_polygons(make_client):
                             data={"masks": "rle", "refine": "none"}).json()["results"]
     prepared = localizer.prepare(decode_image(data))
     found = localizer.localize_prepared_multi([prepared])[0][0]
-    want = with_mask(prepared, found, 14, "none").segmentation
+    want = with_masks(prepared, [found], 14, "none")[0].segmentation
     assert result["segmentation"] == want and want["size"] == [100, 150]
     assert masks.box(result["segmentation"]) == tuple(result["box"])
     (default,) = client.post("/v1/boxes", files=files(("a.png", data)), data={"masks": "rle"}).json()["results"]
-    assert default["segmentation"] == with_mask(prepared, found, 14, DEFAULT_REFINE).segmentation
+    assert default["segmentation"] == with_masks(prepared, [found], 14, DEFAULT_REFINE)[0].segmentation
     (polygon,) = client.post("/v1/boxes", files=files(("a.png", data)),
                              data={"masks": "polygon", "refine": "none"}).json()["results"]
     assert isinstance(polygon["segmentation"], list) and all(len(p) >= 6 for p in polygon["segmentation"])
