@@ -156,6 +156,8 @@ def refine_masks(prepared: Prepared, grid_masks: Sequence[np.ndarray], patch_siz
         if rows * patch_size < vh or cols * patch_size < vw:
             raise ValueError(f"a {rows}x{cols} grid of {patch_size}-pixel patches does not cover {vw}x{vh} pixels")
     make = REFINERS[kind]
+    if not grids:
+        return []
     if make is None:
         return [fill_holes(patches(prepared, g, patch_size)) for g in grids]
     refiner = make(np.ascontiguousarray(prepared.pixels[:, :vh, :vw].permute(1, 2, 0).numpy()))

@@ -91,6 +91,7 @@ def test_bad_arguments():
     p = prepare(step_image(), 14, None, "resize")
     grid = np.zeros((7, 10), bool)
     grid[:, 5:] = True
+    assert refine_masks(p, [], 14, DEFAULT_REFINE) == []  # an image with no object
     with pytest.raises(ValueError, match="unknown refiner"):
         refine_masks(p, [grid], 14, "magic")[0]
     with pytest.raises(ValueError, match="does not cover"):
