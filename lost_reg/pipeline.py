@@ -213,10 +213,12 @@ def detection(p: Prepared, r: Discovery, patch_size: int, score: float | None = 
 def with_masks(p: Prepared, dets: Sequence[Detection], patch_size: int, refine: str) -> list[Detection]:
     """One image's detections with their pixel masks (:attr:`Detection.segmentation`), refined from their grid
     masks by the ``refine`` refiner (:func:`~lost_reg.refine.refine_masks`)."""
-    if any(d.result is None for d in dets):
-        raise ValueError("a detection read back from a file has no grid mask to refine")
-    masks = refine_masks(p, [d.result.mask for d in dets if d.result is not None], patch_size, refine)
-    return [replace(d, segmentation=encode(m)) for d, m in zip(dets, masks)]
+    grids = []
+    for d in dets:
+        if d.result is None:
+            raise ValueError("a detection read back from a file has no grid mask to refine")
+        grids.append(d.result.mask)
+    return [replace(d, segmentation=encode(m)) for d, m in zip(dets, refine_masks(p, grids, patch_size, refine))]
 
 
 def group_by_shape(prepared: Sequence[Prepared]) -> dict[tuple[int, int], list[int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from pycocotools import mask as mask_utils
 from lost_reg import masks
 from lost_reg.images import prepare
 from lost_reg.methods import Lost, TokenCut
-from lost_reg.pipeline import Localizer
+from lost_reg.pipeline import Localizer, with_masks
 from lost_reg.refine import REFINERS, refine_masks
 
 from .conftest import ROOT, external_tool, tiny_backbone
@@ -196,7 +197,7 @@ def test_none_refiner_is_the_boxs_patches_in_original_pixels(size, prep, max_sid
                                  np.clip((xs + 0.5) * sx + dx, 0, vw - 1).astype(int) // 14]
             assert near.all()
     with pytest.raises(ValueError, match="unknown refiner 'crf2'"):
-        refine_masks(prepared, [grid], 14, "crf2")[0]
+        refine_masks(prepared, [grid], 14, "crf2")
 
 
 @pytest.mark.parametrize("method", [Lost(), TokenCut()])
@@ -215,3 +216,6 @@ def test_localizer_masks_match_their_boxes(method):
             grid = d.result.mask
             assert masks.area(d.segmentation) == refine_masks(prepared[0], [grid], 14, "none")[0].sum() > 0
     assert localizer.timings.masks > 0
+    read_back = replace(found[0], result=None, segmentation=None)  # as a detection loaded from a file is
+    with pytest.raises(ValueError, match="no grid mask"):
+        with_masks(prepared[0], [found[0], read_back], 14, "none")

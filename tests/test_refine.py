@@ -93,6 +93,6 @@ def test_bad_arguments():
     grid[:, 5:] = True
     assert refine_masks(p, [], 14, DEFAULT_REFINE) == []  # an image with no object
     with pytest.raises(ValueError, match="unknown refiner"):
-        refine_masks(p, [grid], 14, "magic")[0]
+        refine_masks(p, [grid], 14, "magic")
     with pytest.raises(ValueError, match="does not cover"):
-        refine_masks(p, [grid[:3]], 14, "none")[0]
+        refine_masks(p, [grid[:3]], 14, "none")
