@@ -106,9 +106,10 @@ def heat_panel(image: np.ndarray, result: Discovery, patch_size: int) -> np.ndar
     """The method's heat map over ``image``, its marked patches (LOST's voters) as white dots."""
     h, w = image.shape[:2]
     out = blend(image, heat(result.heat, (w, h)), 0.65)
-    for r, c in zip(*np.nonzero(result.marks)) if result.marks is not None else []:
-        centre = (int((c + 0.5) * patch_size), int((r + 0.5) * patch_size))
-        cv2.circle(out, centre, max(1, patch_size // 6), (255, 255, 255), -1, cv2.LINE_AA)
+    if result.marks is not None:
+        for r, c in zip(*np.nonzero(result.marks)):
+            centre = (int((c + 0.5) * patch_size), int((r + 0.5) * patch_size))
+            cv2.circle(out, centre, max(1, patch_size // 6), (255, 255, 255), -1, cv2.LINE_AA)
     return out
 
 

@@ -381,12 +381,13 @@ def _now() -> str:
 
 def _backbone_key(entry: BackboneEntry, config: TableConfig) -> str:
     """A backbone's folder: its label, and a hash of everything its features depend on."""
-    ttr = entry.spec.test_time_registers
-    n = None if ttr is None else RegisterNeurons.load(ttr)  # as feature_cache's fingerprint
+    neurons = None
+    if entry.spec.test_time_registers is not None:
+        n = RegisterNeurons.load(entry.spec.test_time_registers)
+        neurons = {"layers": n.layers, "weights": n.weights}
     return _key(entry.label, {"name": entry.source.name, "arch": entry.source.arch, "weights": entry.identity,
                               "pos_resample": entry.source.pos_resample, "model_args": config.model_args,
-                              "test_time_registers": n and {"layers": n.layers, "weights": n.weights},
-                              "dtype": _dtype(entry, config)})
+                              "test_time_registers": neurons, "dtype": _dtype(entry, config)})
 
 
 def _dataset_key(spec: DatasetSpec) -> str:
